@@ -1,0 +1,1 @@
+"""Shared code of the sms4sats services: domain logic and adapters."""

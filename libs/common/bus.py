@@ -1,0 +1,152 @@
+"""NATS JetStream: connecting, the stream and consumer definitions, and the pull-consumer loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+
+from libs.common.events import CONSUMERS, Event, dead_letter_subject, subjects
+
+log = logging.getLogger(__name__)
+
+MAX_DELIVER = 50
+ACK_WAIT_SECONDS = 60.0
+
+
+class Retry(Exception):
+    """Raised by a handler to have the message redelivered after `delay` seconds."""
+
+    def __init__(self, reason: str, delay: float = 2.0) -> None:
+        super().__init__(reason)
+        self.delay = delay
+
+
+Handler = Callable[[Event], Awaitable[None]]
+
+
+async def connect(url: str, name: str) -> NATS:
+    """Connect to NATS, retrying the first connection for a while."""
+    return await nats.connect(
+        url, name=name, connect_timeout=5, max_reconnect_attempts=-1, allow_reconnect=True
+    )
+
+
+def stream_config(name: str, prefix: str, *, replicas: int = 1) -> StreamConfig:
+    """The order-event stream: file storage, a 2-minute dedup window, kept for 7 days."""
+    return StreamConfig(
+        name=name,
+        subjects=[f"{prefix}.>"],
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        duplicate_window=120.0,
+        max_age=7 * 24 * 3600.0,
+    )
+
+
+def consumer_config(prefix: str, consumer: str) -> ConsumerConfig:
+    """A worker type's durable pull consumer."""
+    return ConsumerConfig(
+        durable_name=consumer,
+        filter_subjects=subjects(prefix, consumer),
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=ACK_WAIT_SECONDS,
+        max_deliver=MAX_DELIVER,
+        max_ack_pending=1000,
+    )
+
+
+async def bootstrap(js: JetStreamContext, stream: str, prefix: str, *, replicas: int = 1) -> None:
+    """Create or update the stream and every worker's durable consumer (idempotent)."""
+    config = stream_config(stream, prefix, replicas=replicas)
+    try:
+        await js.add_stream(config)
+    except nats.js.errors.BadRequestError:
+        await js.update_stream(config)
+    for consumer in CONSUMERS:
+        await js.add_consumer(stream, consumer_config(prefix, consumer))
+
+
+def _backoff(delivered: int) -> float:
+    """Delay before the next delivery of a failing message: 1 s doubling to 60 s."""
+    return float(min(60, 2 ** max(0, delivered - 1)))
+
+
+class Consumer:
+    """Pulls a worker's events and runs the handler; maps the outcome to ack/nak/term once."""
+
+    def __init__(
+        self, js: JetStreamContext, *, stream: str, prefix: str, durable: str, handler: Handler
+    ) -> None:
+        self._js = js
+        self._stream = stream
+        self._prefix = prefix
+        self._durable = durable
+        self._handler = handler
+
+    async def run(self, stop: asyncio.Event, *, batch: int = 16) -> None:
+        """Fetch and handle messages until stop is set; in-flight messages finish first."""
+        sub = await self._js.pull_subscribe_bind(durable=self._durable, stream=self._stream)
+        while not stop.is_set():
+            try:
+                msgs = await sub.fetch(batch, timeout=1.0)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                continue
+            except nats.errors.Error as exc:
+                log.warning("fetch failed: %s", exc)
+                await asyncio.sleep(1.0)
+                continue
+            await asyncio.gather(*(self._handle(m) for m in msgs))
+
+    async def _handle(self, msg: Msg) -> None:
+        """Run the handler on one message and settle it with the broker."""
+        delivered = msg.metadata.num_delivered or 1
+        try:
+            event = Event.decode(msg.data, msg.headers)
+        except ValueError as exc:
+            log.error("poison message on %s: %s", msg.subject, exc)
+            await self._dead_letter(msg, str(exc))
+            return
+        try:
+            await self._handler(event)
+        except Retry as retry:
+            log.info(
+                "retrying %s for order %s in %.1fs: %s",
+                event.type, event.order_id, retry.delay, retry,
+                extra={"order_id": event.order_id, "correlation_id": event.correlation_id},
+            )
+            await msg.nak(delay=retry.delay)
+            return
+        except Exception as exc:
+            if delivered >= MAX_DELIVER:
+                log.exception("giving up on %s for order %s", event.type, event.order_id)
+                await self._dead_letter(msg, repr(exc))
+                return
+            log.exception(
+                "handler failed on %s for order %s (delivery %d)",
+                event.type, event.order_id, delivered,
+                extra={"order_id": event.order_id, "correlation_id": event.correlation_id},
+            )
+            await msg.nak(delay=_backoff(delivered))
+            return
+        await msg.ack()
+
+    async def _dead_letter(self, msg: Msg, reason: str) -> None:
+        """Park a message on the dead-letter subject and stop its redelivery."""
+        body = json.dumps(
+            {"subject": msg.subject, "reason": reason, "data": msg.data.decode("utf-8", "replace")}
+        ).encode()
+        try:
+            await self._js.publish(dead_letter_subject(self._prefix, self._durable), body)
+        finally:
+            await msg.term()

@@ -1,0 +1,93 @@
+"""Settings of every service, read from SMS4SATS_* environment variables with embedded defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from decimal import Decimal
+from typing import Any, get_type_hints
+
+PREFIX = "SMS4SATS_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every tunable of the system; the environment variable is SMS4SATS_<FIELD NAME UPPERCASE>."""
+
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/sms4sats"
+    nats_url: str = "nats://127.0.0.1:4222"
+    # Stream and subject prefix are configurable so test runs and tenants stay isolated.
+    nats_stream: str = "ORDERS"
+    subject_prefix: str = "orders"
+
+    lnd_rest_url: str = "http://127.0.0.1:8181"
+    lnd_macaroon_hex: str = ""
+    lnd_macaroon_path: str = ""
+    lnd_tls_cert_path: str = ""
+    lnd_network: str = "regtest"
+
+    provider_url: str = "http://127.0.0.1:8090"
+    provider_api_key: str = "sim-key"
+
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8080
+    public_url: str = ""
+
+    order_timeout_seconds: int = 1200
+    cancel_min_age_seconds: int = 180
+    invoice_expiry_seconds: int = 600
+    macaroon_ttl_seconds: int = 86400
+    code_retention_seconds: int = 3600
+    refund_min_validity_seconds: int = 1800
+    allocation_deadline_seconds: int = 120
+
+    btc_usd: Decimal = Decimal("100000")
+    price_multiplier: Decimal = Decimal("1.5")
+    min_price_sats: int = 100
+
+    refund_max_attempts: int = 5
+    refund_retry_base_seconds: float = 2.0
+    refund_fee_limit_sat: int = 10
+    refund_timeout_seconds: int = 60
+
+    sms_poll_interval_seconds: float = 2.0
+    reconcile_interval_seconds: float = 30.0
+    scheduler_tick_seconds: float = 0.5
+    outbox_tick_seconds: float = 0.5
+
+    log_level: str = "INFO"
+
+    def macaroon_hex(self) -> str:
+        """Return the LND macaroon as hex, from the variable or from the file path."""
+        if self.lnd_macaroon_hex:
+            return self.lnd_macaroon_hex
+        if self.lnd_macaroon_path:
+            with open(self.lnd_macaroon_path, "rb") as f:
+                return f.read().hex()
+        return ""
+
+
+def _coerce(raw: str, kind: Any) -> Any:
+    """Turn an environment string into the field's type."""
+    if kind is int:
+        return int(raw)
+    if kind is float:
+        return float(raw)
+    if kind is Decimal:
+        return Decimal(raw)
+    return raw
+
+
+def load_settings(env: dict[str, str] | None = None) -> Settings:
+    """Build Settings from the environment (or the given mapping)."""
+    source = os.environ if env is None else env
+    hints = get_type_hints(Settings)
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        raw = source.get(PREFIX + f.name.upper())
+        if raw is not None and raw != "":
+            try:
+                values[f.name] = _coerce(raw, hints[f.name])
+            except (ValueError, ArithmeticError) as exc:
+                raise ValueError(f"{PREFIX}{f.name.upper()}={raw!r}: {exc}") from exc
+    return Settings(**values)

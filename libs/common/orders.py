@@ -1,0 +1,123 @@
+"""The order state machine: statuses, the allowed transitions, and the rules on top of them (pure)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    """Every status an order can be in; the values are what the API shows."""
+
+    PENDING_PAYMENT = "pending_payment"
+    PAID = "paid"
+    ALLOCATING_NUMBER = "allocating_number"
+    WAITING_FOR_SMS = "waiting_for_sms"
+    CODE_RECEIVED = "code_received"
+    RENT_ACTIVE = "rent_active"
+    COMPLETED = "completed"
+    REFUND_PENDING = "refund_pending"
+    REFUNDED = "refunded"
+    REFUND_FAILED = "refund_failed"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+
+class OrderType(StrEnum):
+    """The kinds of order the API sells."""
+
+    RECEIVE_SMS = "receive-sms"
+    RECEIVE_SMS_REACTIVATE = "receive-sms-reactivate"
+    RENT_NUMBER = "rent-number"
+
+
+S = Status
+
+# The whole life of an order. Anything not listed here is refused by every writer.
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    S.PENDING_PAYMENT: frozenset({S.PAID, S.EXPIRED}),
+    S.PAID: frozenset({S.ALLOCATING_NUMBER}),
+    # FAILED only where nothing is owed; a paid refundable order goes to REFUND_PENDING.
+    S.ALLOCATING_NUMBER: frozenset({S.WAITING_FOR_SMS, S.RENT_ACTIVE, S.REFUND_PENDING, S.FAILED}),
+    S.WAITING_FOR_SMS: frozenset({S.CODE_RECEIVED, S.REFUND_PENDING}),
+    S.CODE_RECEIVED: frozenset({S.COMPLETED}),
+    S.RENT_ACTIVE: frozenset({S.COMPLETED}),
+    S.REFUND_PENDING: frozenset({S.REFUNDED, S.REFUND_FAILED}),
+    S.COMPLETED: frozenset(),
+    S.REFUNDED: frozenset(),
+    S.REFUND_FAILED: frozenset(),
+    S.FAILED: frozenset(),
+    S.EXPIRED: frozenset(),
+}
+
+TERMINAL: frozenset[Status] = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
+
+# Once an SMS has arrived the customer has what they paid for: no cancel, no refund.
+SMS_ARRIVED: frozenset[Status] = frozenset({S.CODE_RECEIVED, S.COMPLETED})
+
+
+class InvalidTransition(Exception):
+    """A writer asked for a transition the table does not allow."""
+
+    def __init__(self, current: Status, target: Status) -> None:
+        super().__init__(f"order cannot go from {current} to {target}")
+        self.current = current
+        self.target = target
+
+
+def can_transition(current: Status, target: Status) -> bool:
+    """Tell whether the table allows current -> target."""
+    return target in TRANSITIONS[current]
+
+
+def check_transition(current: Status, target: Status) -> None:
+    """Raise InvalidTransition unless the table allows current -> target."""
+    if not can_transition(current, target):
+        raise InvalidTransition(current, target)
+
+
+def is_terminal(status: Status) -> bool:
+    """Tell whether an order in this status will never change again."""
+    return status in TERMINAL
+
+
+def is_refundable(order_type: OrderType) -> bool:
+    """Tell whether a failed order of this type is paid back (seed: receive-sms only)."""
+    return order_type is OrderType.RECEIVE_SMS
+
+
+def failure_target(order_type: OrderType) -> Status:
+    """Where an order goes when allocation fails after payment."""
+    # The seed makes rentals and reactivations non-refundable "except when allocation fails
+    # after payment", so every paid type is paid back when no number could be allocated.
+    del order_type
+    return S.REFUND_PENDING
+
+
+class CancelRefused(Exception):
+    """A customer cancel that the rules refuse; code is the API error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def check_customer_cancel(
+    *,
+    order_type: OrderType,
+    status: Status,
+    paid_at: datetime | None,
+    now: datetime,
+    min_age: timedelta,
+) -> None:
+    """Raise CancelRefused unless a customer may cancel this order now."""
+    if order_type is not OrderType.RECEIVE_SMS:
+        raise CancelRefused("VALIDATION_ERROR", "only receive-sms orders can be cancelled")
+    if status in SMS_ARRIVED:
+        raise CancelRefused("CANCEL_SMS_RECEIVED", "an SMS already arrived; cannot cancel")
+    if status is not S.WAITING_FOR_SMS or paid_at is None:
+        raise CancelRefused("CANCEL_NOT_ALLOWED", f"an order in status {status} cannot be cancelled")
+    if now - paid_at < min_age:
+        wait = int((paid_at + min_age - now).total_seconds()) + 1
+        raise CancelRefused("CANCEL_TOO_SOON", f"cancel is possible {wait} s from now")

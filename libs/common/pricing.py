@@ -1,0 +1,27 @@
+"""Pricing: the provider's USD cost turned into the sats the customer pays (pure)."""
+
+from __future__ import annotations
+
+from decimal import ROUND_CEILING, Decimal
+
+SATS_PER_BTC = Decimal(100_000_000)
+
+
+def usd_to_sats(usd: Decimal, btc_usd: Decimal) -> int:
+    """Convert a USD amount to sats at the given BTC/USD rate, rounding up."""
+    if btc_usd <= 0:
+        raise ValueError("BTC/USD rate must be positive")
+    if usd < 0:
+        raise ValueError("cost must not be negative")
+    return int((usd * SATS_PER_BTC / btc_usd).to_integral_value(rounding=ROUND_CEILING))
+
+
+def quote_sats(
+    cost_usd: Decimal, *, btc_usd: Decimal, multiplier: Decimal, min_sats: int = 1
+) -> int:
+    """Price an order: providerCostSats x PRICE_MULTIPLIER, rounded up, never below min_sats."""
+    if multiplier <= 0:
+        raise ValueError("price multiplier must be positive")
+    provider_sats = usd_to_sats(cost_usd, btc_usd)
+    price = int((Decimal(provider_sats) * multiplier).to_integral_value(rounding=ROUND_CEILING))
+    return max(price, min_sats)

@@ -1,0 +1,67 @@
+-- name: order_insert
+INSERT INTO orders (
+    id, type, status, service, country_id, price_sats, provider_cost_usd,
+    payment_hash, payment_request, invoice_expires_at, refund_invoice, refund_payment_hash
+) VALUES ($1, $2, 'pending_payment', $3, $4, $5, $6, $7, $8, $9, $10, $11);
+
+-- name: order_get
+SELECT * FROM orders WHERE id = $1;
+
+-- name: order_get_for_update
+SELECT * FROM orders WHERE id = $1 FOR UPDATE;
+
+-- name: order_by_payment_hash
+SELECT * FROM orders WHERE payment_hash = $1;
+
+-- name: order_refund_invoice_in_use
+SELECT 1 FROM orders WHERE refund_payment_hash = $1 LIMIT 1;
+
+-- name: orders_pending_payment
+SELECT id, payment_hash, invoice_expires_at FROM orders
+WHERE status = 'pending_payment'
+ORDER BY created_at
+LIMIT $1;
+
+-- name: orders_claim_sms_poll
+-- The provider's SMS poller: due orders that have a number, claimed and pushed back.
+WITH due AS (
+    SELECT id FROM orders
+    WHERE status IN ('waiting_for_sms', 'code_received') AND next_poll_at <= now()
+    ORDER BY next_poll_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE orders o SET next_poll_at = now() + make_interval(secs => $2)
+FROM due WHERE o.id = due.id
+RETURNING o.*;
+
+-- name: orders_stuck_allocating
+-- Paid orders whose allocation event was lost or whose worker died mid-purchase.
+SELECT id FROM orders
+WHERE status IN ('paid', 'allocating_number') AND updated_at < now() - make_interval(secs => $1)
+LIMIT $2;
+
+-- name: order_purge_code
+UPDATE orders SET code = NULL, sms_text = NULL, updated_at = now()
+WHERE id = $1 AND status IN ('completed', 'refunded', 'refund_failed');
+
+-- name: order_transitions
+SELECT from_status, to_status, at FROM order_transitions WHERE order_id = $1 ORDER BY id;
+
+-- name: token_insert
+INSERT INTO l402_tokens (key_id, root_key, order_id) VALUES ($1, $2, $3);
+
+-- name: token_get
+SELECT t.root_key, t.order_id FROM l402_tokens t WHERE t.key_id = $1;
+
+-- name: tokens_delete_for_order
+DELETE FROM l402_tokens WHERE order_id = $1;
+
+-- name: order_by_token
+-- The whole authenticated poll in one indexed read: root key, order and refund.
+SELECT t.root_key, t.order_id AS token_order_id, o.*,
+       r.status AS refund_status, r.amount_sats AS refund_amount_sats, r.paid_at AS refund_paid_at
+FROM l402_tokens t
+JOIN orders o ON o.id = t.order_id
+LEFT JOIN refunds r ON r.order_id = o.id
+WHERE t.key_id = $1;

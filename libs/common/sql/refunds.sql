@@ -1,0 +1,46 @@
+-- name: refund_insert
+-- The intent to pay, recorded before any payment is sent. One per order, ever.
+INSERT INTO refunds (order_id, payment_request, payment_hash, amount_sats)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (order_id) DO NOTHING;
+
+-- name: refund_get
+SELECT * FROM refunds WHERE order_id = $1;
+
+-- name: refund_claim
+-- Claims a refund for one attempt: a due pending one, or an in-flight one whose lease ran
+-- out (its worker died). The claimer always tracks the payment at the node before sending.
+UPDATE refunds
+SET status = 'in_flight',
+    attempts = attempts + 1,
+    lease_until = now() + make_interval(secs => $2),
+    updated_at = now()
+WHERE order_id = $1
+  AND ((status = 'pending' AND next_attempt_at <= now())
+       OR (status = 'in_flight' AND lease_until < now()))
+RETURNING *;
+
+-- name: refunds_due
+SELECT order_id FROM refunds
+WHERE (status = 'pending' AND next_attempt_at <= now())
+   OR (status = 'in_flight' AND lease_until < now())
+ORDER BY next_attempt_at
+LIMIT $1;
+
+-- name: refund_succeeded
+UPDATE refunds
+SET status = 'succeeded', fee_sat = $2, paid_at = now(), updated_at = now(), lease_until = NULL
+WHERE order_id = $1 AND status = 'in_flight'
+RETURNING order_id;
+
+-- name: refund_retry_later
+UPDATE refunds
+SET status = 'pending', last_error = $2, lease_until = NULL, updated_at = now(),
+    next_attempt_at = now() + make_interval(secs => $3)
+WHERE order_id = $1 AND status = 'in_flight';
+
+-- name: refund_given_up
+UPDATE refunds
+SET status = 'failed', last_error = $2, lease_until = NULL, updated_at = now()
+WHERE order_id = $1 AND status = 'in_flight'
+RETURNING order_id;

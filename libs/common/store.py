@@ -1,0 +1,95 @@
+"""Order persistence: inserts, reads and guarded transitions over PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, Final
+
+import asyncpg
+
+from libs.common.db import Q
+from libs.common.orders import Status, check_transition, is_terminal
+
+
+class _Now:
+    """Marker for "the database's now()" so every writer uses the same clock."""
+
+    def __repr__(self) -> str:
+        return "NOW"
+
+
+NOW: Final = _Now()
+
+# Columns a transition may set besides the status; anything else is a programming error.
+_WRITABLE: Final = frozenset(
+    {
+        "paid_at",
+        "deadline_at",
+        "activation_id",
+        "phone_number",
+        "code",
+        "sms_text",
+        "sms_received_at",
+        "next_poll_at",
+    }
+)
+
+
+async def transition(
+    conn: asyncpg.Connection,
+    order_id: str,
+    expected: Status,
+    target: Status,
+    **changes: Any,
+) -> asyncpg.Record | None:
+    """Move an order from expected to target, setting changes; None if it was not in expected.
+
+    A None result means a stale or duplicate event: the caller logs, acks and moves on.
+    Values may be NOW (the database clock) or a timedelta (now() + delta).
+    """
+    check_transition(expected, target)
+    sets = ["status = $3", "updated_at = now()"]
+    args: list[Any] = [order_id, expected.value, target.value]
+    for column, value in changes.items():
+        if column not in _WRITABLE:
+            raise ValueError(f"a transition cannot set {column!r}")
+        if value is NOW:
+            sets.append(f"{column} = now()")
+        elif isinstance(value, timedelta):
+            args.append(value)
+            sets.append(f"{column} = now() + ${len(args)}::interval")
+        else:
+            args.append(value)
+            sets.append(f"{column} = ${len(args)}")
+    if is_terminal(target):
+        sets.append("finished_at = now()")
+    sql = f"UPDATE orders SET {', '.join(sets)} WHERE id = $1 AND status = $2 RETURNING *"
+    return await conn.fetchrow(sql, *args)
+
+
+async def get(conn: asyncpg.Connection | asyncpg.Pool, order_id: str) -> asyncpg.Record | None:
+    """Load one order."""
+    return await conn.fetchrow(Q.order_get, order_id)
+
+
+async def set_timer(conn: asyncpg.Connection, order_id: str, kind: str, seconds: float) -> None:
+    """Arm the order's timer of this kind, due in `seconds` by the database clock."""
+    await conn.execute(Q.timer_set, order_id, kind, float(seconds))
+
+
+async def cancel_timer(conn: asyncpg.Connection, order_id: str, kind: str) -> None:
+    """Disarm the order's timer of this kind if it has not fired."""
+    await conn.execute(Q.timer_cancel, order_id, kind)
+
+
+async def first_time(conn: asyncpg.Connection, consumer: str, message_id: str) -> bool:
+    """Record a message as processed by consumer; False if it already was (a redelivery)."""
+    return await conn.fetchval(Q.inbox_claim, consumer, message_id) is not None
+
+
+class Timer:
+    """The kinds of durable timer."""
+
+    INVOICE_EXPIRED: Final = "invoice_expired"
+    SMS_TIMEOUT: Final = "sms_timeout"
+    PURGE_CODE: Final = "purge_code"

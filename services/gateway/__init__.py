@@ -1,0 +1,1 @@
+"""Gateway: the public HTTP API; validates, creates orders and invoices, authenticates L402."""

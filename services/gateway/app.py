@@ -1,0 +1,60 @@
+"""The gateway's aiohttp application: routes, middleware and the resources it opens."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from libs.common import bus, db
+from libs.common.config import Settings
+from libs.common.invoices import currency_for_network
+from libs.common.lightning import LndClient
+from libs.common.outbox import OutboxRelay
+from libs.common.sms import HeroSmsClient
+from services.gateway import views
+from services.gateway.errors import error_middleware
+from services.gateway.keys import JS_CONN, LND, NETWORK, POOL, PROVIDER, SETTINGS
+
+MAX_BODY_BYTES = 16 * 1024
+
+
+def setup_routes(app: web.Application) -> None:
+    """Register every route."""
+    app.router.add_get("/health", views.health)
+    app.router.add_get("/v2/l402", views.discovery)
+    app.router.add_get("/v2/l402/services", views.services)
+    app.router.add_post("/v2/l402/order", views.create_order)
+    app.router.add_get("/v2/l402/order/{order_id}", views.get_order)
+    app.router.add_post("/v2/l402/order/{order_id}/cancel", views.cancel_order)
+
+
+def init_app(settings: Settings, stop: asyncio.Event) -> web.Application:
+    """Build the application; connections open on startup and close on cleanup."""
+    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
+    app[SETTINGS] = settings
+    app[NETWORK] = currency_for_network(settings.lnd_network)
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        pool = await db.create_pool(settings.database_url)
+        nc = await bus.connect(settings.nats_url, "gateway")
+        lnd = LndClient(
+            settings.lnd_rest_url, settings.macaroon_hex(), settings.lnd_tls_cert_path or None
+        )
+        provider = HeroSmsClient(settings.provider_url, settings.provider_api_key)
+        app[POOL], app[JS_CONN], app[LND], app[PROVIDER] = pool, nc, lnd, provider
+        relay = asyncio.create_task(
+            OutboxRelay(pool, nc.jetstream(), tick=settings.outbox_tick_seconds).run(stop)
+        )
+        yield
+        stop.set()
+        await asyncio.wait([relay], timeout=10)
+        await provider.close()
+        await lnd.close()
+        await nc.drain()
+        await pool.close()
+
+    app.cleanup_ctx.append(resources)
+    setup_routes(app)
+    return app

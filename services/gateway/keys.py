@@ -1,0 +1,18 @@
+"""Typed application keys of the gateway app."""
+
+from __future__ import annotations
+
+import asyncpg
+from aiohttp import web
+from nats.aio.client import Client as NATS
+
+from libs.common.config import Settings
+from libs.common.lightning import LndClient
+from libs.common.sms import SmsProvider
+
+SETTINGS = web.AppKey("settings", Settings)
+POOL = web.AppKey("pool", asyncpg.Pool)
+LND = web.AppKey("lnd", LndClient)
+PROVIDER = web.AppKey("provider", SmsProvider)
+JS_CONN = web.AppKey("nats", NATS)
+NETWORK = web.AppKey("bolt11_currency", str)

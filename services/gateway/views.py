@@ -1,0 +1,190 @@
+"""HTTP handlers of the L402 API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+
+from libs.common import l402, store
+from libs.common.db import Q, transaction
+from libs.common.events import Event, EventType
+from libs.common.lightning import LndError
+from libs.common.orders import CancelRefused, OrderType, Status, check_customer_cancel
+from libs.common.outbox import enqueue
+from libs.common.store import Timer
+from services.gateway.errors import ApiError
+from services.gateway.keys import JS_CONN, LND, POOL, PROVIDER, SETTINGS, NETWORK
+from services.gateway.orders import best_offer, order_json, parse_order_request, price_for
+
+log = logging.getLogger(__name__)
+
+
+async def _authenticate(request: web.Request, order_id: str | None) -> Any:
+    """Check the L402 credential; returns the order row (with refund columns) it unlocks."""
+    values = request.headers.getall("Authorization", [])
+    try:
+        credential = l402.parse_authorization(values)
+        row = await request.app[POOL].fetchrow(
+            Q.order_by_token, l402.root_key_id(credential.identifier.raw)
+        )
+        if row is None:
+            raise l402.L402Error(l402.INVALID_MACAROON, "unknown or revoked token")
+        if order_id is not None and row["id"] != order_id:
+            raise l402.L402Error(l402.INVALID_MACAROON, "token is for another order")
+        l402.verify(credential, root_key=bytes(row["root_key"]), order_id=row["id"], now=int(time.time()))
+    except l402.L402Error as exc:
+        raise ApiError(403, exc.code, exc.message) from exc
+    # Order binding twice over: the caveat names the order, the identifier names its invoice.
+    if bytes(row["payment_hash"]) != credential.identifier.payment_hash:
+        raise ApiError(403, l402.INVALID_MACAROON, "token is for another invoice")
+    return row
+
+
+async def create_order(request: web.Request) -> web.Response:
+    """POST /v2/l402/order: answer 402 with an invoice and macaroon (or the order, if paid)."""
+    if request.headers.getall("Authorization", []):
+        # Generic L402 clients re-send the original request with the credential.
+        row = await _authenticate(request, None)
+        return web.json_response(order_json(row, request.app[SETTINGS]))
+    settings = request.app[SETTINGS]
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "VALIDATION_ERROR", "body: must be valid JSON") from exc
+    now = int(time.time())
+    req = parse_order_request(body, settings, now=now, network=request.app[NETWORK])
+    pool = request.app[POOL]
+    assert req.refund_invoice is not None
+    if await pool.fetchval(Q.order_refund_invoice_in_use, req.refund_invoice.payment_hash):
+        raise ApiError(
+            400, "INVALID_REFUND_INVOICE", "this refundInvoice is already used by another order"
+        )
+    offer = await best_offer(request.app[PROVIDER], req.service, req.country)
+    price = price_for(offer, settings)
+    order_id = str(uuid.uuid4())
+    try:
+        invoice = await request.app[LND].add_invoice(
+            value_msat=price * 1000,
+            memo=f"sms4sats {req.service} order {order_id}",
+            expiry=settings.invoice_expiry_seconds,
+        )
+    except (LndError, OSError, asyncio.TimeoutError) as exc:
+        log.error("invoice creation failed: %s", exc)
+        raise ApiError(503, "UNAVAILABLE", "cannot create an invoice now; retry later") from exc
+    identifier = l402.new_identifier(invoice.r_hash)
+    root_key = l402.new_root_key()
+    macaroon = l402.mint(
+        root_key=root_key,
+        identifier=identifier,
+        order_id=order_id,
+        valid_until=now + settings.macaroon_ttl_seconds,
+    )
+    expires_at = datetime.now(UTC) + timedelta(seconds=settings.invoice_expiry_seconds)
+    async with transaction(pool) as conn:
+        await conn.execute(
+            Q.order_insert,
+            order_id,
+            req.type.value,
+            req.service,
+            offer.country_id,
+            price,
+            offer.cost_usd,
+            invoice.r_hash,
+            invoice.payment_request,
+            expires_at,
+            req.refund_invoice.payment_request,
+            req.refund_invoice.payment_hash,
+        )
+        await conn.execute(Q.token_insert, l402.root_key_id(identifier), root_key, order_id)
+        await store.set_timer(conn, order_id, Timer.INVOICE_EXPIRED, settings.invoice_expiry_seconds)
+        await enqueue(conn, Event(EventType.CREATED, order_id), prefix=settings.subject_prefix)
+    log.info("order created", extra={"order_id": order_id})
+    body_out = {
+        "error": {"code": "PAYMENT_REQUIRED", "message": "pay the invoice, then poll with L402 auth"},
+        "orderId": order_id,
+        "invoice": invoice.payment_request,
+        "macaroon": macaroon,
+        "priceSats": price,
+        "expiresAt": expires_at.isoformat(timespec="seconds").replace("+00:00", "Z"),
+    }
+    resp = web.json_response(body_out, status=402)
+    for name, value in l402.challenge_headers(macaroon, invoice.payment_request):
+        resp.headers.add(name, value)
+    return resp
+
+
+async def get_order(request: web.Request) -> web.Response:
+    """GET /v2/l402/order/{id}: the order, for the holder of its paid credential."""
+    row = await _authenticate(request, request.match_info["order_id"])
+    return web.json_response(order_json(row, request.app[SETTINGS]))
+
+
+async def cancel_order(request: web.Request) -> web.Response:
+    """POST /v2/l402/order/{id}/cancel: cancel at the provider, then refund (asynchronously)."""
+    row = await _authenticate(request, request.match_info["order_id"])
+    settings = request.app[SETTINGS]
+    try:
+        check_customer_cancel(
+            order_type=OrderType(row["type"]),
+            status=Status(row["status"]),
+            paid_at=row["paid_at"],
+            now=datetime.now(UTC),
+            min_age=timedelta(seconds=settings.cancel_min_age_seconds),
+        )
+    except CancelRefused as exc:
+        status = 400 if exc.code == "VALIDATION_ERROR" else 409
+        raise ApiError(status, exc.code, exc.message) from exc
+    async with transaction(request.app[POOL]) as conn:
+        await enqueue(
+            conn, Event(EventType.CANCEL_REQUESTED, row["id"]), prefix=settings.subject_prefix
+        )
+    body = order_json(row, settings)
+    body["cancel"] = "requested"
+    return web.json_response(body, status=202)
+
+
+async def health(request: web.Request) -> web.Response:
+    """GET /health: 200 when PostgreSQL and NATS answer, 503 otherwise."""
+    checks = {"database": "ok", "nats": "ok"}
+    try:
+        await asyncio.wait_for(request.app[POOL].fetchval("SELECT 1"), 2.0)
+    except Exception:
+        checks["database"] = "unreachable"
+    if not request.app[JS_CONN].is_connected:
+        checks["nats"] = "unreachable"
+    ok = all(v == "ok" for v in checks.values())
+    return web.json_response({"status": "ok" if ok else "degraded", **checks}, status=200 if ok else 503)
+
+
+async def discovery(request: web.Request) -> web.Response:
+    """GET /v2/l402: what this API offers, for agents."""
+    return web.json_response(
+        {
+            "name": "sms4sats",
+            "protocol": "L402",
+            "orderTypes": [OrderType.RECEIVE_SMS.value],
+            "endpoints": {
+                "createOrder": "POST /v2/l402/order",
+                "getOrder": "GET /v2/l402/order/{orderId}",
+                "cancelOrder": "POST /v2/l402/order/{orderId}/cancel",
+                "services": "GET /v2/l402/services",
+            },
+            "auth": "Authorization: L402 <macaroon>:<preimage>",
+        }
+    )
+
+
+async def services(request: web.Request) -> web.Response:
+    """GET /v2/l402/services: the service codes the provider offers."""
+    try:
+        listed = await request.app[PROVIDER].services()
+    except Exception as exc:
+        raise ApiError(503, "UNAVAILABLE", "the number provider is unavailable") from exc
+    return web.json_response({"services": [{"code": s.code, "name": s.name} for s in listed]})

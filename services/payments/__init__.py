@@ -1,0 +1,1 @@
+"""Payments worker: watches invoices, marks orders paid or expired, and pays refunds."""

@@ -1,0 +1,147 @@
+"""The invoice side of payments: settled invoices make orders paid, expired ones expire them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+from libs.common import store
+from libs.common.db import Q, transaction
+from libs.common.events import Event, EventType
+from libs.common.lightning import Invoice, InvoiceNotFound, LndClient, LndError
+from libs.common.orders import Status
+from libs.common.outbox import enqueue
+from libs.common.runtime import Worker
+from libs.common.store import NOW, Timer
+
+log = logging.getLogger(__name__)
+
+
+class InvoiceWatcher:
+    """Keeps each pending order in step with its invoice at the node."""
+
+    def __init__(self, worker: Worker, lnd: LndClient) -> None:
+        self._w = worker
+        self._lnd = lnd
+        self._settle_index = 0
+
+    async def mark_paid(self, payment_hash: bytes, amt_paid_msat: int) -> bool:
+        """Move the order with this invoice to paid and start its SMS deadline; idempotent."""
+        settings = self._w.settings
+        async with transaction(self._w.pool) as conn:
+            order = await conn.fetchrow(Q.order_by_payment_hash, payment_hash)
+            if order is None or order["status"] != Status.PENDING_PAYMENT:
+                return False
+            if amt_paid_msat < order["price_sats"] * 1000:
+                log.error("invoice underpaid; leaving order pending", extra={"order_id": order["id"]})
+                return False
+            timeout = settings.order_timeout_seconds
+            moved = await store.transition(
+                conn,
+                order["id"],
+                Status.PENDING_PAYMENT,
+                Status.PAID,
+                paid_at=NOW,
+                deadline_at=timedelta(seconds=timeout),
+            )
+            if moved is None:
+                return False
+            await store.cancel_timer(conn, order["id"], Timer.INVOICE_EXPIRED)
+            await store.set_timer(conn, order["id"], Timer.SMS_TIMEOUT, timeout)
+            await enqueue(conn, Event(EventType.PAID, order["id"]), prefix=settings.subject_prefix)
+        log.info("order paid", extra={"order_id": order["id"]})
+        return True
+
+    async def on_invoice(self, invoice: Invoice) -> None:
+        """Handle one invoice update from the node."""
+        if invoice.state == "SETTLED":
+            await self.mark_paid(invoice.r_hash, invoice.amt_paid_msat)
+
+    async def expire(self, order_id: str) -> None:
+        """Handle an unpaid order's invoice expiry: cancel the invoice, then expire the order."""
+        order = await store.get(self._w.pool, order_id)
+        if order is None or order["status"] != Status.PENDING_PAYMENT:
+            return
+        payment_hash = bytes(order["payment_hash"])
+        try:
+            invoice = await self._lnd.lookup_invoice(payment_hash)
+            if invoice.state == "SETTLED":
+                await self.mark_paid(payment_hash, invoice.amt_paid_msat)
+                return
+            # Cancel first so a payment racing the expiry cannot land on an expired order.
+            await self._lnd.cancel_invoice(payment_hash)
+        except InvoiceNotFound:
+            log.warning("node does not know the invoice; expiring", extra={"order_id": order_id})
+        except LndError as exc:
+            invoice = await self._lnd.lookup_invoice(payment_hash)
+            if invoice.state == "SETTLED":
+                await self.mark_paid(payment_hash, invoice.amt_paid_msat)
+                return
+            raise exc
+        async with transaction(self._w.pool) as conn:
+            moved = await store.transition(conn, order_id, Status.PENDING_PAYMENT, Status.EXPIRED)
+            if moved is None:
+                return
+            await conn.execute(Q.tokens_delete_for_order, order_id)
+            await enqueue(
+                conn, Event(EventType.EXPIRED, order_id), prefix=self._w.settings.subject_prefix
+            )
+        log.info("order expired unpaid", extra={"order_id": order_id})
+
+    async def reconcile(self) -> int:
+        """Look up every pending order's invoice at the node; returns how many became paid."""
+        paid = 0
+        rows = await self._w.pool.fetch(Q.orders_pending_payment, 1000)
+        for row in rows:
+            try:
+                invoice = await self._lnd.lookup_invoice(bytes(row["payment_hash"]))
+            except LndError as exc:
+                log.warning("lookup failed: %s", exc, extra={"order_id": row["id"]})
+                continue
+            if invoice.state == "SETTLED" and await self.mark_paid(
+                invoice.r_hash, invoice.amt_paid_msat
+            ):
+                paid += 1
+        return paid
+
+    async def _follow(self) -> None:
+        """Reconcile, then follow the node's stream of new and settled invoices."""
+        await self.reconcile()
+        # After a reconnect LND replays every settle past the last index we saw, which
+        # closes the gap between the reconcile above and the subscription.
+        async for invoice in self._lnd.subscribe_invoices(settle_index=self._settle_index):
+            if invoice.settle_index:
+                self._settle_index = max(self._settle_index, invoice.settle_index)
+            await self.on_invoice(invoice)
+
+    async def watch(self) -> None:
+        """Follow the invoice stream until stop, reconnecting with backoff."""
+        delay = 1.0
+        stop = asyncio.ensure_future(self._w.stop.wait())
+        try:
+            while not self._w.stop.is_set():
+                follow = asyncio.ensure_future(self._follow())
+                await asyncio.wait([follow, stop], return_when=asyncio.FIRST_COMPLETED)
+                if not follow.done():
+                    follow.cancel()
+                    break
+                exc = follow.exception()
+                log.warning("invoice stream ended (%r); reconnecting in %.0fs", exc, delay)
+                await asyncio.wait([stop], timeout=delay)
+                delay = min(delay * 2, 30.0)
+        finally:
+            stop.cancel()
+
+    async def reconcile_forever(self) -> None:
+        """Reconcile periodically as a safety net under the stream."""
+        while not self._w.stop.is_set():
+            try:
+                await asyncio.wait_for(
+                    self._w.stop.wait(), self._w.settings.reconcile_interval_seconds
+                )
+            except TimeoutError:
+                try:
+                    await self.reconcile()
+                except Exception:
+                    log.exception("reconcile failed")

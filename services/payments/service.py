@@ -1,0 +1,44 @@
+"""The payments worker: invoice watcher, reconciler, refund payer and its event handler."""
+
+from __future__ import annotations
+
+import asyncio
+
+from libs.common.config import Settings
+from libs.common.events import Event, EventType
+from libs.common.lightning import LndClient
+from libs.common.runtime import open_worker, run_loops
+from services.payments.invoices import InvoiceWatcher
+from services.payments.refunds import RefundPayer
+
+
+def lnd_client(settings: Settings) -> LndClient:
+    """The merchant node's REST client from settings."""
+    return LndClient(
+        settings.lnd_rest_url, settings.macaroon_hex(), settings.lnd_tls_cert_path or None
+    )
+
+
+async def main(settings: Settings, stop: asyncio.Event) -> None:
+    """Run the payments worker until stop."""
+    lnd = lnd_client(settings)
+    try:
+        async with open_worker("payments", settings, stop) as worker:
+            invoices = InvoiceWatcher(worker, lnd)
+            refunds = RefundPayer(worker, lnd)
+
+            async def handle(event: Event) -> None:
+                if event.type is EventType.REFUND_REQUESTED:
+                    await refunds.request(event.order_id)
+                elif event.type is EventType.INVOICE_EXPIRED:
+                    await invoices.expire(event.order_id)
+
+            await run_loops(
+                stop,
+                worker.consumer(handle).run(stop),
+                invoices.watch(),
+                invoices.reconcile_forever(),
+                refunds.retry_due(),
+            )
+    finally:
+        await lnd.close()

@@ -1,0 +1,1 @@
+"""Provider worker: buys numbers, watches for SMS, finishes or cancels activations."""

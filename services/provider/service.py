@@ -1,0 +1,31 @@
+"""The provider worker: its event handler and the SMS poller."""
+
+from __future__ import annotations
+
+import asyncio
+
+from libs.common.config import Settings
+from libs.common.events import Event, EventType
+from libs.common.runtime import open_worker, run_loops
+from libs.common.sms import HeroSmsClient
+from services.provider.activations import Activations
+
+
+async def main(settings: Settings, stop: asyncio.Event) -> None:
+    """Run the provider worker until stop."""
+    provider = HeroSmsClient(settings.provider_url, settings.provider_api_key)
+    try:
+        async with open_worker("provider", settings, stop) as worker:
+            activations = Activations(worker, provider)
+
+            async def handle(event: Event) -> None:
+                if event.type is EventType.PAID:
+                    await activations.allocate(event.order_id)
+                elif event.type is EventType.SMS_TIMEOUT:
+                    await activations.cancel(event.order_id, "no SMS before the deadline")
+                elif event.type is EventType.CANCEL_REQUESTED:
+                    await activations.cancel(event.order_id, "cancelled by the customer")
+
+            await run_loops(stop, worker.consumer(handle).run(stop), activations.poll_forever())
+    finally:
+        await provider.close()

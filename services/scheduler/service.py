@@ -1,0 +1,64 @@
+"""The scheduler: claims due timers with SKIP LOCKED and turns each into an event or a purge."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from libs.common.config import Settings
+from libs.common.db import Q, transaction
+from libs.common.events import Event, EventType
+from libs.common.outbox import enqueue
+from libs.common.runtime import Worker, open_worker, run_loops
+from libs.common.store import Timer
+
+log = logging.getLogger(__name__)
+
+# Timers that become events for the worker owning the next step.
+_EVENTS = {Timer.INVOICE_EXPIRED: EventType.INVOICE_EXPIRED, Timer.SMS_TIMEOUT: EventType.SMS_TIMEOUT}
+OUTBOX_RETENTION_SECONDS = 24 * 3600.0
+
+
+async def fire_due(worker: Worker, limit: int = 200) -> int:
+    """Fire one batch of due timers in one transaction; returns how many fired."""
+    prefix = worker.settings.subject_prefix
+    async with transaction(worker.pool) as conn:
+        rows = await conn.fetch(Q.timers_claim_due, limit)
+        for row in rows:
+            kind = row["kind"]
+            if kind in _EVENTS:
+                await enqueue(conn, Event(_EVENTS[kind], row["order_id"]), prefix=prefix)
+            elif kind == Timer.PURGE_CODE:
+                # SMS codes are deleted once the retention after completion has passed.
+                await conn.execute(Q.order_purge_code, row["order_id"])
+            else:
+                log.error("unknown timer kind %s", kind, extra={"order_id": row["order_id"]})
+        if rows:
+            await conn.execute(Q.timers_mark_fired, [r["id"] for r in rows])
+    return len(rows)
+
+
+async def tick_forever(worker: Worker) -> None:
+    """Fire due timers until stop, sleeping until the next one is due (bounded by the tick)."""
+    tick = worker.settings.scheduler_tick_seconds
+    loop = asyncio.get_running_loop()
+    next_prune = loop.time()
+    while not worker.stop.is_set():
+        try:
+            while await fire_due(worker) > 0:
+                pass
+            if loop.time() >= next_prune:
+                await worker.pool.execute(Q.outbox_prune, OUTBOX_RETENTION_SECONDS)
+                next_prune = loop.time() + 60.0
+        except Exception:
+            log.exception("scheduler tick failed")
+        try:
+            await asyncio.wait_for(worker.stop.wait(), tick)
+        except TimeoutError:
+            pass
+
+
+async def main(settings: Settings, stop: asyncio.Event) -> None:
+    """Run the scheduler until stop."""
+    async with open_worker("scheduler", settings, stop) as worker:
+        await run_loops(stop, tick_forever(worker))
