@@ -81,10 +81,13 @@ class Stack:
         log_dir.mkdir(parents=True, exist_ok=True)
         out: IO[bytes] | None = None
         if not self.inherit_output:
-            out = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
+            out = open(log_dir / f"{name}.log", "ab")
             self.logs[name] = out
         proc = subprocess.Popen(
-            args, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
+            args,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
             start_new_session=True,
         )
         self.procs[name] = proc
@@ -92,7 +95,7 @@ class Stack:
 
     def start_postgres(self) -> None:
         """Start PostgreSQL from the pgserver wheel and make sure the sms4sats database exists."""
-        self.pg = pgserver.get_server(self.root / "pg", cleanup_mode="stop")
+        self.pg = pgserver.get_server(self.root / "pg", cleanup_mode="stop")  # type: ignore[attr-defined]
         admin_url = self.pg.get_uri()
         parts = urlsplit(admin_url)
         self.database_url = urlunsplit(parts._replace(path="/sms4sats"))
@@ -117,8 +120,16 @@ class Stack:
         self.spawn(
             "nats",
             [
-                binary, "-js", "-sd", str(self.root / "nats"), "-a", "127.0.0.1",
-                "-p", str(self.ports["nats"]), "-m", str(self.ports["nats_monitor"]),
+                binary,
+                "-js",
+                "-sd",
+                str(self.root / "nats"),
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.ports["nats"]),
+                "-m",
+                str(self.ports["nats_monitor"]),
             ],
             dict(os.environ),
         )
@@ -154,19 +165,36 @@ class Stack:
         self.spawn(
             "lnsim",
             [
-                py, "-m", "sandbox.lnsim", "--host", "127.0.0.1", "--state-dir", str(ln_dir),
-                "--node", f"merchant={self.ports['merchant']}",
-                "--node", f"payer={self.ports['payer']}",
+                py,
+                "-m",
+                "sandbox.lnsim",
+                "--host",
+                "127.0.0.1",
+                "--state-dir",
+                str(ln_dir),
+                "--node",
+                f"merchant={self.ports['merchant']}",
+                "--node",
+                f"payer={self.ports['payer']}",
             ],
             dict(os.environ),
         )
         ready = self.root / "smssim.json"
         ready.unlink(missing_ok=True)
         sms_args = [
-            py, "-m", "sandbox.smssim", "--host", "127.0.0.1",
-            "--port", str(self.ports["smssim"]), "--ready-file", str(ready),
-            "--early-cancel-seconds", os.environ.get("SMSSIM_EARLY_CANCEL_SECONDS", "120"),
-            "--auto-sms-delay", os.environ.get("SMSSIM_AUTO_SMS_DELAY", "3"),
+            py,
+            "-m",
+            "sandbox.smssim",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.ports["smssim"]),
+            "--ready-file",
+            str(ready),
+            "--early-cancel-seconds",
+            os.environ.get("SMSSIM_EARLY_CANCEL_SECONDS", "120"),
+            "--auto-sms-delay",
+            os.environ.get("SMSSIM_AUTO_SMS_DELAY", "3"),
         ]
         self.spawn("smssim", sms_args, dict(os.environ))
         wait_for((ln_dir / "nodes.json").exists, "the Lightning simulator")
@@ -230,7 +258,7 @@ def _healthy(url: str) -> bool:
     import urllib.request
 
     try:
-        with urllib.request.urlopen(f"{url}/health", timeout=1) as resp:  # noqa: S310 - loopback
+        with urllib.request.urlopen(f"{url}/health", timeout=1) as resp:
             return bool(resp.status == 200)
     except (urllib.error.URLError, OSError):
         return False
@@ -244,7 +272,9 @@ def main() -> None:
         "--auto-ports", action="store_true", help="pick free ports instead of the defaults"
     )
     parser.add_argument(
-        "--replicas", type=int, default=int(os.environ.get("REPLICAS", "1")),
+        "--replicas",
+        type=int,
+        default=int(os.environ.get("REPLICAS", "1")),
         help="processes per worker (payments, provider, scheduler)",
     )
     parser.add_argument("--inherit-output", action="store_true", help="children log to this tty")
@@ -253,7 +283,9 @@ def main() -> None:
     ports = {}
     for name, default in DEFAULT_PORTS.items():
         env_name = f"DEVSTACK_{name.upper()}_PORT"
-        ports[name] = int(os.environ.get(env_name, 0)) or (free_port() if args.auto_ports else default)
+        ports[name] = int(os.environ.get(env_name, 0)) or (
+            free_port() if args.auto_ports else default
+        )
     stack = Stack(
         Path(args.dir).resolve(), ports, inherit_output=args.inherit_output, replicas=args.replicas
     )

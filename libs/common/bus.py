@@ -100,7 +100,7 @@ class Consumer:
         while not stop.is_set():
             try:
                 msgs = await sub.fetch(batch, timeout=1.0)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):
                 continue
             except nats.errors.Error as exc:
                 log.warning("fetch failed: %s", exc)
@@ -122,7 +122,10 @@ class Consumer:
         except Retry as retry:
             log.info(
                 "retrying %s for order %s in %.1fs: %s",
-                event.type, event.order_id, retry.delay, retry,
+                event.type,
+                event.order_id,
+                retry.delay,
+                retry,
                 extra={"order_id": event.order_id, "correlation_id": event.correlation_id},
             )
             await msg.nak(delay=retry.delay)
@@ -134,7 +137,9 @@ class Consumer:
                 return
             log.exception(
                 "handler failed on %s for order %s (delivery %d)",
-                event.type, event.order_id, delivered,
+                event.type,
+                event.order_id,
+                delivered,
                 extra={"order_id": event.order_id, "correlation_id": event.correlation_id},
             )
             await msg.nak(delay=_backoff(delivered))

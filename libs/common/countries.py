@@ -1,4 +1,4 @@
-"""Country and service names: the provider's numeric ids, ISO alpha-2 codes, names, aliases (pure)."""
+"""Country and service names: provider ids, ISO alpha-2 codes, English names, aliases (pure)."""
 
 from __future__ import annotations
 
@@ -51,9 +51,7 @@ for _c in COUNTRIES:
     if _c.iso not in _BY_ISO or _c.id == 187:
         _BY_ISO[_c.iso] = _c
 _BY_ID: dict[int, Country] = {c.id: c for c in COUNTRIES}
-_BY_NAME: dict[str, Country] = {
-    name: c for c in COUNTRIES for name in (c.name.lower(), *c.aliases)
-}
+_BY_NAME: dict[str, Country] = {name: c for c in COUNTRIES for name in (c.name.lower(), *c.aliases)}
 
 AUTO = "auto"
 
@@ -64,7 +62,7 @@ def by_id(country_id: int) -> Country | None:
 
 
 def resolve_country(value: str | int) -> Country | str | None:
-    """Resolve a numeric id, ISO alpha-2 code or English name; "auto" stays "auto"; None if unknown."""
+    """Resolve an id, ISO alpha-2 code or English name; "auto" stays "auto"; None if unknown."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):

@@ -1,4 +1,4 @@
-"""The order state machine: statuses, the allowed transitions, and the rules on top of them (pure)."""
+"""The order state machine: statuses, allowed transitions, and the rules on top (pure)."""
 
 from __future__ import annotations
 
@@ -117,7 +117,9 @@ def check_customer_cancel(
     if status in SMS_ARRIVED:
         raise CancelRefused("CANCEL_SMS_RECEIVED", "an SMS already arrived; cannot cancel")
     if status is not S.WAITING_FOR_SMS or paid_at is None:
-        raise CancelRefused("CANCEL_NOT_ALLOWED", f"an order in status {status} cannot be cancelled")
+        raise CancelRefused(
+            "CANCEL_NOT_ALLOWED", f"an order in status {status} cannot be cancelled"
+        )
     if now - paid_at < min_age:
         wait = int((paid_at + min_age - now).total_seconds()) + 1
         raise CancelRefused("CANCEL_TOO_SOON", f"cancel is possible {wait} s from now")

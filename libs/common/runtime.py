@@ -45,9 +45,7 @@ class Worker:
 
 
 @asynccontextmanager
-async def open_worker(
-    name: str, settings: Settings, stop: asyncio.Event
-) -> AsyncIterator[Worker]:
+async def open_worker(name: str, settings: Settings, stop: asyncio.Event) -> AsyncIterator[Worker]:
     """Open the pool and NATS, run the outbox relay, and close everything on exit."""
     pool = await db.create_pool(settings.database_url)
     nc = await bus.connect(settings.nats_url, name)

@@ -40,8 +40,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a node and its REST port (0 = any free port); repeatable",
     )
     parser.add_argument("--state-dir", required=True, help="keys, macaroons, state, nodes.json")
-    parser.add_argument("--block-time-seconds", type=float, default=600.0)
-    parser.add_argument("--initial-balance-sat", type=int, default=10_000_000)
+    parser.add_argument(
+        "--block-time-seconds",
+        type=float,
+        default=600.0,
+        help="one block per this many seconds (0 = blocks only via POST /sim/mine)",
+    )
+    parser.add_argument(
+        "--initial-balance-sat",
+        type=int,
+        default=10_000_000,
+        help="local channel balance of a node created for the first time",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     names = [n for n, _p in args.node]

@@ -74,6 +74,10 @@ class InvoiceRec:
         """Sum of the HTLCs that are accepted or settled."""
         return sum(h.amt_msat for h in self.htlcs if h.state != CANCELED)
 
+    def to_dict(self) -> dict[str, Any]:
+        """Serialize to JSON-able data."""
+        return dataclasses.asdict(self)
+
     @staticmethod
     def from_dict(data: dict[str, Any]) -> InvoiceRec:
         """Rebuild from JSON."""
@@ -120,6 +124,10 @@ class PaymentRec:
         """Amount locked by attempts still in flight."""
         return sum(a.amt_msat for a in self.htlcs if a.status == IN_FLIGHT)
 
+    def to_dict(self) -> dict[str, Any]:
+        """Serialize to JSON-able data."""
+        return dataclasses.asdict(self)
+
     @staticmethod
     def from_dict(data: dict[str, Any]) -> PaymentRec:
         """Rebuild from JSON."""
@@ -143,17 +151,18 @@ class NodeState:
     invoices: dict[str, InvoiceRec] = field(default_factory=dict)
     payments: dict[str, PaymentRec] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        """Serialize to JSON-able data."""
-        return dataclasses.asdict(self)
+    def meta_dict(self) -> dict[str, Any]:
+        """Balances, counters and test hooks (invoices and payments are stored apart)."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ("invoices", "payments")
+        }
 
     @staticmethod
-    def from_dict(data: dict[str, Any]) -> NodeState:
-        """Rebuild from JSON."""
-        invoices = {k: InvoiceRec.from_dict(v) for k, v in data.get("invoices", {}).items()}
-        payments = {k: PaymentRec.from_dict(v) for k, v in data.get("payments", {}).items()}
-        rest = {k: v for k, v in data.items() if k not in ("invoices", "payments")}
-        return NodeState(invoices=invoices, payments=payments, **rest)
+    def from_meta(data: dict[str, Any]) -> NodeState:
+        """Rebuild balances and counters from JSON."""
+        return NodeState(**data)
 
 
 @dataclass

@@ -7,7 +7,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import secrets
 import time
 from collections.abc import Callable
@@ -39,7 +38,13 @@ from .model import (
     NodeState,
     PaymentRec,
 )
-from .util import GRPC_ALREADY_EXISTS, GRPC_NOT_FOUND, RpcError, atomic_write_json
+from .util import (
+    GRPC_ALREADY_EXISTS,
+    GRPC_NOT_FOUND,
+    RpcError,
+    atomic_write_json,
+    atomic_write_text,
+)
 
 log = logging.getLogger("lnsim")
 
@@ -156,7 +161,8 @@ class SimNode:
         self.name = name
         state_dir = network.state_dir
         self._key_path = state_dir / f"{name}.key"
-        self._state_path = state_dir / f"{name}.state.json"
+        self._node_dir = state_dir / name
+        self._meta_path = self._node_dir / "node.json"
         self.macaroon_path = state_dir / f"{name}.macaroon"
         self.privkey = self._load_key()
         self.pubkey = self.privkey.public_key.format(compressed=True).hex()
@@ -174,8 +180,7 @@ class SimNode:
         if self._key_path.exists():
             return coincurve.PrivateKey(bytes.fromhex(self._key_path.read_text().strip()))
         key = coincurve.PrivateKey()
-        self._key_path.write_text(key.secret.hex() + "\n")
-        os.chmod(self._key_path, 0o600)
+        atomic_write_text(self._key_path, key.secret.hex() + "\n", mode=0o600)
         return key
 
     def _load_macaroon(self) -> str:
@@ -185,21 +190,35 @@ class SimNode:
                 bytes.fromhex(text)  # must be hex
                 return text
         mac = secrets.token_bytes(64).hex()
-        self.macaroon_path.write_text(mac)
-        os.chmod(self.macaroon_path, 0o600)
+        atomic_write_text(self.macaroon_path, mac, mode=0o600)
         return mac
 
     def _load_state(self) -> NodeState:
-        if self._state_path.exists():
-            return NodeState.from_dict(json.loads(self._state_path.read_text()))
+        if self._meta_path.exists():
+            state = NodeState.from_meta(json.loads(self._meta_path.read_text()))
+            for path in sorted((self._node_dir / "invoices").glob("*.json")):
+                inv = InvoiceRec.from_dict(json.loads(path.read_text()))
+                state.invoices[inv.r_hash] = inv
+            for path in sorted((self._node_dir / "payments").glob("*.json")):
+                pay = PaymentRec.from_dict(json.loads(path.read_text()))
+                state.payments[pay.payment_hash] = pay
+            return state
         initial = self.network.initial_balance_sat * 1000
         state = NodeState(local_msat=initial, remote_msat=initial)
-        atomic_write_json(self._state_path, state.to_dict())
+        atomic_write_json(self._meta_path, state.meta_dict())
         return state
 
-    def save(self) -> None:
-        """Persist the node state atomically."""
-        atomic_write_json(self._state_path, self.state.to_dict())
+    def save(self, *, invoice: InvoiceRec | None = None, payment: PaymentRec | None = None) -> None:
+        """Persist the touched invoice/payment (one file each) and the node's counters."""
+        if invoice is not None:
+            atomic_write_json(
+                self._node_dir / "invoices" / f"{invoice.r_hash}.json", invoice.to_dict()
+            )
+        if payment is not None:
+            atomic_write_json(
+                self._node_dir / "payments" / f"{payment.payment_hash}.json", payment.to_dict()
+            )
+        atomic_write_json(self._meta_path, self.state.meta_dict())
 
     # ----------------------------------------------------------------- balances
 
@@ -450,7 +469,7 @@ class SimNode:
         )
         self.state.next_add_index += 1
         self.state.invoices[r_hash_hex] = inv
-        self.save()
+        self.save(invoice=inv)
         self._notify_invoice(inv, added=True)
         return inv
 
@@ -485,7 +504,7 @@ class SimNode:
                 received += h.amt_msat
                 settled_htlcs.append(h)
         self._mark_settled(inv, now, received)
-        self.save()
+        self.save(invoice=inv)
         self._notify_invoice(inv)
         for h in settled_htlcs:
             sender = self.network.nodes.get(h.sender)
@@ -520,7 +539,7 @@ class SimNode:
                 h.resolve_time = now
                 canceled.append(h)
         inv.state = CANCELED
-        self.save()
+        self.save(invoice=inv)
         self._notify_invoice(inv)
         for h in canceled:
             sender = self.network.nodes.get(h.sender)
@@ -543,13 +562,15 @@ class SimNode:
                 h.state == ACCEPTED and height >= h.expiry_height - HOLD_EXPIRY_DELTA
                 for h in inv.htlcs
             ):
-                log.info("%s: hold invoice %s near HTLC expiry, canceling", self.name, inv.r_hash[:16])
+                log.info(
+                    "%s: hold invoice %s near HTLC expiry, canceling", self.name, inv.r_hash[:16]
+                )
                 self._cancel(inv)
 
     def receive_htlc(
         self, *, sender: str, payment_hash_hex: str, attempt: HtlcAttempt
     ) -> tuple[str, bytes | None]:
-        """Handle an incoming HTLC: returns ("settled", preimage), ("held", None) or ("failed", None)."""
+        """Handle an incoming HTLC: ("settled", preimage), ("held", None) or ("failed", None)."""
         inv = self.state.invoices.get(payment_hash_hex)
         now = _now()
         if inv is None or inv.state != OPEN:
@@ -576,13 +597,13 @@ class SimNode:
         inv.htlcs.append(htlc)
         if inv.is_hold:
             inv.state = ACCEPTED
-            self.save()
+            self.save(invoice=inv)
             self._notify_invoice(inv)
             return "held", None
         htlc.state = SETTLED
         htlc.resolve_time = now
         self._mark_settled(inv, now, attempt.amt_msat)
-        self.save()
+        self.save(invoice=inv)
         self._notify_invoice(inv)
         return "settled", bytes.fromhex(inv.preimage)
 
@@ -669,7 +690,7 @@ class SimNode:
         )
         self.state.next_attempt_id += 1
         p.htlcs.append(attempt)
-        self.save()
+        self.save(payment=p)
         self._notify_payment(p)
         outcome, preimage = dest.receive_htlc(
             sender=self.name, payment_hash_hex=payment_hash_hex, attempt=attempt
@@ -681,14 +702,16 @@ class SimNode:
         return p
 
     def _fail_without_attempt(self, p: PaymentRec, reason: str) -> None:
-        self.save()
+        self.save(payment=p)
         self._notify_payment(p)  # the initial IN_FLIGHT update
         p.status = FAILED
         p.failure_reason = reason
-        self.save()
+        self.save(payment=p)
         self._notify_payment(p)
 
-    def resolve_outgoing(self, payment_hash_hex: str, attempt_id: int, *, preimage: bytes | None) -> None:
+    def resolve_outgoing(
+        self, payment_hash_hex: str, attempt_id: int, *, preimage: bytes | None
+    ) -> None:
         """Settle (preimage given) or fail an outgoing HTLC attempt and its payment."""
         p = self.state.payments.get(payment_hash_hex)
         if p is None or p.status != IN_FLIGHT:
@@ -711,7 +734,7 @@ class SimNode:
             attempt.failure_height = self.network.chain.height
             p.status = FAILED
             p.failure_reason = REASON_INCORRECT_DETAILS
-        self.save()
+        self.save(payment=p)
         self._notify_payment(p)
 
     def fail_next_payments(self, count: int, reason: str) -> int:
@@ -747,9 +770,13 @@ class Network:
     def _load_chain(self) -> ChainState:
         if self._chain_path.exists():
             data = json.loads(self._chain_path.read_text())
-            return ChainState(height=int(data["height"]), last_block_time=float(data["last_block_time"]))
+            return ChainState(
+                height=int(data["height"]), last_block_time=float(data["last_block_time"])
+            )
         chain = ChainState(height=START_HEIGHT, last_block_time=time.time())
-        atomic_write_json(self._chain_path, {"height": chain.height, "last_block_time": chain.last_block_time})
+        atomic_write_json(
+            self._chain_path, {"height": chain.height, "last_block_time": chain.last_block_time}
+        )
         return chain
 
     def add_node(self, name: str) -> SimNode:

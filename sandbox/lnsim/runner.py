@@ -21,9 +21,8 @@ NODES_FILE = "nodes.json"
 
 
 def _bind(host: str, port: int) -> socket.socket:
-    family, socktype, proto, _canon, addr = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM
-    )[0]
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    family, socktype, proto, _canon, addr = infos[0]
     sock = socket.socket(family, socktype, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(addr)
@@ -39,6 +38,13 @@ def _url_host(host: str) -> str:
     if ":" in host:
         return f"[{host}]"
     return host
+
+
+def _prepare_state_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        (path / NODES_FILE).unlink()
+    return path
 
 
 @dataclass
@@ -61,8 +67,7 @@ class RunningNetwork:
         for runner in self.runners:
             await runner.cleanup()
         self.runners.clear()
-        with contextlib.suppress(FileNotFoundError):
-            (self.state_dir / NODES_FILE).unlink()
+        _prepare_state_dir(self.state_dir)
 
 
 async def start_network(
@@ -75,10 +80,7 @@ async def start_network(
     initial_balance_sat: int = 10_000_000,
 ) -> RunningNetwork:
     """Start the simulated nodes (port 0 picks a free port), then write nodes.json."""
-    state_path = Path(state_dir)
-    state_path.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        (state_path / NODES_FILE).unlink()
+    state_path = _prepare_state_dir(Path(state_dir))
     network = Network(
         state_path,
         block_time_seconds=block_time_seconds,

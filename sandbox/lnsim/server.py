@@ -58,6 +58,12 @@ def _node(request: web.Request) -> SimNode:
 @web.middleware
 async def _lnd_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Macaroon check plus LND-shaped errors (google.rpc.Status JSON)."""
+    # grpc-gateway answers routing errors before any auth check.
+    routing_error = getattr(request.match_info, "http_exception", None)
+    if isinstance(routing_error, web.HTTPMethodNotAllowed):
+        return _error_response(RpcError("Method Not Allowed", GRPC_UNIMPLEMENTED), stream=False)
+    if isinstance(routing_error, web.HTTPException):
+        return _error_response(RpcError("Not Found", GRPC_NOT_FOUND), stream=False)
     stream = _is_stream(request.path)
     try:
         if not request.path.startswith("/sim/"):
@@ -65,10 +71,6 @@ async def _lnd_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     except RpcError as err:
         return _error_response(err, stream=stream)
-    except web.HTTPNotFound:
-        return _error_response(RpcError("Not Found", GRPC_NOT_FOUND), stream=False)
-    except web.HTTPMethodNotAllowed:
-        return _error_response(RpcError("Method Not Allowed", GRPC_UNIMPLEMENTED), stream=False)
 
 
 def _check_macaroon(request: web.Request) -> None:
@@ -352,9 +354,7 @@ async def sim_fail_next_payments(request: web.Request) -> web.StreamResponse:
     count = parse_int(body.get("count", 1), "count")
     reason = parse_str(body.get("reason"), "reason") or "FAILURE_REASON_NO_ROUTE"
     if reason not in FAILURE_REASONS:
-        raise RpcError(
-            f"reason must be one of {', '.join(FAILURE_REASONS)}", GRPC_INVALID_ARGUMENT
-        )
+        raise RpcError(f"reason must be one of {', '.join(FAILURE_REASONS)}", GRPC_INVALID_ARGUMENT)
     pending = _node(request).fail_next_payments(count, reason)
     return _json_response({"pending_failures": pending})
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -405,8 +406,9 @@ class SimState:
         if activation.status not in ACTIVE_STATES:
             raise err_not_active()
         if code is None:
-            digits = "".join(ch if ch.isdigit() else " " for ch in text or "").split()
-            candidates = [d for d in digits if 4 <= len(d) <= 8]
+            # "Your code is 12345" / WhatsApp style "246-810": first 4-8 digit group wins.
+            groups = (m.replace("-", "") for m in re.findall(r"\d(?:[\d-]*\d)?", text or ""))
+            candidates = [g for g in groups if 4 <= len(g) <= 8]
             code = candidates[0] if candidates else make_code(self.rng)
         if text is None:
             text = sms_text(activation.service, code)

@@ -92,11 +92,15 @@ async def best_offer(
         else:
             offers = await provider.prices(service=service)
     except ProviderError as exc:
-        raise ApiError(503, "UNAVAILABLE", "the number provider is unavailable; retry later") from exc
+        raise ApiError(
+            503, "UNAVAILABLE", "the number provider is unavailable; retry later"
+        ) from exc
     in_stock = [
         o
         for o in offers
-        if o.service == service and o.count > 0 and countries.by_id(o.country_id) is not None
+        if o.service == service
+        and o.count > 0
+        and countries.by_id(o.country_id) is not None
         and (not isinstance(country, countries.Country) or o.country_id == country.id)
     ]
     if not in_stock:
@@ -121,7 +125,12 @@ def _iso(ts: datetime | None) -> str | None:
     return ts.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-_REFUND_STATUS = {"pending": "pending", "in_flight": "pending", "succeeded": "paid", "failed": "failed"}
+_REFUND_STATUS = {
+    "pending": "pending",
+    "in_flight": "pending",
+    "succeeded": "paid",
+    "failed": "failed",
+}
 
 
 def order_json(row: asyncpg.Record | dict[str, Any], settings: Settings) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from libs.common.orders import CancelRefused, OrderType, Status, check_customer_
 from libs.common.outbox import enqueue
 from libs.common.store import Timer
 from services.gateway.errors import ApiError
-from services.gateway.keys import JS_CONN, LND, POOL, PROVIDER, SETTINGS, NETWORK
+from services.gateway.keys import JS_CONN, LND, NETWORK, POOL, PROVIDER, SETTINGS
 from services.gateway.orders import best_offer, order_json, parse_order_request, price_for
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,9 @@ async def _authenticate(request: web.Request, order_id: str | None) -> Any:
             raise l402.L402Error(l402.INVALID_MACAROON, "unknown or revoked token")
         if order_id is not None and row["id"] != order_id:
             raise l402.L402Error(l402.INVALID_MACAROON, "token is for another order")
-        l402.verify(credential, root_key=bytes(row["root_key"]), order_id=row["id"], now=int(time.time()))
+        l402.verify(
+            credential, root_key=bytes(row["root_key"]), order_id=row["id"], now=int(time.time())
+        )
     except l402.L402Error as exc:
         raise ApiError(403, exc.code, exc.message) from exc
     # Order binding twice over: the caveat names the order, the identifier names its invoice.
@@ -75,7 +77,7 @@ async def create_order(request: web.Request) -> web.Response:
             memo=f"sms4sats {req.service} order {order_id}",
             expiry=settings.invoice_expiry_seconds,
         )
-    except (LndError, OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, LndError, OSError) as exc:
         log.error("invoice creation failed: %s", exc)
         raise ApiError(503, "UNAVAILABLE", "cannot create an invoice now; retry later") from exc
     identifier = l402.new_identifier(invoice.r_hash)
@@ -103,11 +105,16 @@ async def create_order(request: web.Request) -> web.Response:
             req.refund_invoice.payment_hash,
         )
         await conn.execute(Q.token_insert, l402.root_key_id(identifier), root_key, order_id)
-        await store.set_timer(conn, order_id, Timer.INVOICE_EXPIRED, settings.invoice_expiry_seconds)
+        await store.set_timer(
+            conn, order_id, Timer.INVOICE_EXPIRED, settings.invoice_expiry_seconds
+        )
         await enqueue(conn, Event(EventType.CREATED, order_id), prefix=settings.subject_prefix)
     log.info("order created", extra={"order_id": order_id})
     body_out = {
-        "error": {"code": "PAYMENT_REQUIRED", "message": "pay the invoice, then poll with L402 auth"},
+        "error": {
+            "code": "PAYMENT_REQUIRED",
+            "message": "pay the invoice, then poll with L402 auth",
+        },
         "orderId": order_id,
         "invoice": invoice.payment_request,
         "macaroon": macaroon,
@@ -160,7 +167,9 @@ async def health(request: web.Request) -> web.Response:
     if not request.app[JS_CONN].is_connected:
         checks["nats"] = "unreachable"
     ok = all(v == "ok" for v in checks.values())
-    return web.json_response({"status": "ok" if ok else "degraded", **checks}, status=200 if ok else 503)
+    return web.json_response(
+        {"status": "ok" if ok else "degraded", **checks}, status=200 if ok else 503
+    )
 
 
 async def discovery(request: web.Request) -> web.Response:

@@ -34,7 +34,9 @@ class InvoiceWatcher:
             if order is None or order["status"] != Status.PENDING_PAYMENT:
                 return False
             if amt_paid_msat < order["price_sats"] * 1000:
-                log.error("invoice underpaid; leaving order pending", extra={"order_id": order["id"]})
+                log.error(
+                    "invoice underpaid; leaving order pending", extra={"order_id": order["id"]}
+                )
                 return False
             timeout = settings.order_timeout_seconds
             moved = await store.transition(

@@ -108,14 +108,19 @@ class RefundPayer:
                     conn, Event(EventType.REFUND_FAILED, order_id), prefix=settings.subject_prefix
                 )
             log.error(
-                "refund failed for good after %d attempts: %s", attempts, reason,
+                "refund failed for good after %d attempts: %s",
+                attempts,
+                reason,
                 extra={"order_id": order_id},
             )
             return
         delay = settings.refund_retry_base_seconds * 2 ** (attempts - 1)
         await self._w.pool.execute(Q.refund_retry_later, order_id, reason, delay)
         log.warning(
-            "refund attempt %d failed (%s); retrying in %.0fs", attempts, reason, delay,
+            "refund attempt %d failed (%s); retrying in %.0fs",
+            attempts,
+            reason,
+            delay,
             extra={"order_id": order_id},
         )
 

@@ -37,9 +37,9 @@ class Activations:
         self._w = worker
         self._provider = provider
 
-    def _emit(self, conn: asyncpg.Connection, kind: EventType, order_id: str) -> object:
+    async def _emit(self, conn: asyncpg.Connection, kind: EventType, order_id: str) -> None:
         """Queue an event in the caller's transaction."""
-        return enqueue(conn, Event(kind, order_id), prefix=self._w.settings.subject_prefix)
+        await enqueue(conn, Event(kind, order_id), prefix=self._w.settings.subject_prefix)
 
     async def allocate(self, order_id: str) -> None:
         """Buy a number for a paid order, or send it to refund when none can be had."""
@@ -146,7 +146,9 @@ class Activations:
         except (sms.ActivationNotActive, sms.NotFound):
             pass  # already finished at the provider
         except sms.ProviderError as exc:
-            log.info("finish failed (%s); the poller retries", exc.code, extra={"order_id": order_id})
+            log.info(
+                "finish failed (%s); the poller retries", exc.code, extra={"order_id": order_id}
+            )
             return
         async with transaction(self._w.pool) as conn:
             moved = await store.transition(conn, order_id, Status.CODE_RECEIVED, Status.COMPLETED)

@@ -15,7 +15,10 @@ from libs.common.store import Timer
 log = logging.getLogger(__name__)
 
 # Timers that become events for the worker owning the next step.
-_EVENTS = {Timer.INVOICE_EXPIRED: EventType.INVOICE_EXPIRED, Timer.SMS_TIMEOUT: EventType.SMS_TIMEOUT}
+_EVENTS = {
+    Timer.INVOICE_EXPIRED: EventType.INVOICE_EXPIRED,
+    Timer.SMS_TIMEOUT: EventType.SMS_TIMEOUT,
+}
 OUTBOX_RETENTION_SECONDS = 24 * 3600.0
 
 

@@ -9,8 +9,19 @@ from libs.common.countries import AUTO, Country, normalize_service, resolve_coun
 
 @pytest.mark.parametrize(
     ("value", "expected_id"),
-    [(187, 187), ("187", 187), ("US", 187), ("us", 187), ("United States", 187),
-     ("England", 16), ("GB", 16), ("united   kingdom", 16), ("DE", 43), (0, 0), ("Russia", 0)],
+    [
+        (187, 187),
+        ("187", 187),
+        ("US", 187),
+        ("us", 187),
+        ("United States", 187),
+        ("England", 16),
+        ("GB", 16),
+        ("united   kingdom", 16),
+        ("DE", 43),
+        (0, 0),
+        ("Russia", 0),
+    ],
 )
 def test_resolves(value: str | int, expected_id: int) -> None:
     country = resolve_country(value)
@@ -28,7 +39,8 @@ def test_unknown(value: str | int) -> None:
 
 
 @pytest.mark.parametrize(
-    ("value", "code"), [("telegram", "tg"), ("Telegram", "tg"), ("other", "ot"), ("tg", "tg"), ("wa", "wa")]
+    ("value", "code"),
+    [("telegram", "tg"), ("Telegram", "tg"), ("other", "ot"), ("tg", "tg"), ("wa", "wa")],
 )
 def test_service_aliases(value: str, code: str) -> None:
     assert normalize_service(value) == code

@@ -86,7 +86,9 @@ NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 MIN_AGE = timedelta(minutes=3)
 
 
-def _cancel(status: Status, paid_ago: timedelta | None, kind: OrderType = OrderType.RECEIVE_SMS) -> None:
+def _cancel(
+    status: Status, paid_ago: timedelta | None, kind: OrderType = OrderType.RECEIVE_SMS
+) -> None:
     check_customer_cancel(
         order_type=kind,
         status=status,
@@ -103,7 +105,12 @@ def test_cancel_allowed_after_the_window_while_waiting() -> None:
 @pytest.mark.parametrize(
     ("status", "paid_ago", "kind", "code"),
     [
-        (S.WAITING_FOR_SMS, timedelta(minutes=2, seconds=59), OrderType.RECEIVE_SMS, "CANCEL_TOO_SOON"),
+        (
+            S.WAITING_FOR_SMS,
+            timedelta(minutes=2, seconds=59),
+            OrderType.RECEIVE_SMS,
+            "CANCEL_TOO_SOON",
+        ),
         (S.CODE_RECEIVED, timedelta(minutes=5), OrderType.RECEIVE_SMS, "CANCEL_SMS_RECEIVED"),
         (S.COMPLETED, timedelta(minutes=5), OrderType.RECEIVE_SMS, "CANCEL_SMS_RECEIVED"),
         (S.WAITING_FOR_SMS, timedelta(minutes=5), OrderType.RENT_NUMBER, "VALIDATION_ERROR"),

@@ -19,14 +19,20 @@ def test_usd_to_sats_exact_and_rounded_up() -> None:
 def test_quote_applies_multiplier_and_rounds_up() -> None:
     assert quote_sats(Decimal("0.08"), btc_usd=Decimal("100000"), multiplier=Decimal("1.5")) == 120
     # 77 sats x 1.3 = 100.1 -> 101
-    assert quote_sats(Decimal("0.05"), btc_usd=Decimal("65432.10"), multiplier=Decimal("1.3")) == 101
+    assert (
+        quote_sats(Decimal("0.05"), btc_usd=Decimal("65432.10"), multiplier=Decimal("1.3")) == 101
+    )
 
 
 def test_quote_never_below_minimum() -> None:
-    assert quote_sats(Decimal("0"), btc_usd=Decimal("1"), multiplier=Decimal("2"), min_sats=50) == 50
+    assert (
+        quote_sats(Decimal("0"), btc_usd=Decimal("1"), multiplier=Decimal("2"), min_sats=50) == 50
+    )
 
 
-@pytest.mark.parametrize(("cost", "rate", "mult"), [("1", "0", "1"), ("-1", "1", "1"), ("1", "1", "0")])
+@pytest.mark.parametrize(
+    ("cost", "rate", "mult"), [("1", "0", "1"), ("-1", "1", "1"), ("1", "1", "0")]
+)
 def test_bad_inputs_raise(cost: str, rate: str, mult: str) -> None:
     with pytest.raises(ValueError):
         quote_sats(Decimal(cost), btc_usd=Decimal(rate), multiplier=Decimal(mult))

@@ -1,0 +1,86 @@
+"""The whole stack as subprocesses (the same launcher as `make run`), reached over HTTP only."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from libs.common.lightning import LndClient
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Short clocks so the unhappy paths finish in seconds; the rules are the same.
+E2E_ENV = {
+    "SMS4SATS_ORDER_TIMEOUT_SECONDS": "8",
+    "SMS4SATS_CANCEL_MIN_AGE_SECONDS": "3",
+    "SMS4SATS_SMS_POLL_INTERVAL_SECONDS": "0.3",
+    "SMS4SATS_REFUND_RETRY_BASE_SECONDS": "0.5",
+    "SMSSIM_EARLY_CANCEL_SECONDS": "2",
+    "SMSSIM_AUTO_SMS_DELAY": "1",
+}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Start `python -m sandbox.devstack` on free ports and yield its stack.json."""
+    state = tmp_path_factory.mktemp("stack")
+    env = {**os.environ, **E2E_ENV}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sandbox.devstack", "--dir", str(state), "--auto-ports"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    stack_file = state / "stack.json"
+    deadline = time.monotonic() + 120
+    while not stack_file.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            out = proc.stdout.read().decode() if proc.stdout else ""
+            proc.kill()
+            pytest.fail(f"dev stack did not start:\n{out}")
+        time.sleep(0.1)
+    info = json.loads(stack_file.read_text())
+    info["state_dir"] = str(state)
+    try:
+        yield info
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        # No child may outlive the launcher.
+        for pid in info["pids"].values():
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                continue
+            pytest.fail(f"process {pid} survived the stack's shutdown")
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client session."""
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def payer(stack: dict[str, Any]) -> AsyncIterator[LndClient]:
+    """The customer's wallet: the payer node's REST API."""
+    node = stack["payer_lnd"]
+    client = LndClient(node["rest_url"], node["macaroon_hex"], node["tls_cert_path"])
+    yield client
+    await client.close()

@@ -1,0 +1,49 @@
+"""Helpers for integration tests: settings for the test's servers and order rows."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import asyncpg
+
+from libs.common.config import Settings
+from libs.common.db import Q
+
+
+def settings_for(
+    database_url: str, nats_url: str, stream: tuple[str, str], **extra: object
+) -> Settings:
+    """Settings pointing at the test's database, NATS server and private stream."""
+    name, prefix = stream
+    return replace(
+        Settings(),
+        database_url=database_url,
+        nats_url=nats_url,
+        nats_stream=name,
+        subject_prefix=prefix,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+async def insert_order(conn: asyncpg.Connection | asyncpg.Pool, *, price_sats: int = 150) -> str:
+    """Insert a pending_payment receive-sms order with random hashes; returns its id."""
+    order_id = str(uuid.uuid4())
+    await conn.execute(
+        Q.order_insert,
+        order_id,
+        "receive-sms",
+        "tg",
+        187,
+        price_sats,
+        Decimal("0.10"),
+        secrets.token_bytes(32),
+        "lnbcrt1fake",
+        datetime.now(UTC) + timedelta(minutes=10),
+        "lnbcrt1refund",
+        secrets.token_bytes(32),
+    )
+    return order_id

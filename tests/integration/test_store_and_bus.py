@@ -1,0 +1,158 @@
+"""Guarded transitions, the outbox relay, JetStream dedup and the scheduler on real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import asyncpg
+import nats
+import pytest
+
+from libs.common import bus, store
+from libs.common.db import Q, transaction
+from libs.common.events import Event, EventType
+from libs.common.orders import InvalidTransition, Status
+from libs.common.outbox import OutboxRelay, enqueue
+from libs.common.runtime import open_worker
+from libs.common.store import Timer
+from services.scheduler.service import fire_due
+from tests.integration.helpers import insert_order, settings_for
+
+pytestmark = pytest.mark.integration
+
+
+async def test_only_one_of_many_concurrent_transitions_wins(pool: asyncpg.Pool) -> None:
+    order_id = await insert_order(pool)
+
+    async def attempt() -> bool:
+        async with transaction(pool) as conn:
+            return (
+                await store.transition(conn, order_id, Status.PENDING_PAYMENT, Status.PAID)
+                is not None
+            )
+
+    results = await asyncio.gather(*(attempt() for _ in range(20)))
+    assert results.count(True) == 1
+    log = await pool.fetch(Q.order_transitions, order_id)
+    assert [(r["from_status"], r["to_status"]) for r in log] == [
+        (None, "pending_payment"),
+        ("pending_payment", "paid"),
+    ]
+
+
+async def test_transition_outside_the_table_never_reaches_the_database(pool: asyncpg.Pool) -> None:
+    order_id = await insert_order(pool)
+    async with pool.acquire() as conn:
+        with pytest.raises(InvalidTransition):
+            await store.transition(conn, order_id, Status.PENDING_PAYMENT, Status.REFUND_PENDING)
+    assert (await store.get(pool, order_id))["status"] == "pending_payment"  # type: ignore[index]
+
+
+async def _collect(
+    js: nats.js.JetStreamContext, subject: str, want: int, wait: float
+) -> list[bytes]:
+    sub = await js.subscribe(subject, ordered_consumer=True)
+    got: list[bytes] = []
+    try:
+        deadline = asyncio.get_running_loop().time() + wait
+        while len(got) < want or asyncio.get_running_loop().time() < deadline:
+            try:
+                msg = await sub.next_msg(timeout=0.2)
+                got.append(msg.data)
+            except nats.errors.TimeoutError:
+                if len(got) >= want and asyncio.get_running_loop().time() >= deadline:
+                    break
+                if asyncio.get_running_loop().time() >= deadline + 5:
+                    break
+    finally:
+        await sub.unsubscribe()
+    return got
+
+
+async def test_outbox_publishes_committed_events_once_even_when_republished(
+    pool: asyncpg.Pool, nats_url: str, stream_names: tuple[str, str]
+) -> None:
+    stream, prefix = stream_names
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await bus.bootstrap(js, stream, prefix)
+    order_id = await insert_order(pool)
+    kept = Event(EventType.PAID, order_id)
+
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom):
+        async with transaction(pool) as conn:
+            await enqueue(conn, Event(EventType.COMPLETED, order_id), prefix=prefix)
+            raise Boom
+    async with transaction(pool) as conn:
+        await enqueue(conn, kept, prefix=prefix)
+
+    relay = OutboxRelay(pool, js)
+    assert await relay.publish_pending() == 1
+    # A crash between publish and commit: the row looks unpublished and goes out again.
+    await pool.execute("UPDATE outbox SET published_at = NULL")
+    assert await relay.publish_pending() == 1
+    assert await relay.publish_pending() == 0
+
+    got = await _collect(js, f"{prefix}.>", want=1, wait=0.5)
+    await nc.drain()
+    assert [json.loads(m)["id"] for m in got] == [kept.id]
+    assert json.loads(got[0])["type"] == "paid"
+
+
+async def test_scheduler_replicas_fire_each_timer_exactly_once(
+    database_url: str, nats_url: str, stream_names: tuple[str, str]
+) -> None:
+    settings = settings_for(database_url, nats_url, stream_names)
+    nc = await nats.connect(nats_url)
+    await bus.bootstrap(nc.jetstream(), *stream_names)
+    await nc.drain()
+    stop_a, stop_b = asyncio.Event(), asyncio.Event()
+    async with (
+        open_worker("scheduler", settings, stop_a) as a,
+        open_worker("scheduler", settings, stop_b) as b,
+    ):
+        ids = [await insert_order(a.pool) for _ in range(60)]
+        async with transaction(a.pool) as conn:
+            for order_id in ids:
+                await store.set_timer(conn, order_id, Timer.SMS_TIMEOUT, 0)
+        fired = await asyncio.gather(*(fire_due(w, limit=7) for w in (a, b, a, b, a, b)))
+        while sum(fired) < 60 and any(fired):
+            fired += await asyncio.gather(fire_due(a, limit=7), fire_due(b, limit=7))
+        assert sum(fired) == 60
+        events = await a.pool.fetch("SELECT payload FROM outbox")
+        per_order = [e["payload"]["orderId"] for e in events]
+        assert sorted(per_order) == sorted(ids)
+        assert all(e["payload"]["type"] == "sms_timeout" for e in events)
+        assert await a.pool.fetchval("SELECT count(*) FROM timers WHERE fired_at IS NULL") == 0
+
+
+async def test_consumer_retries_then_acks_and_dead_letters_poison(
+    database_url: str, nats_url: str, stream_names: tuple[str, str]
+) -> None:
+    stream, prefix = stream_names
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    await bus.bootstrap(js, stream, prefix)
+    order_id = "order-1"
+    ev = Event(EventType.PAID, order_id)
+    await js.publish(ev.subject(prefix), json.dumps(ev.payload()).encode(), headers=ev.headers())
+    await js.publish(f"{prefix}.paid", b"not json")
+    seen: list[str] = []
+    stop = asyncio.Event()
+
+    async def handler(event: Event) -> None:
+        seen.append(event.id)
+        if len(seen) == 1:
+            raise bus.Retry("first delivery fails", delay=0.2)
+        stop.set()
+
+    consumer = bus.Consumer(js, stream=stream, prefix=prefix, durable="provider", handler=handler)
+    await asyncio.wait_for(consumer.run(stop), 15)
+    assert seen == [ev.id, ev.id]
+    dead = await _collect(js, f"{prefix}.dlq.provider", want=1, wait=0.2)
+    await nc.drain()
+    assert len(dead) == 1 and json.loads(dead[0])["data"] == "not json"
