@@ -7,6 +7,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 
+import asyncpg
 import nats
 import nats.errors
 import nats.js.errors
@@ -15,6 +16,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
+from libs.common.db import Q
 from libs.common.events import CONSUMERS, Event, dead_letter_subject, subjects
 
 log = logging.getLogger(__name__)
@@ -83,12 +85,25 @@ def _backoff(delivered: int) -> float:
 
 
 class Consumer:
-    """Pulls a worker's events and runs the handler; maps the outcome to ack/nak/term once."""
+    """Pulls a worker's events and runs the handler; maps the outcome to ack/nak/term once.
+
+    Handled message ids are recorded in the inbox table so a redelivery (a lost ack, a
+    restart) skips the handler. Correctness does not rest on that record alone: handlers
+    only write through guarded transitions, so a message handled twice changes nothing.
+    """
 
     def __init__(
-        self, js: JetStreamContext, *, stream: str, prefix: str, durable: str, handler: Handler
+        self,
+        js: JetStreamContext,
+        pool: asyncpg.Pool,
+        *,
+        stream: str,
+        prefix: str,
+        durable: str,
+        handler: Handler,
     ) -> None:
         self._js = js
+        self._pool = pool
         self._stream = stream
         self._prefix = prefix
         self._durable = durable
@@ -117,8 +132,12 @@ class Consumer:
             log.error("poison message on %s: %s", msg.subject, exc)
             await self._dead_letter(msg, str(exc))
             return
+        if await self._pool.fetchval(Q.inbox_seen, self._durable, event.id):
+            await msg.ack()
+            return
         try:
             await self._handler(event)
+            await self._pool.execute(Q.inbox_record, self._durable, event.id)
         except Retry as retry:
             log.info(
                 "retrying %s for order %s in %.1fs: %s",

@@ -37,6 +37,7 @@ class Worker:
         """This worker's durable consumer, running handler on each event."""
         return bus.Consumer(
             self.js,
+            self.pool,
             stream=self.settings.nats_stream,
             prefix=self.settings.subject_prefix,
             durable=self.name,

@@ -82,11 +82,6 @@ async def cancel_timer(conn: asyncpg.Connection, order_id: str, kind: str) -> No
     await conn.execute(Q.timer_cancel, order_id, kind)
 
 
-async def first_time(conn: asyncpg.Connection, consumer: str, message_id: str) -> bool:
-    """Record a message as processed by consumer; False if it already was (a redelivery)."""
-    return await conn.fetchval(Q.inbox_claim, consumer, message_id) is not None
-
-
 class Timer:
     """The kinds of durable timer."""
 

@@ -20,6 +20,7 @@ _EVENTS = {
     Timer.SMS_TIMEOUT: EventType.SMS_TIMEOUT,
 }
 OUTBOX_RETENTION_SECONDS = 24 * 3600.0
+INBOX_RETENTION_SECONDS = 8 * 24 * 3600.0  # longer than the stream's 7-day max_age
 
 
 async def fire_due(worker: Worker, limit: int = 200) -> int:
@@ -52,6 +53,7 @@ async def tick_forever(worker: Worker) -> None:
                 pass
             if loop.time() >= next_prune:
                 await worker.pool.execute(Q.outbox_prune, OUTBOX_RETENTION_SECONDS)
+                await worker.pool.execute(Q.inbox_prune, INBOX_RETENTION_SECONDS)
                 next_prune = loop.time() + 60.0
         except Exception:
             log.exception("scheduler tick failed")

@@ -131,7 +131,7 @@ async def test_scheduler_replicas_fire_each_timer_exactly_once(
 
 
 async def test_consumer_retries_then_acks_and_dead_letters_poison(
-    database_url: str, nats_url: str, stream_names: tuple[str, str]
+    pool: asyncpg.Pool, nats_url: str, stream_names: tuple[str, str]
 ) -> None:
     stream, prefix = stream_names
     nc = await nats.connect(nats_url)
@@ -150,8 +150,29 @@ async def test_consumer_retries_then_acks_and_dead_letters_poison(
             raise bus.Retry("first delivery fails", delay=0.2)
         stop.set()
 
-    consumer = bus.Consumer(js, stream=stream, prefix=prefix, durable="provider", handler=handler)
+    consumer = bus.Consumer(
+        js, pool, stream=stream, prefix=prefix, durable="provider", handler=handler
+    )
     await asyncio.wait_for(consumer.run(stop), 15)
+    assert seen == [ev.id, ev.id]
+    assert await pool.fetchval(Q.inbox_seen, "provider", ev.id) == 1
+
+    # The same event again (a redelivery after a lost ack): recorded, so the handler is skipped.
+    await js.publish(f"{prefix}.paid", json.dumps(ev.payload()).encode())
+    stop2 = asyncio.Event()
+    skipped = bus.Consumer(
+        js, pool, stream=stream, prefix=prefix, durable="provider", handler=handler
+    )
+    runner = asyncio.create_task(skipped.run(stop2))
+    info = None
+    for _ in range(50):
+        info = await js.consumer_info(stream, "provider")
+        if info.num_ack_pending == 0 and info.num_pending == 0:
+            break
+        await asyncio.sleep(0.1)
+    stop2.set()
+    await asyncio.wait_for(runner, 5)
+    assert info is not None and info.num_pending == 0
     assert seen == [ev.id, ev.id]
     dead = await _collect(js, f"{prefix}.dlq.provider", want=1, wait=0.2)
     await nc.drain()

@@ -15,8 +15,12 @@ UPDATE outbox SET published_at = now() WHERE id = ANY($1::uuid[]);
 -- name: outbox_prune
 DELETE FROM outbox WHERE published_at < now() - make_interval(secs => $1);
 
--- name: inbox_claim
--- Returns a row only the first time a consumer sees a message id.
-INSERT INTO inbox (consumer, message_id) VALUES ($1, $2)
-ON CONFLICT DO NOTHING
-RETURNING message_id;
+-- name: inbox_seen
+SELECT 1 FROM inbox WHERE consumer = $1 AND message_id = $2;
+
+-- name: inbox_record
+INSERT INTO inbox (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING;
+
+-- name: inbox_prune
+-- Older than the stream keeps messages: no redelivery can ask about them any more.
+DELETE FROM inbox WHERE processed_at < now() - make_interval(secs => $1);
