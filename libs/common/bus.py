@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -112,16 +113,21 @@ class Consumer:
     async def run(self, stop: asyncio.Event, *, batch: int = 16) -> None:
         """Fetch and handle messages until stop is set; in-flight messages finish first."""
         sub = await self._js.pull_subscribe_bind(durable=self._durable, stream=self._stream)
-        while not stop.is_set():
-            try:
-                msgs = await sub.fetch(batch, timeout=1.0)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
-            except nats.errors.Error as exc:
-                log.warning("fetch failed: %s", exc)
-                await asyncio.sleep(1.0)
-                continue
-            await asyncio.gather(*(self._handle(m) for m in msgs))
+        try:
+            while not stop.is_set():
+                try:
+                    msgs = await sub.fetch(batch, timeout=1.0)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    continue
+                except nats.errors.Error as exc:
+                    log.warning("fetch failed: %s", exc)
+                    await asyncio.sleep(1.0)
+                    continue
+                await asyncio.gather(*(self._handle(m) for m in msgs))
+        finally:
+            # nats-py's drain() waits forever on a pull subscription's queue; leave it first.
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def _handle(self, msg: Msg) -> None:
         """Run the handler on one message and settle it with the broker."""

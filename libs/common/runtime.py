@@ -59,9 +59,18 @@ async def open_worker(name: str, settings: Settings, stop: asyncio.Event) -> Asy
         worker.stop.set()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(relay_task, 10)
-        with contextlib.suppress(Exception):
-            await nc.drain()
+        await close_nats(nc)
         await pool.close()
+
+
+async def close_nats(nc: NATS, grace: float = 5.0) -> None:
+    """Drain the connection (flushing what was published), or close it if draining hangs."""
+    try:
+        await asyncio.wait_for(nc.drain(), grace)
+    except Exception:
+        log.warning("NATS drain did not finish; closing")
+        with contextlib.suppress(Exception):
+            await nc.close()
 
 
 def run(name: str, main: Callable[[Settings, asyncio.Event], Awaitable[None]]) -> None:

@@ -12,6 +12,7 @@ from libs.common.config import Settings
 from libs.common.invoices import currency_for_network
 from libs.common.lightning import LndClient
 from libs.common.outbox import OutboxRelay
+from libs.common.runtime import close_nats
 from libs.common.sms import HeroSmsClient
 from services.gateway import views
 from services.gateway.errors import error_middleware
@@ -52,7 +53,7 @@ def init_app(settings: Settings, stop: asyncio.Event) -> web.Application:
         await asyncio.wait([relay], timeout=10)
         await provider.close()
         await lnd.close()
-        await nc.drain()
+        await close_nats(nc)
         await pool.close()
 
     app.cleanup_ctx.append(resources)

@@ -68,6 +68,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             except ProcessLookupError:
                 continue
             pytest.fail(f"process {pid} survived the stack's shutdown")
+        # Each service shut down on its own (drained) rather than being killed after the grace.
+        logs = Path(info["logs_dir"])
+        for name in ("gateway", "payments", "provider", "scheduler"):
+            text = (logs / f"{name}.log").read_text()
+            assert f'"msg": "{name} stopped"' in text, f"{name} did not stop gracefully"
 
 
 @pytest.fixture
