@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
+
+import asyncpg
 
 from libs.common import store
 from libs.common.db import Q, transaction
@@ -73,13 +76,18 @@ class RefundPayer:
             await self._retry(refund, final.failure_reason)
         # IN_FLIGHT with a closed stream: the lease runs out and the next claim tracks it.
 
-    async def _final(self, stream: object) -> Payment | None:
+    async def _final(self, stream: AsyncIterator[Payment]) -> Payment | None:
         """Drain a payment stream to its last update."""
         last: Payment | None = None
-        async for update in stream:  # type: ignore[attr-defined]
-            last = update
-            if update.status in ("SUCCEEDED", "FAILED"):
-                break
+        try:
+            async for update in stream:
+                last = update
+                if update.status in ("SUCCEEDED", "FAILED"):
+                    break
+        finally:
+            close = getattr(stream, "aclose", None)
+            if close is not None:
+                await close()  # ends the HTTP request behind the stream
         return last
 
     async def _succeeded(self, order_id: str, payment: Payment) -> None:
@@ -93,11 +101,10 @@ class RefundPayer:
             )
         log.info("refund paid", extra={"order_id": order_id})
 
-    async def _retry(self, refund: object, reason: str) -> None:
+    async def _retry(self, refund: asyncpg.Record, reason: str) -> None:
         """Schedule another attempt with backoff, or give up after the configured maximum."""
-        row = refund  # an asyncpg Record
-        order_id: str = row["order_id"]  # type: ignore[index]
-        attempts: int = row["attempts"]  # type: ignore[index]
+        order_id: str = refund["order_id"]
+        attempts: int = refund["attempts"]
         settings = self._w.settings
         if attempts >= settings.refund_max_attempts:
             async with transaction(self._w.pool) as conn:
