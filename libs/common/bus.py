@@ -23,7 +23,8 @@ from libs.common.events import CONSUMERS, Event, dead_letter_subject, subjects
 log = logging.getLogger(__name__)
 
 MAX_DELIVER = 50
-ACK_WAIT_SECONDS = 60.0
+# Longer than the slowest handler (a refund attempt waits up to its payment timeout + 5 s).
+ACK_WAIT_SECONDS = 120.0
 
 
 class Retry(Exception):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -18,18 +19,31 @@ from libs.common.runtime import Worker
 
 log = logging.getLogger(__name__)
 
-LEASE_SECONDS = 120.0
+
+class _Unknown(Exception):
+    """The node could not tell us how a payment ended (it errored or went silent)."""
 
 
 class RefundPayer:
-    """Pays each refund_pending order's refundInvoice exactly once, with retries."""
+    """Pays each refund_pending order's refundInvoice exactly once, with retries.
+
+    The rules that keep money safe: the intent row exists before any payment; one claim at
+    a time (a lease); the node is asked about the payment before every send and before
+    giving up; an unknown outcome is never counted as a failure.
+    """
 
     def __init__(self, worker: Worker, lnd: LndClient) -> None:
         self._w = worker
         self._lnd = lnd
+        settings = worker.settings
+        # How long one attempt waits on the node; a payment held longer (a hold invoice,
+        # a stuck HTLC) stays in_flight and is tracked again once the lease runs out.
+        self._wait = float(settings.refund_timeout_seconds) + 5.0
+        self._lease = self._wait + 60.0
+        self._running: dict[str, asyncio.Task[None]] = {}
 
     async def request(self, order_id: str) -> None:
-        """Record the intent to refund an order (idempotent), then try to pay it."""
+        """Record the intent to refund an order (idempotent), then start paying it."""
         async with transaction(self._w.pool) as conn:
             order = await store.get(conn, order_id)
             if order is None or order["status"] != Status.REFUND_PENDING:
@@ -41,25 +55,35 @@ class RefundPayer:
                 order["refund_payment_hash"],
                 order["price_sats"],
             )
-        await self.attempt(order_id)
+        await self.start(order_id)
+
+    def start(self, order_id: str) -> asyncio.Task[None]:
+        """Run an attempt as a task, or return the one this process already runs for it."""
+        task = self._running.get(order_id)
+        if task is None:
+            task = asyncio.create_task(self._guarded_attempt(order_id), name=f"refund-{order_id}")
+            self._running[order_id] = task
+            task.add_done_callback(lambda _t: self._running.pop(order_id, None))
+        return task
+
+    async def _guarded_attempt(self, order_id: str) -> None:
+        """An attempt whose crash is logged, not lost in a background task."""
+        try:
+            await self.attempt(order_id)
+        except Exception:
+            log.exception("refund attempt crashed", extra={"order_id": order_id})
 
     async def attempt(self, order_id: str) -> None:
-        """Claim the refund and drive one attempt to an outcome."""
-        refund = await self._w.pool.fetchrow(Q.refund_claim, order_id, LEASE_SECONDS)
+        """Claim the refund and drive one attempt as far as the node lets us."""
+        claim = uuid.uuid4()
+        refund = await self._w.pool.fetchrow(Q.refund_claim, order_id, self._lease, claim)
         if refund is None:
             return  # not due, already paid, or another worker holds it
-        payment_hash = bytes(refund["payment_hash"])
         try:
             # Always ask the node first: after a crash the earlier attempt may have gone out.
-            final = await self._final(self._lnd.track_payment(payment_hash))
-        except PaymentNotInitiated:
-            final = None
-        except LndError as exc:
-            await self._retry(refund, f"track failed: {exc.message}")
-            return
-        if final is None or final.status == "FAILED":
-            try:
-                final = await self._final(
+            known = await self._track(bytes(refund["payment_hash"]))
+            if known is None or known.status == "FAILED":
+                known = await self._outcome(
                     self._lnd.send_payment(
                         refund["payment_request"],
                         amt_sat=refund["amount_sats"],
@@ -67,27 +91,43 @@ class RefundPayer:
                         timeout_seconds=self._w.settings.refund_timeout_seconds,
                     )
                 )
-            except LndError as exc:
-                await self._retry(refund, exc.message)
-                return
-        if final is not None and final.status == "SUCCEEDED":
-            await self._succeeded(order_id, final)
-        elif final is not None and final.status == "FAILED":
-            await self._retry(refund, final.failure_reason)
-        # IN_FLIGHT with a closed stream: the lease runs out and the next claim tracks it.
+        except _Unknown as exc:
+            await self._retry(refund, claim, str(exc), definite=False)
+            return
+        if known.status == "SUCCEEDED":
+            await self._succeeded(order_id, known)
+        elif known.status == "FAILED":
+            await self._retry(refund, claim, known.failure_reason, definite=True)
+        # Still IN_FLIGHT: keep the claim; when the lease runs out the next claim tracks it.
 
-    async def _final(self, stream: AsyncIterator[Payment]) -> Payment | None:
-        """Drain a payment stream to its last update."""
+    async def _track(self, payment_hash: bytes) -> Payment | None:
+        """The node's view of our payment to this hash; None if it never saw one."""
+        try:
+            return await self._outcome(self._lnd.track_payment(payment_hash))
+        except PaymentNotInitiated:
+            return None
+
+    async def _outcome(self, stream: AsyncIterator[Payment]) -> Payment:
+        """Follow a payment stream until final, or give up waiting after a bound."""
         last: Payment | None = None
         try:
-            async for update in stream:
-                last = update
-                if update.status in ("SUCCEEDED", "FAILED"):
-                    break
+            async with asyncio.timeout(self._wait):
+                async for update in stream:
+                    last = update
+                    if update.status in ("SUCCEEDED", "FAILED"):
+                        break
+        except TimeoutError:
+            pass
+        except PaymentNotInitiated:
+            raise
+        except (LndError, OSError) as exc:
+            raise _Unknown(getattr(exc, "message", repr(exc))) from exc
         finally:
             close = getattr(stream, "aclose", None)
             if close is not None:
                 await close()  # ends the HTTP request behind the stream
+        if last is None:
+            raise _Unknown("the node sent no payment update")
         return last
 
     async def _succeeded(self, order_id: str, payment: Payment) -> None:
@@ -101,45 +141,68 @@ class RefundPayer:
             )
         log.info("refund paid", extra={"order_id": order_id})
 
-    async def _retry(self, refund: asyncpg.Record, reason: str) -> None:
-        """Schedule another attempt with backoff, or give up after the configured maximum."""
+    async def _retry(
+        self, refund: asyncpg.Record, claim: uuid.UUID, reason: str, *, definite: bool
+    ) -> None:
+        """Schedule another attempt with backoff, or give up once the node confirms no payment."""
         order_id: str = refund["order_id"]
         attempts: int = refund["attempts"]
         settings = self._w.settings
-        if attempts >= settings.refund_max_attempts:
-            async with transaction(self._w.pool) as conn:
-                if await conn.fetchval(Q.refund_given_up, order_id, reason) is None:
-                    return
-                await store.transition(conn, order_id, Status.REFUND_PENDING, Status.REFUND_FAILED)
-                await enqueue(
-                    conn, Event(EventType.REFUND_FAILED, order_id), prefix=settings.subject_prefix
-                )
-            log.error(
-                "refund failed for good after %d attempts: %s",
-                attempts,
-                reason,
-                extra={"order_id": order_id},
-            )
+        if definite and attempts >= settings.refund_max_attempts:
+            await self._give_up(refund, claim, reason)
             return
-        delay = settings.refund_retry_base_seconds * 2 ** (attempts - 1)
-        await self._w.pool.execute(Q.refund_retry_later, order_id, reason, delay)
+        delay = min(settings.refund_retry_base_seconds * 2 ** (attempts - 1), 600.0)
+        await self._w.pool.execute(Q.refund_retry_later, order_id, claim, reason, delay)
         log.warning(
-            "refund attempt %d failed (%s); retrying in %.0fs",
+            "refund attempt %d did not pay (%s); retrying in %.1fs",
             attempts,
             reason,
             delay,
             extra={"order_id": order_id},
         )
 
+    async def _give_up(self, refund: asyncpg.Record, claim: uuid.UUID, reason: str) -> None:
+        """End the order refund_failed, but only after the node confirms nothing was paid."""
+        order_id: str = refund["order_id"]
+        attempts: int = refund["attempts"]
+        try:
+            last = await self._track(bytes(refund["payment_hash"]))
+        except _Unknown as exc:
+            await self._w.pool.execute(Q.refund_retry_later, order_id, claim, str(exc), 30.0)
+            return
+        if last is not None and last.status == "SUCCEEDED":
+            await self._succeeded(order_id, last)
+            return
+        if last is not None and last.status != "FAILED":
+            return  # in flight after all: the lease will bring it back
+        async with transaction(self._w.pool) as conn:
+            if await conn.fetchval(Q.refund_given_up, order_id, claim, reason) is None:
+                return
+            await store.transition(conn, order_id, Status.REFUND_PENDING, Status.REFUND_FAILED)
+            await enqueue(
+                conn,
+                Event(EventType.REFUND_FAILED, order_id),
+                prefix=self._w.settings.subject_prefix,
+            )
+        log.error(
+            "refund failed for good after %d attempts: %s",
+            attempts,
+            reason,
+            extra={"order_id": order_id},
+        )
+
     async def retry_due(self) -> None:
-        """Periodically attempt refunds that are due or whose worker died mid-payment."""
+        """Periodically start refunds that are due or whose worker died mid-payment."""
         while not self._w.stop.is_set():
             try:
                 for row in await self._w.pool.fetch(Q.refunds_due, 100):
-                    await self.attempt(row["order_id"])
+                    self.start(row["order_id"])
             except Exception:
                 log.exception("refund retry loop failed")
             try:
                 await asyncio.wait_for(self._w.stop.wait(), 1.0)
             except TimeoutError:
                 pass
+        # Let attempts in progress record what the node said before the process exits.
+        if self._running:
+            await asyncio.wait(list(self._running.values()), timeout=self._wait)

@@ -165,13 +165,20 @@ class Activations:
         order = await store.get(self._w.pool, order_id)
         if order is None:
             return
-        if order["status"] in (Status.PAID, Status.ALLOCATING_NUMBER):
-            # Deadline passed without a number: allocation keeps failing; pay back.
-            if order["status"] == Status.PAID:
-                await self.allocate(order_id)
+        if order["status"] == Status.PAID:
+            # The deadline passed before any number was bought (its paid event was lost or
+            # is still queued): never buy one now, pay back. A purchase racing this loses
+            # its guarded transition and cancels its spare number.
+            async with transaction(self._w.pool) as conn:
+                order = await store.transition(
+                    conn, order_id, Status.PAID, Status.ALLOCATING_NUMBER
+                )
+            if order is None:
                 order = await store.get(self._w.pool, order_id)
-            if order is not None and order["status"] == Status.ALLOCATING_NUMBER:
-                await self._allocation_failed(order, reason)
+                if order is None:
+                    return
+        if order["status"] == Status.ALLOCATING_NUMBER:
+            await self._allocation_failed(order, reason)
             return
         if order["status"] != Status.WAITING_FOR_SMS:
             return

@@ -35,12 +35,6 @@ UPDATE orders o SET next_poll_at = now() + make_interval(secs => $2)
 FROM due WHERE o.id = due.id
 RETURNING o.*;
 
--- name: orders_stuck_allocating
--- Paid orders whose allocation event was lost or whose worker died mid-purchase.
-SELECT id FROM orders
-WHERE status IN ('paid', 'allocating_number') AND updated_at < now() - make_interval(secs => $1)
-LIMIT $2;
-
 -- name: order_purge_code
 UPDATE orders SET code = NULL, sms_text = NULL, updated_at = now()
 WHERE id = $1 AND status IN ('completed', 'refunded', 'refund_failed');

@@ -9,11 +9,13 @@ SELECT * FROM refunds WHERE order_id = $1;
 
 -- name: refund_claim
 -- Claims a refund for one attempt: a due pending one, or an in-flight one whose lease ran
--- out (its worker died). The claimer always tracks the payment at the node before sending.
+-- out (its worker died). The claimer always tracks the payment at the node before sending,
+-- and every later write names the claim, so a slow former claimer cannot overwrite it.
 UPDATE refunds
 SET status = 'in_flight',
     attempts = attempts + 1,
     lease_until = now() + make_interval(secs => $2),
+    claim_id = $3,
     updated_at = now()
 WHERE order_id = $1
   AND ((status = 'pending' AND next_attempt_at <= now())
@@ -28,19 +30,21 @@ ORDER BY next_attempt_at
 LIMIT $1;
 
 -- name: refund_succeeded
+-- Success is recorded whoever holds the claim: the node said the money went out.
 UPDATE refunds
-SET status = 'succeeded', fee_sat = $2, paid_at = now(), updated_at = now(), lease_until = NULL
+SET status = 'succeeded', fee_sat = $2, paid_at = now(), updated_at = now(),
+    lease_until = NULL, claim_id = NULL
 WHERE order_id = $1 AND status = 'in_flight'
 RETURNING order_id;
 
 -- name: refund_retry_later
 UPDATE refunds
-SET status = 'pending', last_error = $2, lease_until = NULL, updated_at = now(),
-    next_attempt_at = now() + make_interval(secs => $3)
-WHERE order_id = $1 AND status = 'in_flight';
+SET status = 'pending', last_error = $3, lease_until = NULL, claim_id = NULL,
+    updated_at = now(), next_attempt_at = now() + make_interval(secs => $4)
+WHERE order_id = $1 AND status = 'in_flight' AND claim_id = $2;
 
 -- name: refund_given_up
 UPDATE refunds
-SET status = 'failed', last_error = $2, lease_until = NULL, updated_at = now()
-WHERE order_id = $1 AND status = 'in_flight'
+SET status = 'failed', last_error = $3, lease_until = NULL, claim_id = NULL, updated_at = now()
+WHERE order_id = $1 AND status = 'in_flight' AND claim_id = $2
 RETURNING order_id;

@@ -85,6 +85,7 @@ CREATE TABLE refunds (
     attempts        integer NOT NULL DEFAULT 0,
     next_attempt_at timestamptz NOT NULL DEFAULT now(),
     lease_until     timestamptz,
+    claim_id        uuid,
     last_error      text,
     fee_sat         bigint,
     created_at      timestamptz NOT NULL DEFAULT now(),

@@ -1,0 +1,694 @@
+"""The payments worker's refund payer against the Lightning simulator and real PostgreSQL/NATS.
+
+Two simulated LND nodes run in-process: the merchant pays refunds, the payer receives them
+into zero-amount invoices it created (as a customer's wallet would).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import nats
+import pytest
+from aiohttp import web
+
+from libs.common import bus, store
+from libs.common.config import Settings
+from libs.common.db import Q, transaction
+from libs.common.lightning import LndClient, PaymentNotInitiated
+from libs.common.orders import Status
+from libs.common.runtime import Worker, open_worker
+from libs.common.store import NOW
+from sandbox.lnsim import RunningNetwork, start_network
+from services.payments.refunds import RefundPayer
+from tests.integration.helpers import settings_for
+
+pytestmark = pytest.mark.integration
+
+PRICE = 1_234
+S = Status
+MACAROON_HEADER = "grpc-metadata-macaroon"
+
+
+# ----------------------------------------------------------------------------- lightning
+
+
+@dataclass
+class Lightning:
+    """The in-process simulator with a merchant (pays refunds) and a payer (receives them)."""
+
+    running: RunningNetwork
+    merchant: LndClient
+    payer: LndClient
+    http: aiohttp.ClientSession
+
+    def client(self, name: str) -> LndClient:
+        """A fresh REST client for one node (each RefundPayer gets its own)."""
+        info = self.running.nodes_info[name]
+        return LndClient(info["rest_url"], info["macaroon_hex"], None, timeout=10)
+
+    async def fail_next_payments(self, count: int, reason: str = "FAILURE_REASON_NO_ROUTE") -> int:
+        """Make the merchant's next `count` payments fail (0 clears); returns what is pending."""
+        url = self.running.nodes_info["merchant"]["rest_url"] + "/sim/fail-next-payments"
+        async with self.http.post(url, json={"count": count, "reason": reason}) as resp:
+            assert resp.status == 200, await resp.text()
+            return int((await resp.json())["pending_failures"])
+
+    async def pending_failures(self) -> int:
+        """How many injected failures the merchant still has to hand out."""
+        url = self.running.nodes_info["merchant"]["rest_url"] + "/sim/info"
+        async with self.http.get(url) as resp:
+            return int((await resp.json())["pending_failures"])
+
+    def sends(self) -> int:
+        """How many payments the merchant node has started so far (every SendPaymentV2)."""
+        return self.running.nodes["merchant"].state.next_payment_index
+
+    async def balances(self) -> tuple[int, int]:
+        """(merchant, payer) local channel balances in sat."""
+        return await self.merchant.channel_balance_sat(), await self.payer.channel_balance_sat()
+
+
+@pytest.fixture
+async def ln(tmp_path: Path) -> AsyncIterator[Lightning]:
+    """A fresh two-node simulated network for one test."""
+    running = await start_network(
+        tmp_path / "lnsim", [("merchant", 0), ("payer", 0)], block_time_seconds=3600
+    )
+    merchant_info, payer_info = running.nodes_info["merchant"], running.nodes_info["payer"]
+    sim = Lightning(
+        running,
+        LndClient(merchant_info["rest_url"], merchant_info["macaroon_hex"], None, timeout=10),
+        LndClient(payer_info["rest_url"], payer_info["macaroon_hex"], None, timeout=10),
+        aiohttp.ClientSession(),
+    )
+    try:
+        yield sim
+    finally:
+        await sim.merchant.close()
+        await sim.payer.close()
+        await sim.http.close()
+        await running.stop()
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+@pytest.fixture
+async def bootstrapped(nats_url: str, stream_names: tuple[str, str]) -> tuple[str, str]:
+    """The test's private stream and consumers exist (the outbox relay publishes there)."""
+    nc = await nats.connect(nats_url)
+    try:
+        await bus.bootstrap(nc.jetstream(), *stream_names)
+    finally:
+        await nc.drain()
+    return stream_names
+
+
+def make_settings(
+    database_url: str, nats_url: str, stream: tuple[str, str], **extra: Any
+) -> Settings:
+    """Settings for the payments worker; fast retries unless a test says otherwise."""
+    extra.setdefault("refund_retry_base_seconds", 0.05)
+    extra.setdefault("refund_max_attempts", 5)
+    return settings_for(database_url, nats_url, stream, **extra)
+
+
+@asynccontextmanager
+async def refund_payer(
+    settings: Settings, ln: Lightning
+) -> AsyncIterator[tuple[Worker, RefundPayer]]:
+    """A payments Worker and its RefundPayer paying from the merchant node."""
+    lnd = ln.client("merchant")
+    try:
+        async with open_worker("payments", settings, asyncio.Event()) as worker:
+            yield worker, RefundPayer(worker, lnd)
+    finally:
+        await lnd.close()
+
+
+# ----------------------------------------------------------------------------- orders
+
+
+@dataclass
+class RefundOrder:
+    """An order and the zero-amount refund invoice the payer node created for it."""
+
+    id: str
+    price: int
+    refund_hash: bytes
+    refund_invoice: str
+
+
+_TO_REFUND_PENDING = [
+    (S.PENDING_PAYMENT, S.PAID, {"paid_at": NOW}),
+    (S.PAID, S.ALLOCATING_NUMBER, {}),
+    (S.ALLOCATING_NUMBER, S.REFUND_PENDING, {}),
+]
+_TO_COMPLETED = [
+    (S.PENDING_PAYMENT, S.PAID, {"paid_at": NOW}),
+    (S.PAID, S.ALLOCATING_NUMBER, {}),
+    (S.ALLOCATING_NUMBER, S.WAITING_FOR_SMS, {"activation_id": "1", "phone_number": "1555"}),
+    (S.WAITING_FOR_SMS, S.CODE_RECEIVED, {"code": "12345"}),
+    (S.CODE_RECEIVED, S.COMPLETED, {}),
+]
+PATHS = {
+    S.REFUND_PENDING: _TO_REFUND_PENDING,
+    S.COMPLETED: _TO_COMPLETED,
+    S.WAITING_FOR_SMS: _TO_COMPLETED[:3],
+}
+
+
+async def make_order(
+    pool: asyncpg.Pool, ln: Lightning, *, status: Status = S.REFUND_PENDING, price: int = PRICE
+) -> RefundOrder:
+    """Insert a receive-sms order with a real refund invoice and walk it to `status`."""
+    invoice = await ln.payer.add_invoice(value_msat=0, memo="sms4sats refund", expiry=3600)
+    order_id = str(uuid.uuid4())
+    await pool.execute(
+        Q.order_insert,
+        order_id,
+        "receive-sms",
+        "tg",
+        187,
+        price,
+        Decimal("0.10"),
+        secrets.token_bytes(32),
+        "lnbcrt1fake",
+        datetime.now(UTC) + timedelta(minutes=10),
+        invoice.payment_request,
+        invoice.r_hash,
+    )
+    async with transaction(pool) as conn:
+        for expected, target, changes in PATHS[status]:
+            moved = await store.transition(conn, order_id, expected, target, **changes)
+            assert moved is not None, f"setup could not move {order_id} to {target}"
+    return RefundOrder(order_id, price, invoice.r_hash, invoice.payment_request)
+
+
+async def order_status(pool: asyncpg.Pool, order_id: str) -> str:
+    order = await store.get(pool, order_id)
+    assert order is not None
+    return str(order["status"])
+
+
+async def refund_row(pool: asyncpg.Pool, order_id: str) -> asyncpg.Record | None:
+    return await pool.fetchrow(Q.refund_get, order_id)
+
+
+async def event_types(pool: asyncpg.Pool, order_id: str) -> list[str]:
+    rows = await pool.fetch(
+        "SELECT payload FROM outbox WHERE payload->>'orderId' = $1 ORDER BY created_at", order_id
+    )
+    return [r["payload"]["type"] for r in rows]
+
+
+async def assert_each_status_entered_once(pool: asyncpg.Pool, order_id: str) -> None:
+    """The transition log never shows a status entered twice."""
+    log = await pool.fetch(Q.order_transitions, order_id)
+    entered = Counter(r["to_status"] for r in log)
+    assert all(n == 1 for n in entered.values()), f"status entered twice: {entered}"
+
+
+async def assert_invoice_open(ln: Lightning, order: RefundOrder) -> None:
+    invoice = await ln.payer.lookup_invoice(order.refund_hash)
+    assert invoice.state == "OPEN"
+    assert invoice.amt_paid_msat == 0
+
+
+async def assert_refunded_once(pool: asyncpg.Pool, ln: Lightning, order: RefundOrder) -> None:
+    """Order refunded, refund row succeeded, the payer's invoice settled for exactly the price."""
+    assert await order_status(pool, order.id) == S.REFUNDED
+    refund = await refund_row(pool, order.id)
+    assert refund is not None
+    assert refund["status"] == "succeeded"
+    assert refund["amount_sats"] == order.price
+    assert refund["paid_at"] is not None and refund["lease_until"] is None
+    assert refund["fee_sat"] == 0
+    invoice = await ln.payer.lookup_invoice(order.refund_hash)
+    assert invoice.state == "SETTLED"
+    assert invoice.amt_paid_msat == order.price * 1000
+    assert len(invoice.htlc_expiry_heights) == 1  # one HTLC: paid once
+    payment = ln.running.nodes["merchant"].state.payments[order.refund_hash.hex()]
+    assert payment.status == "SUCCEEDED"
+    assert [a.status for a in payment.htlcs] == ["SUCCEEDED"]
+    assert (await event_types(pool, order.id)).count("refunded") == 1
+    await assert_each_status_entered_once(pool, order.id)
+
+
+async def drive(
+    payer: RefundPayer, pool: asyncpg.Pool, order_id: str, done: Callable[[asyncpg.Record], bool]
+) -> asyncpg.Record:
+    """Call attempt() as the retry loop would, until the refund row satisfies `done`."""
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        refund = await refund_row(pool, order_id)
+        if refund is not None and done(refund):
+            return refund
+        assert asyncio.get_running_loop().time() < deadline, f"refund stuck: {dict(refund or {})}"
+        await payer.attempt(order_id)
+        await asyncio.sleep(0.02)
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+async def test_request_pays_the_refund_exactly_once(
+    database_url: str, nats_url: str, bootstrapped: tuple[str, str], ln: Lightning
+) -> None:
+    settings = make_settings(database_url, nats_url, bootstrapped)
+    async with refund_payer(settings, ln) as (worker, payer):
+        order = await make_order(worker.pool, ln)
+        merchant_before, payer_before = await ln.balances()
+        sends_before = ln.sends()
+
+        await payer.request(order.id)
+
+        await assert_refunded_once(worker.pool, ln, order)
+        refund = await refund_row(worker.pool, order.id)
+        assert refund is not None and refund["attempts"] == 1
+        assert refund["payment_request"] == order.refund_invoice
+        assert bytes(refund["payment_hash"]) == order.refund_hash
+        assert await ln.balances() == (merchant_before - PRICE, payer_before + PRICE)
+        assert ln.sends() == sends_before + 1
+
+        # A redelivered refund_requested event and the retry loop change nothing.
+        await payer.request(order.id)
+        await payer.attempt(order.id)
+        assert await ln.balances() == (merchant_before - PRICE, payer_before + PRICE)
+        assert ln.sends() == sends_before + 1
+        await assert_refunded_once(worker.pool, ln, order)
+
+
+async def test_concurrent_requests_across_two_workers_pay_once(
+    database_url: str, nats_url: str, bootstrapped: tuple[str, str], ln: Lightning
+) -> None:
+    settings = make_settings(database_url, nats_url, bootstrapped)
+    async with (
+        refund_payer(settings, ln) as (a, payer_a),
+        refund_payer(settings, ln) as (b, payer_b),
+    ):
+        orders = [await make_order(a.pool, ln, price=PRICE + i) for i in range(3)]
+        merchant_before, payer_before = await ln.balances()
+        sends_before = ln.sends()
+        # Both workers' retry loops run too, as they do in production.
+        loops = [asyncio.create_task(p.retry_due()) for p in (payer_a, payer_b)]
+
+        calls = []
+        for order in orders:
+            for i in range(10):
+                payer = (payer_a, payer_b)[i % 2]
+                calls.append(payer.request(order.id) if i < 6 else payer.attempt(order.id))
+        await asyncio.gather(*calls)
+        # Stragglers of the same refunds after they succeeded, and a retry-loop tick.
+        await asyncio.gather(*(p.request(o.id) for o in orders for p in (payer_a, payer_b)))
+        await asyncio.sleep(1.1)
+        a.stop.set()
+        b.stop.set()
+        await asyncio.wait_for(asyncio.gather(*loops), 5)
+
+        total = sum(o.price for o in orders)
+        assert await ln.balances() == (merchant_before - total, payer_before + total)
+        assert ln.sends() == sends_before + len(orders)
+        for order in orders:
+            await assert_refunded_once(a.pool, ln, order)
+            refund = await refund_row(a.pool, order.id)
+            assert refund is not None and refund["attempts"] == 1
+
+
+async def test_crash_after_payment_went_out_is_tracked_not_paid_again(
+    database_url: str, nats_url: str, bootstrapped: tuple[str, str], ln: Lightning
+) -> None:
+    settings = make_settings(database_url, nats_url, bootstrapped)
+    async with refund_payer(settings, ln) as (worker, payer):
+        order = await make_order(worker.pool, ln)
+        merchant_before, payer_before = await ln.balances()
+        # The dead worker: recorded the intent, claimed it, paid, died before writing.
+        await worker.pool.execute(
+            Q.refund_insert, order.id, order.refund_invoice, order.refund_hash, order.price
+        )
+        assert await worker.pool.fetchrow(Q.refund_claim, order.id, 120.0, uuid.uuid4()) is not None
+        paid = await ln.merchant.pay(
+            order.refund_invoice, amt_sat=order.price, fee_limit_sat=10, timeout_seconds=60
+        )
+        assert paid.status == "SUCCEEDED"
+        sends_before = ln.sends()
+
+        # While the dead worker's lease runs, nobody touches the refund.
+        await payer.attempt(order.id)
+        await payer.request(order.id)
+        refund = await refund_row(worker.pool, order.id)
+        assert refund is not None
+        assert (refund["status"], refund["attempts"]) == ("in_flight", 1)
+        assert await order_status(worker.pool, order.id) == S.REFUND_PENDING
+
+        # The lease ran out: the next claimer tracks the payment and records it.
+        await worker.pool.execute(
+            "UPDATE refunds SET lease_until = now() - interval '1 second' WHERE order_id = $1",
+            order.id,
+        )
+        await payer.attempt(order.id)
+
+        assert ln.sends() == sends_before  # tracked, never sent again
+        assert await ln.balances() == (merchant_before - PRICE, payer_before + PRICE)
+        await assert_refunded_once(worker.pool, ln, order)
+        refund = await refund_row(worker.pool, order.id)
+        assert refund is not None and refund["attempts"] == 2
+
+
+async def test_crash_after_a_failed_payment_sends_again(
+    database_url: str, nats_url: str, bootstrapped: tuple[str, str], ln: Lightning
+) -> None:
+    settings = make_settings(database_url, nats_url, bootstrapped)
+    async with refund_payer(settings, ln) as (worker, payer):
+        order = await make_order(worker.pool, ln)
+        merchant_before, payer_before = await ln.balances()
+        await worker.pool.execute(
+            Q.refund_insert, order.id, order.refund_invoice, order.refund_hash, order.price
+        )
+        await worker.pool.execute(
+            "UPDATE refunds SET status = 'in_flight', attempts = 1,"
+            " lease_until = now() - interval '1 second' WHERE order_id = $1",
+            order.id,
+        )
+        await ln.fail_next_payments(1)
+        failed = await ln.merchant.pay(
+            order.refund_invoice, amt_sat=order.price, fee_limit_sat=10, timeout_seconds=60
+        )
+        assert failed.status == "FAILED"
+
+        await payer.attempt(order.id)
+
+        assert await ln.balances() == (merchant_before - PRICE, payer_before + PRICE)
+        await assert_refunded_once(worker.pool, ln, order)
+
+
+async def test_failed_payments_are_retried_with_backoff_then_paid(
+    database_url: str, nats_url: str, bootstrapped: tuple[str, str], ln: Lightning
+) -> None:
+    base = 0.3
+    settings = make_settings(
+        database_url, nats_url, bootstrapped, refund_retry_base_seconds=base, refund_max_attempts=5
+    )
+    async with refund_payer(settings, ln) as (worker, payer):
+        order = await make_order(worker.pool, ln)
+        merchant_before, payer_before = await ln.balances()
+        sends_before = ln.sends()
+        assert await ln.fail_next_payments(2) == 2
+
+        await payer.request(order.id)
+
+        for attempt in (1, 2):
+            refund = await worker.pool.fetchrow(
+                "SELECT *, extract(epoch FROM next_attempt_at - updated_at)::float8 AS delay"
+                " FROM refunds WHERE order_id = $1",
+                order.id,
+            )
+            assert refund is not None
+            assert (refund["status"], refund["attempts"]) == ("pending", attempt)
+            assert "NO_ROUTE" in refund["last_error"]
+            assert refund["lease_until"] is None
+            # Exponential backoff: base, then twice the base.
+            assert refund["delay"] == pytest.approx(base * 2 ** (attempt - 1), abs=1e-3)
+            assert await order_status(worker.pool, order.id) == S.REFUND_PENDING
+            assert await ln.balances() == (merchant_before, payer_before)
+            assert ln.sends() == sends_before + attempt
+            # Not due yet: an immediate attempt (or a redelivered request) is a no-op.
+            await payer.attempt(order.id)
+            await payer.request(order.id)
+            again = await refund_row(worker.pool, order.id)
+            assert again is not None and again["attempts"] == attempt
+            assert ln.sends() == sends_before + attempt
+            await drive(
+                payer,
+                worker.pool,
+                order.id,
+                lambda r, n=attempt: r["attempts"] > n and r["status"] != "in_flight",
+            )
+
+        await assert_refunded_once(worker.pool, ln, order)
+        refund = await refund_row(worker.pool, order.id)
+        assert refund is not None and refund["attempts"] == 3
+        assert ln.sends() == sends_before + 3
+        assert await ln.pending_failures() == 0
+        assert await ln.balances() == (merchant_before - PRICE, payer_before + PRICE)
+
+
+async def test_more_failures_than_max_attempts_give_up_and_never_pay(
+    database_url: str, nats_url: str, bootstrapped: tuple[str, str], ln: Lightning
+) -> None:
+    settings = make_settings(
+        database_url, nats_url, bootstrapped, refund_retry_base_seconds=0.05, refund_max_attempts=3
+    )
+    async with refund_payer(settings, ln) as (worker, payer):
+        order = await make_order(worker.pool, ln)
+        merchant_before, payer_before = await ln.balances()
+        sends_before = ln.sends()
+        assert await ln.fail_next_payments(10) == 10
+
+        await payer.request(order.id)
+        refund = await drive(payer, worker.pool, order.id, lambda r: r["status"] == "failed")
+
+        assert refund["attempts"] == 3
+        assert "NO_ROUTE" in refund["last_error"]
+        assert refund["lease_until"] is None and refund["paid_at"] is None
+        assert await order_status(worker.pool, order.id) == S.REFUND_FAILED
+        assert (await event_types(worker.pool, order.id)).count("refund_failed") == 1
+        assert ln.sends() == sends_before + 3  # exactly refund_max_attempts payments sent
+        assert await ln.pending_failures() == 7
+        assert await ln.balances() == (merchant_before, payer_before)
+        await assert_invoice_open(ln, order)
+
+        # The node would pay now; a redelivered request or a late retry still pays nothing.
+        await ln.fail_next_payments(0)
+        await payer.request(order.id)
+        await payer.attempt(order.id)
+        await asyncio.sleep(0.1)  # past any backoff
+        await payer.attempt(order.id)
+        async with refund_payer(settings, ln) as (_, other):
+            await asyncio.gather(other.request(order.id), other.attempt(order.id))
+
+        assert ln.sends() == sends_before + 3
+        assert await ln.balances() == (merchant_before, payer_before)
+        await assert_invoice_open(ln, order)
+        refund = await refund_row(worker.pool, order.id)
+        assert refund is not None and (refund["status"], refund["attempts"]) == ("failed", 3)
+        assert await order_status(worker.pool, order.id) == S.REFUND_FAILED
+        await assert_each_status_entered_once(worker.pool, order.id)
+
+
+@pytest.mark.parametrize("status", [S.COMPLETED, S.WAITING_FOR_SMS])
+async def test_order_not_in_refund_pending_is_never_refunded(
+    database_url: str,
+    nats_url: str,
+    bootstrapped: tuple[str, str],
+    ln: Lightning,
+    status: Status,
+) -> None:
+    settings = make_settings(database_url, nats_url, bootstrapped)
+    async with refund_payer(settings, ln) as (worker, payer):
+        order = await make_order(worker.pool, ln, status=status)
+        merchant_before, payer_before = await ln.balances()
+        sends_before = ln.sends()
+
+        await payer.request(order.id)
+        await payer.attempt(order.id)
+        await payer.request("no-such-order")
+
+        assert await refund_row(worker.pool, order.id) is None
+        assert await order_status(worker.pool, order.id) == status
+        assert ln.sends() == sends_before
+        assert await ln.balances() == (merchant_before, payer_before)
+        await assert_invoice_open(ln, order)
+        with pytest.raises(PaymentNotInitiated):
+            async for _ in ln.merchant.track_payment(order.refund_hash):
+                pass
+        assert "refunded" not in await event_types(worker.pool, order.id)
+        await assert_each_status_entered_once(worker.pool, order.id)
+
+
+# ----------------------------------------------------------------------------- lost answers
+
+
+class LossyProxy:
+    """Forwards LND REST calls to a node; can lose the answer to the next SendPaymentV2 calls.
+
+    The payment itself reaches the node and goes out; only the HTTP answer is replaced by a
+    503, as when a connection drops or a load balancer times out after forwarding.
+    """
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.lose_sends = 0
+        self.url = ""
+        self._session = aiohttp.ClientSession()
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._forward)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}"
+
+    async def close(self) -> None:
+        await self._session.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        headers = {k: v for k, v in request.headers.items() if k.lower() == MACAROON_HEADER}
+        async with self._session.request(
+            request.method,
+            self.target + request.path_qs,
+            data=await request.read(),
+            headers={**headers, "Content-Type": "application/json"},
+        ) as upstream:
+            body = await upstream.read()
+            status = upstream.status
+        if request.path == "/v2/router/send" and self.lose_sends > 0:
+            self.lose_sends -= 1
+            return web.Response(status=503, text="upstream connect error or disconnect/reset")
+        return web.Response(status=status, body=body, content_type="application/json")
+
+
+@asynccontextmanager
+async def lossy_refund_payer(
+    settings: Settings, ln: Lightning
+) -> AsyncIterator[tuple[Worker, RefundPayer, LossyProxy]]:
+    """A RefundPayer that reaches the merchant node through a LossyProxy."""
+    info = ln.running.nodes_info["merchant"]
+    proxy = LossyProxy(info["rest_url"])
+    await proxy.start()
+    lnd = LndClient(proxy.url, info["macaroon_hex"], None, timeout=10)
+    try:
+        async with open_worker("payments", settings, asyncio.Event()) as worker:
+            yield worker, RefundPayer(worker, lnd), proxy
+    finally:
+        await lnd.close()
+        await proxy.close()
+
+
+async def test_lost_answer_to_a_sent_payment_is_tracked_not_paid_again(
+    database_url: str, nats_url: str, bootstrapped: tuple[str, str], ln: Lightning
+) -> None:
+    settings = make_settings(database_url, nats_url, bootstrapped, refund_max_attempts=5)
+    async with lossy_refund_payer(settings, ln) as (worker, payer, proxy):
+        order = await make_order(worker.pool, ln)
+        merchant_before, payer_before = await ln.balances()
+        sends_before = ln.sends()
+        proxy.lose_sends = 1
+
+        await payer.request(order.id)
+
+        # The payment went out, but the payer could not know: it schedules a retry.
+        refund = await refund_row(worker.pool, order.id)
+        assert refund is not None and (refund["status"], refund["attempts"]) == ("pending", 1)
+        assert await order_status(worker.pool, order.id) == S.REFUND_PENDING
+        assert await ln.balances() == (merchant_before - PRICE, payer_before + PRICE)
+
+        await drive(payer, worker.pool, order.id, lambda r: r["status"] == "succeeded")
+
+        assert ln.sends() == sends_before + 1
+        assert await ln.balances() == (merchant_before - PRICE, payer_before + PRICE)
+        await assert_refunded_once(worker.pool, ln, order)
+
+
+async def test_lost_answer_on_the_last_attempt_does_not_end_refund_failed_when_paid(
+    database_url: str, nats_url: str, bootstrapped: tuple[str, str], ln: Lightning
+) -> None:
+    settings = make_settings(database_url, nats_url, bootstrapped, refund_max_attempts=1)
+    async with lossy_refund_payer(settings, ln) as (worker, payer, proxy):
+        order = await make_order(worker.pool, ln)
+        merchant_before, payer_before = await ln.balances()
+        proxy.lose_sends = 1
+
+        await payer.request(order.id)
+        await asyncio.sleep(0.1)
+        await payer.attempt(order.id)
+
+        # The refund did go out (exactly once) ...
+        assert await ln.balances() == (merchant_before - PRICE, payer_before + PRICE)
+        invoice = await ln.payer.lookup_invoice(order.refund_hash)
+        assert invoice.state == "SETTLED"
+        # ... so the order must not be reported as a refund that failed.
+        refund = await refund_row(worker.pool, order.id)
+        assert refund is not None
+        assert refund["status"] != "failed", f"refund marked failed but paid: {dict(refund)}"
+        assert await order_status(worker.pool, order.id) != S.REFUND_FAILED
+
+
+# ----------------------------------------------------------------------------- held payments
+
+
+async def test_a_held_refund_payment_does_not_block_other_refunds(
+    database_url: str, nats_url: str, bootstrapped: tuple[str, str], ln: Lightning
+) -> None:
+    settings = make_settings(database_url, nats_url, bootstrapped)
+    async with refund_payer(settings, ln) as (worker, payer):
+        # The customer's wallet answers the first refund with a hold invoice and sits on it.
+        preimage = secrets.token_bytes(32)
+        held_invoice = await ln.payer.add_hold_invoice(
+            payment_hash=hashlib.sha256(preimage).digest(),
+            value_msat=0,
+            memo="held refund",
+            expiry=3600,
+            cltv_expiry=80,
+        )
+        held = await make_order(worker.pool, ln)
+        await worker.pool.execute(
+            "UPDATE orders SET refund_invoice = $2, refund_payment_hash = $3 WHERE id = $1",
+            held.id,
+            held_invoice.payment_request,
+            held_invoice.r_hash,
+        )
+        held = RefundOrder(held.id, held.price, held_invoice.r_hash, held_invoice.payment_request)
+        other = await make_order(worker.pool, ln)
+        for order, age in ((held, 2), (other, 1)):  # both due; the held one first
+            await worker.pool.execute(
+                Q.refund_insert, order.id, order.refund_invoice, order.refund_hash, order.price
+            )
+            await worker.pool.execute(
+                "UPDATE refunds SET next_attempt_at = now() - make_interval(secs => $2)"
+                " WHERE order_id = $1",
+                order.id,
+                float(age),
+            )
+
+        loop = asyncio.create_task(payer.retry_due())
+        other_paid_while_held = False
+        try:
+            deadline = asyncio.get_running_loop().time() + 3
+            while asyncio.get_running_loop().time() < deadline:
+                if await order_status(worker.pool, other.id) == S.REFUNDED:
+                    other_paid_while_held = True
+                    break
+                await asyncio.sleep(0.1)
+            held_state = (await ln.payer.lookup_invoice(held.refund_hash)).state
+        finally:
+            await ln.payer.settle_invoice(preimage)
+            await asyncio.sleep(0.3)
+            worker.stop.set()
+            try:
+                await asyncio.wait_for(loop, 5)
+            except TimeoutError:
+                loop.cancel()
+
+        assert held_state == "ACCEPTED"  # the receiver really was holding the HTLC
+        assert other_paid_while_held, "a held HTLC stalled the refund retry loop"
