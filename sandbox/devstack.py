@@ -230,7 +230,7 @@ class Stack:
             "logs_dir": str(self.root / "logs"),
         }
 
-    def stop(self, grace: float = 15.0) -> None:
+    def stop(self, grace: float = 40.0) -> None:
         """Stop services first (they drain), then simulators and NATS, then PostgreSQL."""
         services = [n for n in self.procs if n.split("-")[0] in SERVICES]
         others = [n for n in self.procs if n not in services]
@@ -289,11 +289,13 @@ def main() -> None:
     stack = Stack(
         Path(args.dir).resolve(), ports, inherit_output=args.inherit_output, replicas=args.replicas
     )
-    stop = False
+    stop = started = False
 
     def _on_signal(signum: int, _frame: object) -> None:
         nonlocal stop
         stop = True
+        if not started:
+            raise KeyboardInterrupt  # abandon a half-started stack; `finally` cleans up
 
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
@@ -301,6 +303,7 @@ def main() -> None:
     stack_file.unlink(missing_ok=True)
     try:
         info = stack.start()
+        started = True
         tmp = stack_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(info, indent=2))
         tmp.replace(stack_file)

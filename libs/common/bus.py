@@ -139,13 +139,24 @@ class Consumer:
             log.error("poison message on %s: %s", msg.subject, exc)
             await self._dead_letter(msg, str(exc))
             return
-        if await self._pool.fetchval(Q.inbox_seen, self._durable, event.id):
-            await msg.ack()
-            return
         try:
+            if await self._pool.fetchval(Q.inbox_seen, self._durable, event.id):
+                await msg.ack()
+                return
             await self._handler(event)
             await self._pool.execute(Q.inbox_record, self._durable, event.id)
         except Retry as retry:
+            if delivered >= MAX_DELIVER:
+                # The broker would drop it silently; park it where operators look instead.
+                log.error(
+                    "giving up retrying %s for order %s: %s",
+                    event.type,
+                    event.order_id,
+                    retry,
+                    extra={"order_id": event.order_id},
+                )
+                await self._dead_letter(msg, f"retries exhausted: {retry}")
+                return
             log.info(
                 "retrying %s for order %s in %.1fs: %s",
                 event.type,

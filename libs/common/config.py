@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from typing import Any, get_type_hints
 
@@ -21,17 +21,16 @@ class Settings:
     subject_prefix: str = "orders"
 
     lnd_rest_url: str = "http://127.0.0.1:8181"
-    lnd_macaroon_hex: str = ""
+    lnd_macaroon_hex: str = field(default="", repr=False)
     lnd_macaroon_path: str = ""
     lnd_tls_cert_path: str = ""
     lnd_network: str = "regtest"
 
     provider_url: str = "http://127.0.0.1:8090"
-    provider_api_key: str = "sim-key"
+    provider_api_key: str = field(default="sim-key", repr=False)
 
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
-    public_url: str = ""
 
     order_timeout_seconds: int = 1200
     cancel_min_age_seconds: int = 180

@@ -70,7 +70,7 @@ def resolve_country(value: str | int) -> Country | str | None:
     text = value.strip()
     if text.lower() == AUTO:
         return AUTO
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return _BY_ID.get(int(text))
     if len(text) == 2:
         return _BY_ISO.get(text.upper())

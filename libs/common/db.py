@@ -7,7 +7,6 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -81,11 +80,6 @@ def migrate(url: str, revision: str = "head") -> None:
     cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     cfg.attributes["database_url"] = url
     command.upgrade(cfg, revision)
-
-
-def record_to_dict(record: asyncpg.Record | None) -> dict[str, Any] | None:
-    """Convert a row to a plain dict (None stays None)."""
-    return None if record is None else dict(record.items())
 
 
 def split_sql(script: str) -> list[str]:

@@ -81,19 +81,6 @@ def is_terminal(status: Status) -> bool:
     return status in TERMINAL
 
 
-def is_refundable(order_type: OrderType) -> bool:
-    """Tell whether a failed order of this type is paid back (seed: receive-sms only)."""
-    return order_type is OrderType.RECEIVE_SMS
-
-
-def failure_target(order_type: OrderType) -> Status:
-    """Where an order goes when allocation fails after payment."""
-    # The seed makes rentals and reactivations non-refundable "except when allocation fails
-    # after payment", so every paid type is paid back when no number could be allocated.
-    del order_type
-    return S.REFUND_PENDING
-
-
 class CancelRefused(Exception):
     """A customer cancel that the rules refuse; code is the API error code."""
 

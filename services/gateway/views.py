@@ -3,25 +3,32 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 from aiohttp import web
 
 from libs.common import l402, store
 from libs.common.db import Q, transaction
 from libs.common.events import Event, EventType
-from libs.common.lightning import LndError
+from libs.common.lightning import AddedInvoice, LndError
 from libs.common.orders import CancelRefused, OrderType, Status, check_customer_cancel
 from libs.common.outbox import enqueue
+from libs.common.sms import Offer
 from libs.common.store import Timer
 from services.gateway.errors import ApiError
 from services.gateway.keys import JS_CONN, LND, NETWORK, POOL, PROVIDER, SETTINGS
-from services.gateway.orders import best_offer, order_json, parse_order_request, price_for
+from services.gateway.orders import (
+    OrderRequest,
+    best_offer,
+    order_json,
+    parse_order_request,
+    price_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +65,9 @@ async def create_order(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     try:
         body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError, LookupError) as exc:
+        # ValueError covers bad JSON and bad UTF-8; LookupError an unknown charset;
+        # RecursionError absurdly deep nesting.
         raise ApiError(400, "VALIDATION_ERROR", "body: must be valid JSON") from exc
     now = int(time.time())
     req = parse_order_request(body, settings, now=now, network=request.app[NETWORK])
@@ -89,40 +98,67 @@ async def create_order(request: web.Request) -> web.Response:
         valid_until=now + settings.macaroon_ttl_seconds,
     )
     expires_at = datetime.now(UTC) + timedelta(seconds=settings.invoice_expiry_seconds)
-    async with transaction(pool) as conn:
-        await conn.execute(
-            Q.order_insert,
-            order_id,
-            req.type.value,
-            req.service,
-            offer.country_id,
-            price,
-            offer.cost_usd,
-            invoice.r_hash,
-            invoice.payment_request,
-            expires_at,
-            req.refund_invoice.payment_request,
-            req.refund_invoice.payment_hash,
-        )
-        await conn.execute(Q.token_insert, l402.root_key_id(identifier), root_key, order_id)
-        await store.set_timer(
-            conn, order_id, Timer.INVOICE_EXPIRED, settings.invoice_expiry_seconds
-        )
-        await enqueue(conn, Event(EventType.CREATED, order_id), prefix=settings.subject_prefix)
+    try:
+        async with transaction(pool) as conn:
+            await _insert_order(conn, order_id, req, offer, price, invoice, expires_at)
+            await conn.execute(Q.token_insert, l402.root_key_id(identifier), root_key, order_id)
+            await store.set_timer(
+                conn, order_id, Timer.INVOICE_EXPIRED, settings.invoice_expiry_seconds
+            )
+            await enqueue(conn, Event(EventType.CREATED, order_id), prefix=settings.subject_prefix)
+    except asyncpg.UniqueViolationError as exc:
+        # Two concurrent orders with the same refundInvoice: only one may keep it.
+        raise ApiError(
+            400, "INVALID_REFUND_INVOICE", "this refundInvoice is already used by another order"
+        ) from exc
     log.info("order created", extra={"order_id": order_id})
-    body_out = {
+    return _challenge(order_id, invoice.payment_request, macaroon, price, expires_at)
+
+
+async def _insert_order(
+    conn: asyncpg.Connection,
+    order_id: str,
+    req: OrderRequest,
+    offer: Offer,
+    price: int,
+    invoice: AddedInvoice,
+    expires_at: datetime,
+) -> None:
+    """Insert a new pending_payment order."""
+    assert req.refund_invoice is not None
+    await conn.execute(
+        Q.order_insert,
+        order_id,
+        req.type.value,
+        req.service,
+        offer.country_id,
+        price,
+        offer.cost_usd,
+        invoice.r_hash,
+        invoice.payment_request,
+        expires_at,
+        req.refund_invoice.payment_request,
+        req.refund_invoice.payment_hash,
+    )
+
+
+def _challenge(
+    order_id: str, invoice: str, macaroon: str, price: int, expires_at: datetime
+) -> web.Response:
+    """The 402 answer: both WWW-Authenticate headers and the same data in the JSON body."""
+    body = {
         "error": {
             "code": "PAYMENT_REQUIRED",
             "message": "pay the invoice, then poll with L402 auth",
         },
         "orderId": order_id,
-        "invoice": invoice.payment_request,
+        "invoice": invoice,
         "macaroon": macaroon,
         "priceSats": price,
         "expiresAt": expires_at.isoformat(timespec="seconds").replace("+00:00", "Z"),
     }
-    resp = web.json_response(body_out, status=402)
-    for name, value in l402.challenge_headers(macaroon, invoice.payment_request):
+    resp = web.json_response(body, status=402)
+    for name, value in l402.challenge_headers(macaroon, invoice):
         resp.headers.add(name, value)
     return resp
 

@@ -94,7 +94,7 @@ class InvoiceWatcher:
     async def reconcile(self) -> int:
         """Look up every pending order's invoice at the node; returns how many became paid."""
         paid = 0
-        rows = await self._w.pool.fetch(Q.orders_pending_payment, 1000)
+        rows = await self._w.pool.fetch(Q.orders_pending_payment, 10_000)
         for row in rows:
             try:
                 invoice = await self._lnd.lookup_invoice(bytes(row["payment_hash"]))
@@ -110,12 +110,14 @@ class InvoiceWatcher:
     async def _follow(self) -> None:
         """Reconcile, then follow the node's stream of new and settled invoices."""
         await self.reconcile()
-        # After a reconnect LND replays every settle past the last index we saw, which
-        # closes the gap between the reconcile above and the subscription.
+        # After a reconnect LND replays every settle past the last index we handled. A settle
+        # between the first reconcile and the first subscription is caught by the periodic
+        # reconcile or, at the latest, by the invoice-expiry check.
         async for invoice in self._lnd.subscribe_invoices(settle_index=self._settle_index):
+            await self.on_invoice(invoice)
+            # Only after it was handled: a failure above replays this settle on reconnect.
             if invoice.settle_index:
                 self._settle_index = max(self._settle_index, invoice.settle_index)
-            await self.on_invoice(invoice)
 
     async def watch(self) -> None:
         """Follow the invoice stream until stop, reconnecting with backoff."""

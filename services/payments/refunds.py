@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -12,6 +13,7 @@ import asyncpg
 from libs.common import store
 from libs.common.db import Q, transaction
 from libs.common.events import Event, EventType
+from libs.common.invoices import RefundInvoiceError, check_refund_invoice, currency_for_network
 from libs.common.lightning import LndClient, LndError, Payment, PaymentNotInitiated
 from libs.common.orders import Status
 from libs.common.outbox import enqueue
@@ -41,20 +43,15 @@ class RefundPayer:
         self._wait = float(settings.refund_timeout_seconds) + 5.0
         self._lease = self._wait + 60.0
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._currency = currency_for_network(settings.lnd_network)
 
     async def request(self, order_id: str) -> None:
-        """Record the intent to refund an order (idempotent), then start paying it."""
+        """Pay a refund_pending order's refund now (its intent row came with the transition)."""
         async with transaction(self._w.pool) as conn:
             order = await store.get(conn, order_id)
             if order is None or order["status"] != Status.REFUND_PENDING:
                 return
-            await conn.execute(
-                Q.refund_insert,
-                order_id,
-                order["refund_invoice"],
-                order["refund_payment_hash"],
-                order["price_sats"],
-            )
+            await conn.execute(Q.refund_insert, order_id)  # no-op unless the row is missing
         await self.start(order_id)
 
     def start(self, order_id: str) -> asyncio.Task[None]:
@@ -79,18 +76,22 @@ class RefundPayer:
         refund = await self._w.pool.fetchrow(Q.refund_claim, order_id, self._lease, claim)
         if refund is None:
             return  # not due, already paid, or another worker holds it
+        payment_hash = bytes(refund["payment_hash"])
         try:
             # Always ask the node first: after a crash the earlier attempt may have gone out.
-            known = await self._track(bytes(refund["payment_hash"]))
+            known = await self._track(payment_hash)
             if known is None or known.status == "FAILED":
-                known = await self._outcome(
-                    self._lnd.send_payment(
-                        refund["payment_request"],
-                        amt_sat=refund["amount_sats"],
-                        fee_limit_sat=self._w.settings.refund_fee_limit_sat,
-                        timeout_seconds=self._w.settings.refund_timeout_seconds,
-                    )
-                )
+                if (expired := self._expired(refund["payment_request"])) is not None:
+                    await self._give_up(refund, claim, expired)
+                    return
+                try:
+                    known = await self._outcome(self._send(refund))
+                except _Unknown as exc:
+                    # The send may or may not have left; only the node can tell.
+                    known = await self._track(payment_hash)
+                    if known is None:
+                        await self._retry(refund, claim, str(exc), definite=True)
+                        return
         except _Unknown as exc:
             await self._retry(refund, claim, str(exc), definite=False)
             return
@@ -99,6 +100,30 @@ class RefundPayer:
         elif known.status == "FAILED":
             await self._retry(refund, claim, known.failure_reason, definite=True)
         # Still IN_FLIGHT: keep the claim; when the lease runs out the next claim tracks it.
+
+    def _send(self, refund: asyncpg.Record) -> AsyncIterator[Payment]:
+        """Pay the refund invoice the refund amount, within the fee limit and timeout."""
+        return self._lnd.send_payment(
+            refund["payment_request"],
+            amt_sat=refund["amount_sats"],
+            fee_limit_sat=self._w.settings.refund_fee_limit_sat,
+            timeout_seconds=self._w.settings.refund_timeout_seconds,
+        )
+
+    def _expired(self, payment_request: str) -> str | None:
+        """Why the refund invoice can no longer be paid, or None if it still can."""
+        try:
+            check_refund_invoice(
+                payment_request,
+                currency=self._currency,
+                now=int(time.time()),
+                min_validity_seconds=1,  # expiring this second counts as expired
+            )
+        except RefundInvoiceError as exc:
+            if exc.code == "REFUND_INVOICE_EXPIRES_TOO_SOON":
+                return "the refund invoice expired"
+            return f"refund invoice unusable: {exc.message}"
+        return None
 
     async def _track(self, payment_hash: bytes) -> Payment | None:
         """The node's view of our payment to this hash; None if it never saw one."""

@@ -12,7 +12,7 @@ from libs.common import sms, store
 from libs.common.bus import Retry
 from libs.common.db import Q, transaction
 from libs.common.events import Event, EventType
-from libs.common.orders import OrderType, Status, failure_target
+from libs.common.orders import Status
 from libs.common.outbox import enqueue
 from libs.common.runtime import Worker
 from libs.common.store import NOW, Timer
@@ -41,6 +41,19 @@ class Activations:
         """Queue an event in the caller's transaction."""
         await enqueue(conn, Event(kind, order_id), prefix=self._w.settings.subject_prefix)
 
+    async def _to_refund(self, order_id: str, expected: Status, why: str) -> bool:
+        """Move an order to refund_pending with its refund intent, in one transaction."""
+        async with transaction(self._w.pool) as conn:
+            moved = await store.transition(conn, order_id, expected, Status.REFUND_PENDING)
+            if moved is None:
+                return False
+            await store.cancel_timer(conn, order_id, Timer.SMS_TIMEOUT)
+            # The intent row makes the payments worker pay even if the event below is lost.
+            await conn.execute(Q.refund_insert, order_id)
+            await self._emit(conn, EventType.REFUND_REQUESTED, order_id)
+        log.warning("refunding: %s", why, extra={"order_id": order_id})
+        return True
+
     async def allocate(self, order_id: str) -> None:
         """Buy a number for a paid order, or send it to refund when none can be had."""
         async with transaction(self._w.pool) as conn:
@@ -54,8 +67,11 @@ class Activations:
         if order is None or order["status"] != Status.ALLOCATING_NUMBER:
             return  # a duplicate of an event already handled
         try:
+            # Never pay the provider more than the customer paid us.
             activation = await self._provider.buy(
-                service=order["service"], country_id=order["country_id"]
+                service=order["service"],
+                country_id=order["country_id"],
+                max_price_usd=order["provider_cost_usd"] * self._w.settings.price_multiplier,
             )
         except _PERMANENT as exc:
             await self._allocation_failed(order, exc.code)
@@ -78,22 +94,18 @@ class Activations:
                 next_poll_at=NOW,
             )
         if moved is None:
-            # Another delivery won the race; this second number is not needed.
-            log.warning("duplicate activation bought; cancelling it", extra={"order_id": order_id})
+            # Another delivery won the race; this second number is not needed. The provider
+            # may refuse an early cancel; it refunds unused activations when they expire.
+            log.warning(
+                "spare activation bought; trying to cancel it", extra={"order_id": order_id}
+            )
             await self._cancel_quietly(activation.id)
             return
         log.info("number allocated", extra={"order_id": order_id})
 
     async def _allocation_failed(self, order: asyncpg.Record, reason: str) -> None:
-        """Send an order that got no number to refund."""
-        target = failure_target(OrderType(order["type"]))
-        async with transaction(self._w.pool) as conn:
-            moved = await store.transition(conn, order["id"], Status.ALLOCATING_NUMBER, target)
-            if moved is None:
-                return
-            await store.cancel_timer(conn, order["id"], Timer.SMS_TIMEOUT)
-            await self._emit(conn, EventType.REFUND_REQUESTED, order["id"])
-        log.warning("no number (%s); refunding", reason, extra={"order_id": order["id"]})
+        """Send an order that got no number to refund (every paid type, per the seed)."""
+        await self._to_refund(order["id"], Status.ALLOCATING_NUMBER, f"no number ({reason})")
 
     async def _cancel_quietly(self, activation_id: str) -> None:
         """Best-effort cancel of an activation nobody needs (the provider refunds unused ones)."""
@@ -206,15 +218,7 @@ class Activations:
 
     async def _refund_after_cancel(self, order_id: str, reason: str) -> None:
         """Move a cancelled activation's order to refund."""
-        async with transaction(self._w.pool) as conn:
-            moved = await store.transition(
-                conn, order_id, Status.WAITING_FOR_SMS, Status.REFUND_PENDING
-            )
-            if moved is None:
-                return
-            await store.cancel_timer(conn, order_id, Timer.SMS_TIMEOUT)
-            await self._emit(conn, EventType.REFUND_REQUESTED, order_id)
-        log.info("activation cancelled (%s); refunding", reason, extra={"order_id": order_id})
+        await self._to_refund(order_id, Status.WAITING_FOR_SMS, f"activation cancelled ({reason})")
 
     async def poll_forever(self) -> None:
         """Claim due orders and poll them at the provider until stop."""

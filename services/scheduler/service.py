@@ -20,6 +20,8 @@ _EVENTS = {
     Timer.SMS_TIMEOUT: EventType.SMS_TIMEOUT,
 }
 OUTBOX_RETENTION_SECONDS = 24 * 3600.0
+# An SMS deadline that fired this long ago without moving its order on fires again.
+REARM_AFTER_SECONDS = 60.0
 INBOX_RETENTION_SECONDS = 8 * 24 * 3600.0  # longer than the stream's 7-day max_age
 
 
@@ -46,11 +48,14 @@ async def tick_forever(worker: Worker) -> None:
     """Fire due timers until stop, sleeping until the next one is due (bounded by the tick)."""
     tick = worker.settings.scheduler_tick_seconds
     loop = asyncio.get_running_loop()
-    next_prune = loop.time()
+    next_prune = next_rearm = loop.time()
     while not worker.stop.is_set():
         try:
             while await fire_due(worker) > 0:
                 pass
+            if loop.time() >= next_rearm:
+                await worker.pool.execute(Q.orders_overdue_rearm, REARM_AFTER_SECONDS)
+                next_rearm = loop.time() + 10.0
             if loop.time() >= next_prune:
                 await worker.pool.execute(Q.outbox_prune, OUTBOX_RETENTION_SECONDS)
                 await worker.pool.execute(Q.inbox_prune, INBOX_RETENTION_SECONDS)

@@ -29,8 +29,16 @@ def settings_for(
     )
 
 
-async def insert_order(conn: asyncpg.Connection | asyncpg.Pool, *, price_sats: int = 150) -> str:
-    """Insert a pending_payment receive-sms order with random hashes; returns its id."""
+async def insert_order(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    *,
+    price_sats: int = 150,
+    cost_usd: Decimal = Decimal("1.00"),
+) -> str:
+    """Insert a pending_payment receive-sms (US, tg) order with random hashes; returns its id.
+
+    The quoted provider cost is above every simulator price unless a test lowers it.
+    """
     order_id = str(uuid.uuid4())
     await conn.execute(
         Q.order_insert,
@@ -39,7 +47,7 @@ async def insert_order(conn: asyncpg.Connection | asyncpg.Pool, *, price_sats: i
         "tg",
         187,
         price_sats,
-        Decimal("0.10"),
+        cost_usd,
         secrets.token_bytes(32),
         "lnbcrt1fake",
         datetime.now(UTC) + timedelta(minutes=10),

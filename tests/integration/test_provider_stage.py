@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -165,9 +166,11 @@ async def stage(settings: Settings, smssim_url: str) -> AsyncIterator[tuple[Work
 # ----------------------------------------------------------------------------- orders
 
 
-async def paid_order(pool: asyncpg.Pool, settings: Settings) -> str:
+async def paid_order(
+    pool: asyncpg.Pool, settings: Settings, cost_usd: Decimal = Decimal("1.00")
+) -> str:
     """A receive-sms order made paid the way the invoice watcher does it (with its deadline)."""
-    order_id = await insert_order(pool)
+    order_id = await insert_order(pool, cost_usd=cost_usd)
     async with transaction(pool) as conn:
         moved = await store.transition(
             conn,
@@ -589,3 +592,18 @@ async def test_concurrent_check_and_cancel_end_in_exactly_one_outcome(
         assert outcomes == {S.COMPLETED: rounds}
     if sms == "none":
         assert outcomes == {S.REFUND_PENDING: rounds}
+
+
+async def test_a_number_dearer_than_the_customer_paid_for_is_not_bought(
+    stage: tuple[Worker, Activations], sim: Sim
+) -> None:
+    worker, acts = stage
+    # Quoted at 0.01 USD; the simulator now asks more than 0.01 x PRICE_MULTIPLIER.
+    order_id = await paid_order(worker.pool, worker.settings, cost_usd=Decimal("0.01"))
+    await acts.allocate(order_id)
+    order = await get(worker.pool, order_id)
+    assert order["status"] == S.REFUND_PENDING
+    assert order["activation_id"] is None
+    assert await sim.activations() == []
+    refund = await worker.pool.fetchrow(Q.refund_get, order_id)
+    assert refund is not None and refund["amount_sats"] == order["price_sats"]

@@ -177,3 +177,22 @@ async def test_consumer_retries_then_acks_and_dead_letters_poison(
     dead = await _collect(js, f"{prefix}.dlq.provider", want=1, wait=0.2)
     await nc.drain()
     assert len(dead) == 1 and json.loads(dead[0])["data"] == "not json"
+
+
+async def test_overdue_paid_orders_get_their_deadline_fired_again(pool: asyncpg.Pool) -> None:
+    stuck, done = await insert_order(pool), await insert_order(pool)
+    async with transaction(pool) as conn:
+        for order_id in (stuck, done):
+            await store.transition(conn, order_id, Status.PENDING_PAYMENT, Status.PAID)
+            await store.set_timer(conn, order_id, Timer.SMS_TIMEOUT, 0)
+        await store.transition(conn, done, Status.PAID, Status.ALLOCATING_NUMBER)
+        await store.transition(conn, done, Status.ALLOCATING_NUMBER, Status.REFUND_PENDING)
+    # Both deadlines fired two minutes ago; the message for `stuck` was lost.
+    await pool.execute(
+        "UPDATE timers SET fired_at = now() - interval '2 minutes',"
+        " due_at = now() - interval '3 minutes'"
+    )
+    await pool.execute(Q.orders_overdue_rearm, 60.0)
+    rows = {r["order_id"]: r for r in await pool.fetch("SELECT * FROM timers")}
+    assert rows[stuck]["fired_at"] is None  # fires again on the next scheduler tick
+    assert rows[done]["fired_at"] is not None  # has its outcome: left alone

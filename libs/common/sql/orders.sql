@@ -7,9 +7,6 @@ INSERT INTO orders (
 -- name: order_get
 SELECT * FROM orders WHERE id = $1;
 
--- name: order_get_for_update
-SELECT * FROM orders WHERE id = $1 FOR UPDATE;
-
 -- name: order_by_payment_hash
 SELECT * FROM orders WHERE payment_hash = $1;
 
@@ -19,7 +16,7 @@ SELECT 1 FROM orders WHERE refund_payment_hash = $1 LIMIT 1;
 -- name: orders_pending_payment
 SELECT id, payment_hash, invoice_expires_at FROM orders
 WHERE status = 'pending_payment'
-ORDER BY created_at
+ORDER BY created_at DESC
 LIMIT $1;
 
 -- name: orders_claim_sms_poll
@@ -45,9 +42,6 @@ SELECT from_status, to_status, at FROM order_transitions WHERE order_id = $1 ORD
 -- name: token_insert
 INSERT INTO l402_tokens (key_id, root_key, order_id) VALUES ($1, $2, $3);
 
--- name: token_get
-SELECT t.root_key, t.order_id FROM l402_tokens t WHERE t.key_id = $1;
-
 -- name: tokens_delete_for_order
 DELETE FROM l402_tokens WHERE order_id = $1;
 
@@ -59,3 +53,12 @@ FROM l402_tokens t
 JOIN orders o ON o.id = t.order_id
 LEFT JOIN refunds r ON r.order_id = o.id
 WHERE t.key_id = $1;
+
+-- name: orders_overdue_rearm
+-- Safety net: a paid order still short of an outcome after its SMS deadline has its timer
+-- fired again (a lost or given-up message must not leave money hanging).
+UPDATE timers t SET fired_at = NULL, due_at = now()
+FROM orders o
+WHERE t.order_id = o.id AND t.kind = 'sms_timeout'
+  AND t.fired_at < now() - make_interval(secs => $1)
+  AND o.status IN ('paid', 'allocating_number', 'waiting_for_sms');

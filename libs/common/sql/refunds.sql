@@ -1,8 +1,9 @@
 -- name: refund_insert
--- The intent to pay, recorded before any payment is sent. One per order, ever.
+-- The intent to pay, written in the same transaction that moves the order to
+-- refund_pending, before any payment is sent. One per order and per refund invoice, ever.
 INSERT INTO refunds (order_id, payment_request, payment_hash, amount_sats)
-VALUES ($1, $2, $3, $4)
-ON CONFLICT (order_id) DO NOTHING;
+SELECT id, refund_invoice, refund_payment_hash, price_sats FROM orders WHERE id = $1
+ON CONFLICT DO NOTHING;
 
 -- name: refund_get
 SELECT * FROM refunds WHERE order_id = $1;
@@ -13,7 +14,8 @@ SELECT * FROM refunds WHERE order_id = $1;
 -- and every later write names the claim, so a slow former claimer cannot overwrite it.
 UPDATE refunds
 SET status = 'in_flight',
-    attempts = attempts + 1,
+    -- Re-claiming an in-flight refund after its lease is not a new attempt.
+    attempts = attempts + CASE WHEN status = 'pending' THEN 1 ELSE 0 END,
     lease_until = now() + make_interval(secs => $2),
     claim_id = $3,
     updated_at = now()

@@ -3,10 +3,6 @@
 INSERT INTO timers (order_id, kind, due_at) VALUES ($1, $2, now() + make_interval(secs => $3))
 ON CONFLICT (order_id, kind) DO UPDATE SET due_at = EXCLUDED.due_at, fired_at = NULL;
 
--- name: timer_set_at
-INSERT INTO timers (order_id, kind, due_at) VALUES ($1, $2, $3)
-ON CONFLICT (order_id, kind) DO UPDATE SET due_at = EXCLUDED.due_at, fired_at = NULL;
-
 -- name: timers_claim_due
 -- Any number of scheduler replicas may run this at once; the database clock decides.
 SELECT id, order_id, kind

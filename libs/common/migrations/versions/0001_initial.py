@@ -40,7 +40,8 @@ CREATE INDEX orders_poll_due ON orders (next_poll_at)
     WHERE status IN ('waiting_for_sms', 'code_received');
 CREATE INDEX orders_by_status ON orders (status) WHERE status NOT IN
     ('completed', 'refunded', 'refund_failed', 'failed', 'expired');
-CREATE INDEX orders_refund_hash ON orders (refund_payment_hash);
+-- A refund invoice can be paid only once, so it may back only one order.
+CREATE UNIQUE INDEX orders_refund_hash ON orders (refund_payment_hash);
 
 -- Every status change, written by a trigger so no writer can forget it.
 CREATE TABLE order_transitions (
