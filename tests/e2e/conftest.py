@@ -30,7 +30,7 @@ E2E_ENV = {
 }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Start `python -m sandbox.devstack` on free ports and yield its stack.json."""
     state = tmp_path_factory.mktemp("stack")
