@@ -19,13 +19,13 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-import pgserver
 
 SERVICES = ("gateway", "payments", "provider", "scheduler")
 DEFAULT_PORTS = {
@@ -95,6 +95,11 @@ class Stack:
 
     def start_postgres(self) -> None:
         """Start PostgreSQL from the pgserver wheel and make sure the sms4sats database exists."""
+        with warnings.catch_warnings():
+            # platformdirs warns about XDG_RUNTIME_DIR on headless machines; harmless here.
+            warnings.simplefilter("ignore")
+            import pgserver
+
         self.pg = pgserver.get_server(self.root / "pg", cleanup_mode="stop")  # type: ignore[attr-defined]
         admin_url = self.pg.get_uri()
         parts = urlsplit(admin_url)
@@ -133,7 +138,8 @@ class Stack:
             ],
             dict(os.environ),
         )
-        wait_for(lambda: port_open(self.ports["nats"]), "NATS")
+        proc = self.procs["nats"]
+        wait_for(lambda: proc.poll() is None and port_open(self.ports["nats"]), "NATS")
 
     def service_env(self, nodes: dict[str, Any], provider_url: str) -> dict[str, str]:
         """The environment every service gets: the caller's, plus where the stack's parts are."""
@@ -285,6 +291,12 @@ def main() -> None:
         env_name = f"DEVSTACK_{name.upper()}_PORT"
         ports[name] = int(os.environ.get(env_name, 0)) or (
             free_port() if args.auto_ports else default
+        )
+    busy = [f"{name} ({port})" for name, port in ports.items() if port_open(port)]
+    if busy:
+        sys.exit(
+            f"ports already in use: {', '.join(busy)}. Is another stack running? Set "
+            "DEVSTACK_<NAME>_PORT (e.g. DEVSTACK_GATEWAY_PORT=9080) or pass --auto-ports."
         )
     stack = Stack(
         Path(args.dir).resolve(), ports, inherit_output=args.inherit_output, replicas=args.replicas
