@@ -31,6 +31,16 @@ class Settings:
 
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
+    # Public base URL for discovery documents (empty: derived from each request).
+    public_url: str = ""
+    index_verify_token: str = ""
+    # Shared secret the provider sends in X-Webhook-Secret; empty disables the webhook.
+    webhook_secret: str = field(default="", repr=False)
+    rate_challenges_per_minute: int = 30
+    rate_polls_per_minute: int = 120
+    # Only behind a proxy you run: take the client address from X-Forwarded-For.
+    trust_forwarded_for: bool = False
+    catalog_ttl_seconds: float = 60.0
 
     order_timeout_seconds: int = 1200
     cancel_min_age_seconds: int = 180
@@ -68,6 +78,12 @@ class Settings:
 
 def _coerce(raw: str, kind: Any) -> Any:
     """Turn an environment string into the field's type."""
+    if kind is bool:
+        if raw.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.strip().lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError("expected true or false")
     if kind is int:
         return int(raw)
     if kind is float:

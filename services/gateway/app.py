@@ -14,9 +14,10 @@ from libs.common.lightning import LndClient
 from libs.common.outbox import OutboxRelay
 from libs.common.runtime import close_nats
 from libs.common.sms import HeroSmsClient
-from services.gateway import views
+from services.gateway import discovery, views, webhooks
 from services.gateway.errors import error_middleware
 from services.gateway.keys import JS_CONN, LND, NETWORK, POOL, PROVIDER, SETTINGS
+from services.gateway.limits import rate_limit_middleware
 
 MAX_BODY_BYTES = 16 * 1024
 
@@ -24,8 +25,13 @@ MAX_BODY_BYTES = 16 * 1024
 def setup_routes(app: web.Application) -> None:
     """Register every route."""
     app.router.add_get("/health", views.health)
-    app.router.add_get("/v2/l402", views.discovery)
+    app.router.add_get("/.well-known/402index-verify.txt", discovery.index_verify)
+    app.router.add_get("/.well-known/l402-services", discovery.l402_services)
+    app.router.add_get("/v2/l402", discovery.discovery)
+    app.router.add_get("/v2/l402/openapi.json", discovery.openapi)
     app.router.add_get("/v2/l402/services", views.services)
+    app.router.add_get("/v2/l402/catalog", discovery.catalog)
+    app.router.add_post("/v2/l402/webhooks/rent", webhooks.rent_sms)
     app.router.add_post("/v2/l402/order", views.create_order)
     app.router.add_get("/v2/l402/order/{order_id}", views.get_order)
     app.router.add_post("/v2/l402/order/{order_id}/cancel", views.cancel_order)
@@ -33,8 +39,12 @@ def setup_routes(app: web.Application) -> None:
 
 def init_app(settings: Settings, stop: asyncio.Event) -> web.Application:
     """Build the application; connections open on startup and close on cleanup."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(
+        middlewares=[error_middleware, rate_limit_middleware(settings)],
+        client_max_size=MAX_BODY_BYTES,
+    )
     app[SETTINGS] = settings
+    app[discovery.PRICES] = discovery.PriceCache(settings.catalog_ttl_seconds)
     app[NETWORK] = currency_for_network(settings.lnd_network)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:

@@ -208,24 +208,6 @@ async def health(request: web.Request) -> web.Response:
     )
 
 
-async def discovery(request: web.Request) -> web.Response:
-    """GET /v2/l402: what this API offers, for agents."""
-    return web.json_response(
-        {
-            "name": "sms4sats",
-            "protocol": "L402",
-            "orderTypes": [OrderType.RECEIVE_SMS.value],
-            "endpoints": {
-                "createOrder": "POST /v2/l402/order",
-                "getOrder": "GET /v2/l402/order/{orderId}",
-                "cancelOrder": "POST /v2/l402/order/{orderId}/cancel",
-                "services": "GET /v2/l402/services",
-            },
-            "auth": "Authorization: L402 <macaroon>:<preimage>",
-        }
-    )
-
-
 async def services(request: web.Request) -> web.Response:
     """GET /v2/l402/services: the service codes the provider offers."""
     try:
