@@ -172,3 +172,61 @@ async def test_no_sms_in_time_cancels_and_refunds(
     assert refund_inv.state == "SETTLED"
     assert refund_inv.amt_paid_msat == challenge["priceSats"] * 1000
     assert await payer.channel_balance_sat() == balance_before
+
+
+async def test_customer_cancel_after_the_window_refunds(
+    stack: dict[str, Any], http: aiohttp.ClientSession, payer: LndClient
+) -> None:
+    await _sim(http, stack, "/sim/auto-sms", {"delaySeconds": None})
+    try:
+        refund, refund_hash = await _refund_invoice(payer)
+        resp, challenge = await _create(http, stack, refund, country="DE")
+        assert resp.status == 402
+        balance_before = await payer.channel_balance_sat()
+        preimage = await _pay(payer, challenge["invoice"])
+        auth = f"L402 {challenge['macaroon']}:{preimage}"
+        order, _ = await _poll(http, stack, challenge["orderId"], auth, {"waiting_for_sms"})
+        cancel_url = f"{stack['gateway_url']}/v2/l402/order/{challenge['orderId']}/cancel"
+
+        async with http.post(cancel_url, headers={"Authorization": auth}) as early:
+            assert early.status == 409
+            assert (await early.json())["error"]["code"] == "CANCEL_TOO_SOON"
+
+        # cancelableAt is paidAt + SMS4SATS_CANCEL_MIN_AGE_SECONDS (3 s in this stack).
+        while True:
+            async with http.post(cancel_url, headers={"Authorization": auth}) as resp:
+                if resp.status == 202:
+                    assert (await resp.json())["cancel"] == "requested"
+                    break
+                assert resp.status == 409
+            await asyncio.sleep(0.3)
+        cancelled_at = time.monotonic()
+        order, seen = await _poll(http, stack, challenge["orderId"], auth, TERMINAL)
+        # Well before the 8 s SMS deadline could have done it.
+        assert time.monotonic() - cancelled_at < 4
+    finally:
+        await _sim(http, stack, "/sim/auto-sms", {"delaySeconds": 1})
+
+    assert order["status"] == "refunded", seen
+    activation = next(
+        a for a in await _activations(http, stack) if a["phoneNumber"] == order["phoneNumber"][1:]
+    )
+    assert activation["status"] == "CANCEL"
+    assert (await payer.lookup_invoice(refund_hash)).amt_paid_msat == challenge["priceSats"] * 1000
+    assert await payer.channel_balance_sat() == balance_before
+
+
+async def test_cancel_after_the_code_arrived_is_refused(
+    stack: dict[str, Any], http: aiohttp.ClientSession, payer: LndClient
+) -> None:
+    refund, _ = await _refund_invoice(payer)
+    _, challenge = await _create(http, stack, refund)
+    preimage = await _pay(payer, challenge["invoice"])
+    auth = f"L402 {challenge['macaroon']}:{preimage}"
+    order, _ = await _poll(http, stack, challenge["orderId"], auth, TERMINAL)
+    assert order["status"] == "completed"
+    await asyncio.sleep(3)  # past the cancel window
+    url = f"{stack['gateway_url']}/v2/l402/order/{challenge['orderId']}/cancel"
+    async with http.post(url, headers={"Authorization": auth}) as resp:
+        assert resp.status == 409
+        assert (await resp.json())["error"]["code"] == "CANCEL_SMS_RECEIVED"

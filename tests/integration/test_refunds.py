@@ -16,24 +16,22 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
-import nats
 import pytest
 from aiohttp import web
 
-from libs.common import bus, store
+from libs.common import store
 from libs.common.config import Settings
 from libs.common.db import Q, transaction
 from libs.common.lightning import LndClient, PaymentNotInitiated
 from libs.common.orders import Status
 from libs.common.runtime import Worker, open_worker
 from libs.common.store import NOW
-from sandbox.lnsim import RunningNetwork, start_network
 from services.payments.refunds import RefundPayer
+from tests.integration.conftest import Lightning
 from tests.integration.helpers import settings_for
 
 pytestmark = pytest.mark.integration
@@ -41,81 +39,6 @@ pytestmark = pytest.mark.integration
 PRICE = 1_234
 S = Status
 MACAROON_HEADER = "grpc-metadata-macaroon"
-
-
-# ----------------------------------------------------------------------------- lightning
-
-
-@dataclass
-class Lightning:
-    """The in-process simulator with a merchant (pays refunds) and a payer (receives them)."""
-
-    running: RunningNetwork
-    merchant: LndClient
-    payer: LndClient
-    http: aiohttp.ClientSession
-
-    def client(self, name: str) -> LndClient:
-        """A fresh REST client for one node (each RefundPayer gets its own)."""
-        info = self.running.nodes_info[name]
-        return LndClient(info["rest_url"], info["macaroon_hex"], None, timeout=10)
-
-    async def fail_next_payments(self, count: int, reason: str = "FAILURE_REASON_NO_ROUTE") -> int:
-        """Make the merchant's next `count` payments fail (0 clears); returns what is pending."""
-        url = self.running.nodes_info["merchant"]["rest_url"] + "/sim/fail-next-payments"
-        async with self.http.post(url, json={"count": count, "reason": reason}) as resp:
-            assert resp.status == 200, await resp.text()
-            return int((await resp.json())["pending_failures"])
-
-    async def pending_failures(self) -> int:
-        """How many injected failures the merchant still has to hand out."""
-        url = self.running.nodes_info["merchant"]["rest_url"] + "/sim/info"
-        async with self.http.get(url) as resp:
-            return int((await resp.json())["pending_failures"])
-
-    def sends(self) -> int:
-        """How many payments the merchant node has started so far (every SendPaymentV2)."""
-        return self.running.nodes["merchant"].state.next_payment_index
-
-    async def balances(self) -> tuple[int, int]:
-        """(merchant, payer) local channel balances in sat."""
-        return await self.merchant.channel_balance_sat(), await self.payer.channel_balance_sat()
-
-
-@pytest.fixture
-async def ln(tmp_path: Path) -> AsyncIterator[Lightning]:
-    """A fresh two-node simulated network for one test."""
-    running = await start_network(
-        tmp_path / "lnsim", [("merchant", 0), ("payer", 0)], block_time_seconds=3600
-    )
-    merchant_info, payer_info = running.nodes_info["merchant"], running.nodes_info["payer"]
-    sim = Lightning(
-        running,
-        LndClient(merchant_info["rest_url"], merchant_info["macaroon_hex"], None, timeout=10),
-        LndClient(payer_info["rest_url"], payer_info["macaroon_hex"], None, timeout=10),
-        aiohttp.ClientSession(),
-    )
-    try:
-        yield sim
-    finally:
-        await sim.merchant.close()
-        await sim.payer.close()
-        await sim.http.close()
-        await running.stop()
-
-
-# ----------------------------------------------------------------------------- workers
-
-
-@pytest.fixture
-async def bootstrapped(nats_url: str, stream_names: tuple[str, str]) -> tuple[str, str]:
-    """The test's private stream and consumers exist (the outbox relay publishes there)."""
-    nc = await nats.connect(nats_url)
-    try:
-        await bus.bootstrap(nc.jetstream(), *stream_names)
-    finally:
-        await nc.drain()
-    return stream_names
 
 
 def make_settings(
