@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-unit test-integration test-e2e lint typecheck fmt reset bootstrap clean
+.PHONY: install run test test-unit test-integration test-e2e bench lint typecheck fmt reset bootstrap clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -30,12 +30,15 @@ test-integration: $(STAMP)
 test-e2e: $(STAMP)
 	$(PY) -m pytest -q tests/e2e
 
+bench: $(STAMP) ## Start the stack, measure create/poll against a bare aiohttp baseline
+	$(PY) -m bench --out bench-results.json
+
 lint: $(STAMP) ## ruff lint + format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
 typecheck: $(STAMP) ## mypy --strict over the code
-	$(VENV)/bin/mypy libs services sandbox
+	$(VENV)/bin/mypy libs services sandbox bench
 
 fmt: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
