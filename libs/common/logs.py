@@ -47,3 +47,6 @@ def setup_logging(service: str, level: str = "INFO") -> None:
     root.setLevel(level.upper())
     # aiohttp's access log would print request paths; keep it but never headers.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # aiohttp's protocol-level errors quote raw header bytes (possibly credentials); our
+    # middleware already logs every handler failure, so these add nothing but risk.
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)

@@ -14,7 +14,8 @@ from services.gateway.app import init_app
 async def main(settings: Settings, stop: asyncio.Event) -> None:
     """Serve the API until stop."""
     app = init_app(settings, stop)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # Headers up to 16 KiB reach our code, which answers oversized credentials with JSON.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, max_field_size=16384)
     await runner.setup()
     site = web.TCPSite(runner, settings.gateway_host, settings.gateway_port, reuse_address=True)
     await site.start()
