@@ -71,7 +71,8 @@ def resolve_country(value: str | int) -> Country | str | None:
     if text.lower() == AUTO:
         return AUTO
     if text.isascii() and text.isdigit():
-        return _BY_ID.get(int(text))
+        # Provider ids are small; a huge digit string is not worth int()'s time (or error).
+        return _BY_ID.get(int(text)) if len(text) <= 6 else None
     if len(text) == 2:
         return _BY_ISO.get(text.upper())
     return _BY_NAME.get(" ".join(text.lower().split()))

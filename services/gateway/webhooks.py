@@ -18,7 +18,9 @@ async def rent_sms(request: web.Request) -> web.Response:
     secret = request.app[SETTINGS].webhook_secret
     given = request.headers.get("X-Webhook-Secret", "")
     # Unsigned at the provider, so the shared secret is the only proof of origin.
-    if not secret or not hmac.compare_digest(given.encode(), secret.encode()):
+    # aiohttp keeps undecodable header bytes as surrogates; encode them back, never crash.
+    given_bytes = given.encode("utf-8", "surrogateescape")
+    if not secret or not hmac.compare_digest(given_bytes, secret.encode()):
         raise ApiError(401, "UNAUTHORIZED", "missing or wrong X-Webhook-Secret")
     try:
         body = await request.json()

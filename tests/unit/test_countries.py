@@ -33,7 +33,7 @@ def test_auto() -> None:
     assert resolve_country(" Auto ") == AUTO
 
 
-@pytest.mark.parametrize("value", ["XX", "Atlantis", "9999", 9999, "", True])
+@pytest.mark.parametrize("value", ["XX", "Atlantis", "9999", 9999, "", True, "²", "1" * 5000])
 def test_unknown(value: str | int) -> None:
     assert resolve_country(value) is None
 
