@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,3 +90,41 @@ async def bootstrapped(nats_url: str, stream_names: tuple[str, str]) -> tuple[st
     finally:
         await nc.drain()
     return stream_names
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextmanager
+def running_smssim(state_dir: Path, *args: str) -> Iterator[str]:
+    """Run `python -m sandbox.smssim` on a free port with args; it must exit 0 on SIGTERM."""
+    ready = state_dir / "ready.json"
+    cmd = [sys.executable, "-m", "sandbox.smssim", "--port", "0", "--log-level", "WARNING"]
+    proc = subprocess.Popen(
+        [*cmd, *args, "--ready-file", str(ready)],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while not ready.exists():
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode() if proc.stderr else ""
+                pytest.fail(f"smssim exited with {proc.returncode}: {err}")
+            if time.monotonic() > deadline:
+                pytest.fail("smssim did not become ready")
+            time.sleep(0.05)
+        yield str(json.loads(ready.read_text())["url"])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            returncode = proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            if proc.stderr:
+                proc.stderr.close()
+    assert returncode == 0, "smssim did not stop cleanly"

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -30,6 +25,7 @@ from libs.common.runtime import Worker, open_worker
 from libs.common.sms import HeroSmsClient
 from libs.common.store import NOW, Timer
 from services.provider.activations import Activations
+from tests.integration.conftest import running_smssim
 from tests.integration.helpers import insert_order, settings_for
 
 pytestmark = pytest.mark.integration
@@ -45,46 +41,12 @@ S = Status
 
 @pytest.fixture(scope="module")
 def smssim_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`python -m sandbox.smssim` on a free port, no early-cancel rule, no automatic SMS."""
-    ready = tmp_path_factory.mktemp("smssim") / "ready.json"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sandbox.smssim",
-            "--port",
-            "0",
-            "--api-key",
-            API_KEY,
-            "--early-cancel-seconds",
-            "0",
-            "--auto-sms-delay",
-            "off",
-            "--log-level",
-            "WARNING",
-            "--ready-file",
-            str(ready),
-        ],
-        cwd=REPO_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 15
-        while not ready.exists():
-            if proc.poll() is not None:
-                pytest.fail(f"smssim exited with {proc.returncode}")
-            if time.monotonic() > deadline:
-                pytest.fail("smssim did not become ready")
-            time.sleep(0.05)
-        yield str(json.loads(ready.read_text())["url"])
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    """The provider simulator with no early-cancel rule and no automatic SMS."""
+    with running_smssim(
+        tmp_path_factory.mktemp("smssim"),
+        *("--api-key", API_KEY, "--early-cancel-seconds", "0", "--auto-sms-delay", "off"),
+    ) as url:
+        yield url
 
 
 class Sim:

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
@@ -32,6 +28,7 @@ from libs.common.sms import (
     RateLimited,
     TooEarlyToCancel,
 )
+from tests.integration.conftest import running_smssim
 
 pytestmark = pytest.mark.integration
 
@@ -44,53 +41,11 @@ STYLES = ("herosms", "smsactivate")
 @pytest.fixture(scope="module")
 def sim_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Run `python -m sandbox.smssim` on a free port for the whole module."""
-    ready = tmp_path_factory.mktemp("smssim") / "ready.json"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sandbox.smssim",
-            "--port",
-            "0",
-            "--api-key",
-            API_KEY,
-            "--auto-sms-delay",
-            str(AUTO_DELAY),
-            "--seed",
-            "7",
-            "--log-level",
-            "WARNING",
-            "--ready-file",
-            str(ready),
-        ],
-        cwd=REPO_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 15
-        while not ready.exists():
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode() if proc.stderr else ""
-                pytest.fail(f"smssim exited with {proc.returncode}: {err}")
-            if time.monotonic() > deadline:
-                pytest.fail("smssim did not become ready")
-            time.sleep(0.05)
-        url = json.loads(ready.read_text())["url"]
-        assert isinstance(url, str)
+    with running_smssim(
+        tmp_path_factory.mktemp("smssim"),
+        *("--api-key", API_KEY, "--auto-sms-delay", str(AUTO_DELAY), "--seed", "7"),
+    ) as url:
         yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            returncode = proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise
-        finally:
-            if proc.stderr:
-                proc.stderr.close()
-    assert returncode == 0
 
 
 class Control:
