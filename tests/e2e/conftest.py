@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -15,6 +16,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from libs.common import db
+from libs.common.invariants import Finding, check
 from libs.common.lightning import LndClient
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,6 +36,18 @@ E2E_ENV = {
     "SMS4SATS_WEBHOOK_SECRET": "e2e-webhook-secret",
     "SMS4SATS_INDEX_VERIFY_TOKEN": "e2e-402index-token",
 }
+
+
+async def _invariants(info: dict[str, Any]) -> list[Finding]:
+    """Run the invariant checker against the stack's database and merchant node."""
+    pool = await db.create_pool(info["database_url"])
+    node = info["merchant_lnd"]
+    lnd = LndClient(node["rest_url"], node["macaroon_hex"], node["tls_cert_path"])
+    try:
+        return await check(pool, lnd, grace_seconds=30)
+    finally:
+        await lnd.close()
+        await pool.close()
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +74,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     info["state_dir"] = str(state)
     try:
         yield info
+        # Whatever the tests did, the money invariants must hold at the end.
+        findings = asyncio.run(_invariants(info))
+        assert findings == [], f"money invariants broken: {findings}"
     finally:
         proc.send_signal(signal.SIGINT)
         try:

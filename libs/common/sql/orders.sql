@@ -62,3 +62,45 @@ FROM orders o
 WHERE t.order_id = o.id AND t.kind = 'sms_timeout'
   AND t.fired_at < now() - make_interval(secs => $1)
   AND o.status IN ('paid', 'allocating_number', 'waiting_for_sms');
+
+-- name: invariant_stuck_paid
+-- Paid orders still short of an outcome well past their deadline.
+SELECT id, status, deadline_at FROM orders
+WHERE paid_at IS NOT NULL
+  AND status NOT IN ('completed', 'refunded', 'refund_failed', 'failed', 'expired')
+  AND deadline_at < now() - make_interval(secs => $1);
+
+-- name: invariant_refund_state_mismatch
+-- The refund row and the order must agree on how the refund ended.
+SELECT o.id, o.status, r.status AS refund_status
+FROM orders o LEFT JOIN refunds r ON r.order_id = o.id
+WHERE (r.status IS NOT DISTINCT FROM 'succeeded') <> (o.status = 'refunded')
+   OR (r.status IS NOT DISTINCT FROM 'failed') <> (o.status = 'refund_failed');
+
+-- name: invariant_refund_after_code
+-- Nobody is paid back for a code they received.
+SELECT o.id, o.status FROM orders o
+WHERE o.sms_received_at IS NOT NULL
+  AND (o.status IN ('refund_pending', 'refunded', 'refund_failed')
+       OR EXISTS (SELECT 1 FROM refunds r WHERE r.order_id = o.id));
+
+-- name: invariant_completed_without_code
+SELECT id FROM orders WHERE status = 'completed' AND type = 'receive-sms' AND sms_received_at IS NULL;
+
+-- name: invariant_terminal_entered_twice
+-- Every order enters at most one terminal state, once.
+SELECT order_id, count(*) AS n FROM order_transitions
+WHERE to_status IN ('completed', 'refunded', 'refund_failed', 'failed', 'expired')
+GROUP BY order_id HAVING count(*) > 1;
+
+-- name: invariant_paid_orders
+SELECT id, payment_hash, price_sats, status FROM orders WHERE paid_at IS NOT NULL
+ORDER BY paid_at DESC LIMIT $1;
+
+-- name: invariant_unpaid_orders
+SELECT id, payment_hash, status FROM orders WHERE paid_at IS NULL
+ORDER BY created_at DESC LIMIT $1;
+
+-- name: invariant_refunds_paid
+SELECT order_id, payment_hash, amount_sats FROM refunds WHERE status = 'succeeded'
+ORDER BY paid_at DESC LIMIT $1;
