@@ -69,6 +69,8 @@ class Stack:
     root: Path
     ports: dict[str, int]
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    specs: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)
+    restarts: dict[str, int] = field(default_factory=dict)
     logs: dict[str, IO[bytes]] = field(default_factory=dict)
     pg: Any = None
     database_url: str = ""
@@ -79,6 +81,8 @@ class Stack:
         """Start one child process, logging to <dir>/logs/<name>.log."""
         log_dir = self.root / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
+        if name in self.logs:
+            self.logs.pop(name).close()  # a restart appends to the same log
         out: IO[bytes] | None = None
         if not self.inherit_output:
             out = open(log_dir / f"{name}.log", "ab")
@@ -91,7 +95,18 @@ class Stack:
             start_new_session=True,
         )
         self.procs[name] = proc
+        self.specs[name] = (args, env)
         return proc
+
+    def restart_crashed_services(self) -> list[str]:
+        """Start again every service that died, as an orchestrator would; returns their names."""
+        restarted = []
+        for name, proc in list(self.procs.items()):
+            if name.split("-")[0] in SERVICES and proc.poll() is not None:
+                self.restarts[name] = self.restarts.get(name, 0) + 1
+                self.spawn(name, *self.specs[name])
+                restarted.append(f"{name} (exit {proc.returncode})")
+        return restarted
 
     def start_postgres(self) -> None:
         """Start PostgreSQL from the pgserver wheel and make sure the sms4sats database exists."""
@@ -333,6 +348,8 @@ def main() -> None:
             flush=True,
         )
         while not stop:
+            for name in stack.restart_crashed_services():
+                print(f"!! {name} died; restarted it (see its log)", flush=True)
             for name, proc in stack.procs.items():
                 if proc.poll() is not None and not getattr(proc, "_reported", False):
                     proc._reported = True  # type: ignore[attr-defined]

@@ -13,11 +13,13 @@ from libs.common.logs import setup_logging
 log = logging.getLogger(__name__)
 
 
-async def create_streams(nats_url: str, stream: str, prefix: str, replicas: int) -> None:
+async def create_streams(
+    nats_url: str, stream: str, prefix: str, replicas: int, ack_wait: float
+) -> None:
     """Create or update the order stream and the durable consumers."""
     nc = await bus.connect(nats_url, "bootstrap")
     try:
-        await bus.bootstrap(nc.jetstream(), stream, prefix, replicas=replicas)
+        await bus.bootstrap(nc.jetstream(), stream, prefix, replicas=replicas, ack_wait=ack_wait)
     finally:
         await nc.drain()
 
@@ -37,7 +39,11 @@ def main() -> None:
     if not args.migrate_only:
         asyncio.run(
             create_streams(
-                settings.nats_url, settings.nats_stream, settings.subject_prefix, args.replicas
+                settings.nats_url,
+                settings.nats_stream,
+                settings.subject_prefix,
+                args.replicas,
+                settings.ack_wait_seconds,
             )
         )
         log.info("stream %s and consumers ready", settings.nats_stream)

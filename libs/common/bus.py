@@ -57,20 +57,29 @@ def stream_config(name: str, prefix: str, *, replicas: int = 1) -> StreamConfig:
     )
 
 
-def consumer_config(prefix: str, consumer: str) -> ConsumerConfig:
+def consumer_config(
+    prefix: str, consumer: str, *, ack_wait: float = ACK_WAIT_SECONDS
+) -> ConsumerConfig:
     """A worker type's durable pull consumer."""
     return ConsumerConfig(
         durable_name=consumer,
         filter_subjects=subjects(prefix, consumer),
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
-        ack_wait=ACK_WAIT_SECONDS,
+        ack_wait=ack_wait,
         max_deliver=MAX_DELIVER,
         max_ack_pending=1000,
     )
 
 
-async def bootstrap(js: JetStreamContext, stream: str, prefix: str, *, replicas: int = 1) -> None:
+async def bootstrap(
+    js: JetStreamContext,
+    stream: str,
+    prefix: str,
+    *,
+    replicas: int = 1,
+    ack_wait: float = ACK_WAIT_SECONDS,
+) -> None:
     """Create or update the stream and every worker's durable consumer (idempotent)."""
     config = stream_config(stream, prefix, replicas=replicas)
     try:
@@ -78,7 +87,7 @@ async def bootstrap(js: JetStreamContext, stream: str, prefix: str, *, replicas:
     except nats.js.errors.BadRequestError:
         await js.update_stream(config)
     for consumer in CONSUMERS:
-        await js.add_consumer(stream, consumer_config(prefix, consumer))
+        await js.add_consumer(stream, consumer_config(prefix, consumer, ack_wait=ack_wait))
 
 
 def _backoff(delivered: int) -> float:

@@ -59,6 +59,8 @@ class Settings:
     refund_fee_limit_sat: int = 10
     refund_timeout_seconds: int = 60
 
+    # How long a worker may hold a message before JetStream redelivers it (bootstrap sets it).
+    ack_wait_seconds: float = 120.0
     sms_poll_interval_seconds: float = 2.0
     reconcile_interval_seconds: float = 30.0
     scheduler_tick_seconds: float = 0.5

@@ -9,6 +9,7 @@ from datetime import timedelta
 from libs.common import store
 from libs.common.db import Q, transaction
 from libs.common.events import Event, EventType
+from libs.common.faults import crash_point
 from libs.common.lightning import Invoice, InvoiceNotFound, LndClient, LndError
 from libs.common.orders import Status
 from libs.common.outbox import enqueue
@@ -29,6 +30,7 @@ class InvoiceWatcher:
     async def mark_paid(self, payment_hash: bytes, amt_paid_msat: int) -> bool:
         """Move the order with this invoice to paid and start its SMS deadline; idempotent."""
         settings = self._w.settings
+        crash_point("payments.settle_seen")
         async with transaction(self._w.pool) as conn:
             order = await conn.fetchrow(Q.order_by_payment_hash, payment_hash)
             if order is None or order["status"] != Status.PENDING_PAYMENT:

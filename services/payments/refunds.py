@@ -13,6 +13,7 @@ import asyncpg
 from libs.common import store
 from libs.common.db import Q, transaction
 from libs.common.events import Event, EventType
+from libs.common.faults import crash_point
 from libs.common.invoices import RefundInvoiceError, check_refund_invoice, currency_for_network
 from libs.common.lightning import LndClient, LndError, Payment, PaymentNotInitiated
 from libs.common.orders import Status
@@ -41,7 +42,7 @@ class RefundPayer:
         # How long one attempt waits on the node; a payment held longer (a hold invoice,
         # a stuck HTLC) stays in_flight and is tracked again once the lease runs out.
         self._wait = float(settings.refund_timeout_seconds) + 5.0
-        self._lease = self._wait + 60.0
+        self._lease = self._wait + 10.0
         self._running: dict[str, asyncio.Task[None]] = {}
         self._currency = currency_for_network(settings.lnd_network)
 
@@ -96,6 +97,7 @@ class RefundPayer:
             await self._retry(refund, claim, str(exc), definite=False)
             return
         if known.status == "SUCCEEDED":
+            crash_point("payments.refund_sent")
             await self._succeeded(order_id, known)
         elif known.status == "FAILED":
             await self._retry(refund, claim, known.failure_reason, definite=True)

@@ -12,6 +12,7 @@ from libs.common import sms, store
 from libs.common.bus import Retry
 from libs.common.db import Q, transaction
 from libs.common.events import Event, EventType
+from libs.common.faults import crash_point
 from libs.common.orders import Status
 from libs.common.outbox import enqueue
 from libs.common.runtime import Worker
@@ -83,6 +84,7 @@ class Activations:
                 await self._allocation_failed(order, exc.code)
                 return
             raise Retry(f"provider error {exc.code}", delay=3.0) from exc
+        crash_point("provider.number_bought")
         async with transaction(self._w.pool) as conn:
             moved = await store.transition(
                 conn,
@@ -162,6 +164,7 @@ class Activations:
                 "finish failed (%s); the poller retries", exc.code, extra={"order_id": order_id}
             )
             return
+        crash_point("provider.activation_finished")
         async with transaction(self._w.pool) as conn:
             moved = await store.transition(conn, order_id, Status.CODE_RECEIVED, Status.COMPLETED)
             if moved is None:

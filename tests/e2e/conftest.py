@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +51,14 @@ async def _invariants(info: dict[str, Any]) -> list[Finding]:
         await pool.close()
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """Start `python -m sandbox.devstack` on free ports and yield its stack.json."""
-    state = tmp_path_factory.mktemp("stack")
-    env = {**os.environ, **E2E_ENV}
+@contextmanager
+def running_stack(state: Path, extra_env: dict[str, str]) -> Iterator[dict[str, Any]]:
+    """Run `python -m sandbox.devstack` on free ports; yield its stack.json; check the end.
+
+    On the way out: the money invariants hold, no process outlives the launcher, and every
+    service shut down on its own (drained) rather than being killed after the grace.
+    """
+    env = {**os.environ, **extra_env}
     proc = subprocess.Popen(
         [sys.executable, "-m", "sandbox.devstack", "--dir", str(state), "--auto-ports"],
         cwd=ROOT,
@@ -74,7 +78,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     info["state_dir"] = str(state)
     try:
         yield info
-        # Whatever the tests did, the money invariants must hold at the end.
         findings = asyncio.run(_invariants(info))
         assert findings == [], f"money invariants broken: {findings}"
     finally:
@@ -84,18 +87,23 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        # No child may outlive the launcher.
         for pid in info["pids"].values():
             try:
                 os.kill(pid, 0)
             except ProcessLookupError:
                 continue
             pytest.fail(f"process {pid} survived the stack's shutdown")
-        # Each service shut down on its own (drained) rather than being killed after the grace.
         logs = Path(info["logs_dir"])
         for name in ("gateway", "payments", "provider", "scheduler"):
             text = (logs / f"{name}.log").read_text()
             assert f'"msg": "{name} stopped"' in text, f"{name} did not stop gracefully"
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The whole stack, shared by the e2e tests."""
+    with running_stack(tmp_path_factory.mktemp("stack"), E2E_ENV) as info:
+        yield info
 
 
 @pytest.fixture
