@@ -98,11 +98,11 @@ class Stack:
         self.specs[name] = (args, env)
         return proc
 
-    def restart_crashed_services(self) -> list[str]:
-        """Start again every service that died, as an orchestrator would; returns their names."""
+    def restart_dead(self) -> list[str]:
+        """Start again every process that died, as an orchestrator would; returns their names."""
         restarted = []
         for name, proc in list(self.procs.items()):
-            if name.split("-")[0] in SERVICES and proc.poll() is not None:
+            if proc.poll() is not None:
                 self.restarts[name] = self.restarts.get(name, 0) + 1
                 self.spawn(name, *self.specs[name])
                 restarted.append(f"{name} (exit {proc.returncode})")
@@ -348,12 +348,8 @@ def main() -> None:
             flush=True,
         )
         while not stop:
-            for name in stack.restart_crashed_services():
+            for name in stack.restart_dead():
                 print(f"!! {name} died; restarted it (see its log)", flush=True)
-            for name, proc in stack.procs.items():
-                if proc.poll() is not None and not getattr(proc, "_reported", False):
-                    proc._reported = True  # type: ignore[attr-defined]
-                    print(f"!! {name} exited with {proc.returncode}; see its log", flush=True)
             time.sleep(0.2)
     finally:
         print("stopping...", flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ from aiohttp import web
 
 from libs.common import countries
 from libs.common.orders import OrderType
-from libs.common.sms import Offer, SmsProvider
+from libs.common.sms import Offer, Service, SmsProvider
 from services.gateway.errors import ApiError
 from services.gateway.keys import PROVIDER, SETTINGS
 from services.gateway.orders import price_for
@@ -83,24 +84,39 @@ async def l402_services(request: web.Request) -> web.Response:
     )
 
 
-class PriceCache:
-    """The provider's full price list, refreshed at most every ttl seconds."""
+class ProviderCache:
+    """The provider's price list and service list, each refreshed at most every ttl seconds."""
 
     def __init__(self, ttl: float) -> None:
         self._ttl = ttl
-        self._at = -float("inf")
-        self._offers: list[Offer] = []
+        self._lock = asyncio.Lock()
+        self._prices: tuple[float, list[Offer]] = (-float("inf"), [])
+        self._services: tuple[float, list[Service]] = (-float("inf"), [])
 
     async def offers(self, provider: SmsProvider) -> list[Offer]:
         """Every offer, from the cache when fresh."""
-        now = time.monotonic()
-        if now - self._at >= self._ttl:
-            self._offers = await provider.prices()
-            self._at = now
-        return self._offers
+        async with self._lock:  # one refresh at a time, however many requests wait
+            if time.monotonic() - self._prices[0] >= self._ttl:
+                self._prices = (time.monotonic(), await provider.prices())
+            return self._prices[1]
+
+    async def services(self, provider: SmsProvider) -> list[Service]:
+        """Every service code, from the cache when fresh."""
+        async with self._lock:
+            if time.monotonic() - self._services[0] >= self._ttl:
+                self._services = (time.monotonic(), await provider.services())
+            return self._services[1]
 
 
-PRICES = web.AppKey("price_cache", PriceCache)
+CACHE = web.AppKey("provider_cache", ProviderCache)
+
+
+async def known_services(request: web.Request) -> list[Service]:
+    """The provider's services (cached), or 503 when it cannot be asked."""
+    try:
+        return await request.app[CACHE].services(request.app[PROVIDER])
+    except Exception as exc:
+        raise ApiError(503, "UNAVAILABLE", "the number provider is unavailable") from exc
 
 
 async def catalog(request: web.Request) -> web.Response:
@@ -115,7 +131,7 @@ async def catalog(request: web.Request) -> web.Response:
             want_country = found.id
     want_service = countries.normalize_service(request.query.get("service", "")) or None
     try:
-        offers = await request.app[PRICES].offers(request.app[PROVIDER])
+        offers = await request.app[CACHE].offers(request.app[PROVIDER])
     except Exception as exc:
         raise ApiError(503, "UNAVAILABLE", "the number provider is unavailable") from exc
     out: list[dict[str, Any]] = []

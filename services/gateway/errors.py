@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -23,6 +24,20 @@ class ApiError(Exception):
 def error_response(status: int, code: str, message: str) -> web.Response:
     """The JSON body every error uses."""
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+class StaleCredential(ApiError):
+    """A well-formed credential whose token expired or no longer exists (pruned, revoked)."""
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request body as JSON, or a 400 VALIDATION_ERROR for anything unreadable."""
+    try:
+        return await request.json()
+    except (ValueError, RecursionError, LookupError, web.RequestPayloadError) as exc:
+        # ValueError: bad JSON or UTF-8; LookupError: unknown charset; RecursionError:
+        # absurd nesting; RequestPayloadError: a body that fails to decompress.
+        raise ApiError(400, "VALIDATION_ERROR", "body: must be valid JSON") from exc
 
 
 _HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE"}

@@ -19,10 +19,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def client_address(request: web.Request, *, trust_forwarded_for: bool) -> str:
     """The address a limit is counted against."""
     if trust_forwarded_for:
+        # Our proxy appends the address it saw; anything to its left is client-controlled.
         forwarded = request.headers.get("X-Forwarded-For", "")
-        first = forwarded.split(",")[0].strip()
-        if first:
-            return first
+        last = forwarded.split(",")[-1].strip()
+        if last:
+            return last
     return request.remote or "unknown"
 
 

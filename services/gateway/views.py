@@ -20,7 +20,8 @@ from libs.common.orders import CancelRefused, OrderType, Status, check_customer_
 from libs.common.outbox import enqueue
 from libs.common.sms import Offer
 from libs.common.store import Timer
-from services.gateway.errors import ApiError
+from services.gateway.discovery import known_services
+from services.gateway.errors import ApiError, StaleCredential, read_json
 from services.gateway.keys import JS_CONN, LND, NETWORK, POOL, PROVIDER, SETTINGS
 from services.gateway.orders import (
     OrderRequest,
@@ -42,14 +43,15 @@ async def _authenticate(request: web.Request, order_id: str | None) -> Any:
             Q.order_by_token, l402.root_key_id(credential.identifier.raw)
         )
         if row is None:
-            raise l402.L402Error(l402.INVALID_MACAROON, "unknown or revoked token")
+            raise StaleCredential(403, l402.INVALID_MACAROON, "unknown or revoked token")
         if order_id is not None and row["id"] != order_id:
             raise l402.L402Error(l402.INVALID_MACAROON, "token is for another order")
         l402.verify(
             credential, root_key=bytes(row["root_key"]), order_id=row["id"], now=int(time.time())
         )
     except l402.L402Error as exc:
-        raise ApiError(403, exc.code, exc.message) from exc
+        kind = StaleCredential if exc.code == l402.EXPIRED_MACAROON else ApiError
+        raise kind(403, exc.code, exc.message) from exc
     # Order binding twice over: the caveat names the order, the identifier names its invoice.
     if bytes(row["payment_hash"]) != credential.identifier.payment_hash:
         raise ApiError(403, l402.INVALID_MACAROON, "token is for another invoice")
@@ -60,15 +62,13 @@ async def create_order(request: web.Request) -> web.Response:
     """POST /v2/l402/order: answer 402 with an invoice and macaroon (or the order, if paid)."""
     if request.headers.getall("Authorization", []):
         # Generic L402 clients re-send the original request with the credential.
-        row = await _authenticate(request, None)
-        return web.json_response(order_json(row, request.app[SETTINGS]))
+        try:
+            row = await _authenticate(request, None)
+            return web.json_response(order_json(row, request.app[SETTINGS]))
+        except StaleCredential:
+            pass  # a client's cached, expired token: answer with a fresh challenge (aperture does)
     settings = request.app[SETTINGS]
-    try:
-        body = await request.json()
-    except (ValueError, RecursionError, LookupError) as exc:
-        # ValueError covers bad JSON and bad UTF-8; LookupError an unknown charset;
-        # RecursionError absurdly deep nesting.
-        raise ApiError(400, "VALIDATION_ERROR", "body: must be valid JSON") from exc
+    body = await read_json(request)
     now = int(time.time())
     req = parse_order_request(body, settings, now=now, network=request.app[NETWORK])
     pool = request.app[POOL]
@@ -76,6 +76,10 @@ async def create_order(request: web.Request) -> web.Response:
     if await pool.fetchval(Q.order_refund_invoice_in_use, req.refund_invoice.payment_hash):
         raise ApiError(
             400, "INVALID_REFUND_INVOICE", "this refundInvoice is already used by another order"
+        )
+    if req.service not in {s.code for s in await known_services(request)}:
+        raise ApiError(
+            400, "VALIDATION_ERROR", f"service: unknown code {req.service!r}; see /v2/l402/services"
         )
     offer = await best_offer(request.app[PROVIDER], req.service, req.country)
     price = price_for(offer, settings)
@@ -210,8 +214,5 @@ async def health(request: web.Request) -> web.Response:
 
 async def services(request: web.Request) -> web.Response:
     """GET /v2/l402/services: the service codes the provider offers."""
-    try:
-        listed = await request.app[PROVIDER].services()
-    except Exception as exc:
-        raise ApiError(503, "UNAVAILABLE", "the number provider is unavailable") from exc
+    listed = await known_services(request)
     return web.json_response({"services": [{"code": s.code, "name": s.name} for s in listed]})

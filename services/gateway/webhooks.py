@@ -7,7 +7,7 @@ import logging
 
 from aiohttp import web
 
-from services.gateway.errors import ApiError
+from services.gateway.errors import ApiError, read_json
 from services.gateway.keys import SETTINGS
 
 log = logging.getLogger(__name__)
@@ -22,10 +22,7 @@ async def rent_sms(request: web.Request) -> web.Response:
     given_bytes = given.encode("utf-8", "surrogateescape")
     if not secret or not hmac.compare_digest(given_bytes, secret.encode()):
         raise ApiError(401, "UNAUTHORIZED", "missing or wrong X-Webhook-Secret")
-    try:
-        body = await request.json()
-    except (ValueError, RecursionError, LookupError) as exc:
-        raise ApiError(400, "VALIDATION_ERROR", "body: must be valid JSON") from exc
+    body = await read_json(request)
     if not isinstance(body, dict) or not ("rentId" in body or "activationId" in body):
         raise ApiError(400, "VALIDATION_ERROR", "body: needs rentId or activationId")
     # Rentals are not sold yet, so no order can match; polling stays the source of truth

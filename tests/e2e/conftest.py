@@ -95,8 +95,11 @@ def running_stack(state: Path, extra_env: dict[str, str]) -> Iterator[dict[str, 
             pytest.fail(f"process {pid} survived the stack's shutdown")
         logs = Path(info["logs_dir"])
         for name in ("gateway", "payments", "provider", "scheduler"):
-            text = (logs / f"{name}.log").read_text()
-            assert f'"msg": "{name} stopped"' in text, f"{name} did not stop gracefully"
+            files = sorted(logs.glob(f"{name}*.log"))  # payments-1.log… with replicas
+            assert files, f"no log of {name}"
+            for log_file in files:
+                text = log_file.read_text()
+                assert f'"msg": "{name} stopped"' in text, f"{log_file.name}: no graceful stop"
 
 
 @pytest.fixture(scope="session")

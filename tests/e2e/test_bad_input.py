@@ -51,6 +51,24 @@ async def _orders(stack: dict[str, Any]) -> int:
             "INVALID_REFUND_INVOICE",
         ),
         (b'{"type": "rent-number", "service": "tg"}', {}, 400, "VALIDATION_ERROR"),
+        (
+            b'{"service": "zz", "country": "US", "refundInvoice": "x"}',
+            {},
+            400,
+            "INVALID_REFUND_INVOICE",
+        ),
+        (
+            b"not gzip",
+            {"Content-Type": "application/json", "Content-Encoding": "gzip"},
+            400,
+            "VALIDATION_ERROR",
+        ),
+        (
+            b"not deflate",
+            {"Content-Type": "application/json", "Content-Encoding": "deflate"},
+            400,
+            "VALIDATION_ERROR",
+        ),
         (b'{"service": "tg", "pad": "' + b"x" * 20_000 + b'"}', {}, 413, "PAYLOAD_TOO_LARGE"),
     ],
 )

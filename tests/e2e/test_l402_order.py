@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 
 from libs.common.lightning import LndClient
@@ -230,3 +231,35 @@ async def test_cancel_after_the_code_arrived_is_refused(
     async with http.post(url, headers={"Authorization": auth}) as resp:
         assert resp.status == 409
         assert (await resp.json())["error"]["code"] == "CANCEL_SMS_RECEIVED"
+
+
+async def test_unknown_service_and_revoked_tokens(
+    stack: dict[str, Any], http: aiohttp.ClientSession, payer: LndClient
+) -> None:
+    refund, _ = await _refund_invoice(payer)
+    resp, err = await _create(http, stack, refund, service="zz")
+    assert resp.status == 400 and err["error"]["code"] == "VALIDATION_ERROR"
+    assert "service" in err["error"]["message"]
+
+    resp, challenge = await _create(http, stack, refund)
+    assert resp.status == 402
+    preimage = await _pay(payer, challenge["invoice"])
+    auth = f"L402 {challenge['macaroon']}:{preimage}"
+    await _poll(http, stack, challenge["orderId"], auth, TERMINAL)
+    conn = await asyncpg.connect(stack["database_url"])
+    try:
+        await conn.execute("DELETE FROM l402_tokens WHERE order_id = $1", challenge["orderId"])
+    finally:
+        await conn.close()
+    url = f"{stack['gateway_url']}/v2/l402/order/{challenge['orderId']}"
+    async with http.get(url, headers={"Authorization": auth}) as revoked:
+        assert revoked.status == 403
+        assert (await revoked.json())["error"]["code"] == "INVALID_MACAROON"
+    # A client re-sending its cached, now revoked token gets a fresh challenge, as from aperture.
+    refund2, _ = await _refund_invoice(payer)
+    body = {"type": "receive-sms", "country": "US", "service": "tg", "refundInvoice": refund2}
+    async with http.post(
+        f"{stack['gateway_url']}/v2/l402/order", json=body, headers={"Authorization": auth}
+    ) as again:
+        assert again.status == 402
+        assert (await again.json())["orderId"] != challenge["orderId"]

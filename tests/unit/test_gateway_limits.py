@@ -57,3 +57,16 @@ async def test_forwarded_for_only_when_trusted() -> None:
             await client.get("/v2/l402/order/a", headers={"X-Forwarded-For": "10.0.0.1"})
             resp = await client.get("/v2/l402/order/a", headers={"X-Forwarded-For": "10.0.0.2"})
             assert resp.status == expect_second
+
+
+async def test_forwarded_for_counts_the_address_our_proxy_appended() -> None:
+    app = _app(rate_polls_per_minute=6, trust_forwarded_for=True)
+    async with TestClient(TestServer(app)) as client:
+        first = await client.get(
+            "/v2/l402/order/a", headers={"X-Forwarded-For": "1.1.1.1, 9.9.9.9"}
+        )
+        # A client inventing a new leftmost address does not get a fresh bucket.
+        again = await client.get(
+            "/v2/l402/order/a", headers={"X-Forwarded-For": "2.2.2.2, 9.9.9.9"}
+        )
+        assert (first.status, again.status) == (200, 429)
