@@ -632,3 +632,24 @@ async def test_an_expired_refund_invoice_ends_refund_failed_at_once_and_pays_not
         assert "expired" in refund["last_error"]
         assert ln.sends() == sends_before
         assert await ln.balances() == balances
+
+
+async def test_failed_refunds_are_listed_for_operators(
+    database_url: str,
+    nats_url: str,
+    bootstrapped: tuple[str, str],
+    ln: Lightning,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from services.payments.admin import failed_refunds
+
+    settings = make_settings(database_url, nats_url, bootstrapped, refund_max_attempts=1)
+    async with refund_payer(settings, ln) as (worker, payer):
+        order = await make_order(worker.pool, ln)
+        await ln.fail_next_payments(1)
+        await payer.request(order.id)
+        assert await order_status(worker.pool, order.id) == S.REFUND_FAILED
+    monkeypatch.setenv("SMS4SATS_DATABASE_URL", database_url)
+    listed = await failed_refunds()
+    assert [(r["orderId"], r["amountSats"]) for r in listed] == [(order.id, order.price)]
+    assert listed[0]["refundInvoice"] == order.refund_invoice

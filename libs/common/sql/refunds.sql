@@ -50,3 +50,10 @@ UPDATE refunds
 SET status = 'failed', last_error = $3, lease_until = NULL, claim_id = NULL, updated_at = now()
 WHERE order_id = $1 AND status = 'in_flight' AND claim_id = $2
 RETURNING order_id;
+
+-- name: refunds_failed
+-- For operators: refunds that ended refund_failed and must be paid by hand.
+SELECT r.order_id, r.amount_sats, r.attempts, r.last_error, r.updated_at, r.payment_request
+FROM refunds r
+WHERE r.status = 'failed'
+ORDER BY r.updated_at;
