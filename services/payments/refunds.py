@@ -46,14 +46,20 @@ class RefundPayer:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._currency = currency_for_network(settings.lnd_network)
 
-    async def request(self, order_id: str) -> None:
-        """Pay a refund_pending order's refund now (its intent row came with the transition)."""
+    async def request(self, order_id: str, *, wait: bool = True) -> None:
+        """Pay a refund_pending order's refund now (its intent row came with the transition).
+
+        With wait=False the attempt runs in the background: the event handler returns at
+        once so one slow payment does not hold up the consumer; the intent row is durable.
+        """
         async with transaction(self._w.pool) as conn:
             order = await store.get(conn, order_id)
             if order is None or order["status"] != Status.REFUND_PENDING:
                 return
             await conn.execute(Q.refund_insert, order_id)  # no-op unless the row is missing
-        await self.start(order_id)
+        task = self.start(order_id)
+        if wait:
+            await task
 
     def start(self, order_id: str) -> asyncio.Task[None]:
         """Run an attempt as a task, or return the one this process already runs for it."""

@@ -29,7 +29,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
 
             async def handle(event: Event) -> None:
                 if event.type is EventType.REFUND_REQUESTED:
-                    await refunds.request(event.order_id)
+                    await refunds.request(event.order_id, wait=False)
                 elif event.type is EventType.INVOICE_EXPIRED:
                     await invoices.expire(event.order_id)
 
