@@ -44,6 +44,8 @@ class Settings:
 
     order_timeout_seconds: int = 1200
     cancel_min_age_seconds: int = 180
+    # The classic API's own cancel window (its docs: 2 minutes after payment).
+    classic_cancel_min_age_seconds: int = 120
     invoice_expiry_seconds: int = 600
     macaroon_ttl_seconds: int = 86400
     code_retention_seconds: int = 3600

@@ -18,6 +18,7 @@ class EventType(StrEnum):
     INVOICE_EXPIRED = "invoice_expired"
     SMS_TIMEOUT = "sms_timeout"
     CANCEL_REQUESTED = "cancel_requested"
+    CODE_DELIVERED = "code_delivered"
     COMPLETED = "completed"
     REFUNDED = "refunded"
     REFUND_FAILED = "refund_failed"
@@ -26,7 +27,12 @@ class EventType(StrEnum):
 
 # Which worker acts on which events; each is one durable consumer with these filters.
 CONSUMERS: dict[str, tuple[EventType, ...]] = {
-    "payments": (EventType.REFUND_REQUESTED, EventType.INVOICE_EXPIRED),
+    "payments": (
+        EventType.CREATED,
+        EventType.REFUND_REQUESTED,
+        EventType.INVOICE_EXPIRED,
+        EventType.CODE_DELIVERED,
+    ),
     "provider": (EventType.PAID, EventType.SMS_TIMEOUT, EventType.CANCEL_REQUESTED),
 }
 

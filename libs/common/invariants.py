@@ -78,10 +78,22 @@ async def check_node(pool: asyncpg.Pool, lnd: LndClient, *, limit: int = 10_000)
         except LndError as exc:
             found.append(Finding("paid_invoice_unknown", r["id"], exc.message))
             continue
-        if invoice.state != "SETTLED" or invoice.amt_paid_msat < r["price_sats"] * 1000:
-            found.append(
-                Finding("paid_but_not_settled", r["id"], f"invoice {invoice.state} at the node")
-            )
+        held = invoice.state in ("SETTLED", "ACCEPTED")  # a cancelled HTLC reports 0 paid
+        if held and invoice.amt_paid_msat < r["price_sats"] * 1000:
+            found.append(Finding("underpaid", r["id"], f"{invoice.amt_paid_msat} msat paid"))
+        if r["payment_mode"] == "standard":
+            if invoice.state != "SETTLED":
+                found.append(
+                    Finding("paid_but_not_settled", r["id"], f"invoice {invoice.state} at the node")
+                )
+            continue
+        # Hold invoices: settled exactly when a code was delivered, cancelled when paid back.
+        if invoice.state == "SETTLED" and r["sms_received_at"] is None:
+            found.append(Finding("settled_without_code", r["id"], f"order {r['status']}"))
+        if r["status"] == "completed" and invoice.state != "SETTLED":
+            found.append(Finding("hold_not_settled", r["id"], f"invoice {invoice.state}"))
+        if r["status"] in ("refunded", "refund_failed") and invoice.state != "CANCELED":
+            found.append(Finding("hold_not_released", r["id"], f"invoice {invoice.state}"))
     for r in await pool.fetch(Q.invariant_unpaid_orders, limit):
         try:
             invoice = await lnd.lookup_invoice(bytes(r["payment_hash"]))

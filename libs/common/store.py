@@ -8,7 +8,9 @@ from typing import Any, Final
 import asyncpg
 
 from libs.common.db import Q
+from libs.common.events import Event, EventType
 from libs.common.orders import Status, check_transition, is_terminal
+from libs.common.outbox import enqueue
 
 
 class _Now:
@@ -31,6 +33,8 @@ _WRITABLE: Final = frozenset(
         "sms_text",
         "sms_received_at",
         "next_poll_at",
+        "amt_paid_msat",
+        "htlc_expiry_height",
     }
 )
 
@@ -80,6 +84,17 @@ async def set_timer(conn: asyncpg.Connection, order_id: str, kind: str, seconds:
 async def cancel_timer(conn: asyncpg.Connection, order_id: str, kind: str) -> None:
     """Disarm the order's timer of this kind if it has not fired."""
     await conn.execute(Q.timer_cancel, order_id, kind)
+
+
+async def complete(
+    conn: asyncpg.Connection, order_id: str, *, code_retention: float, prefix: str
+) -> bool:
+    """code_received -> completed, arming the code purge and queueing the event."""
+    if await transition(conn, order_id, Status.CODE_RECEIVED, Status.COMPLETED) is None:
+        return False
+    await set_timer(conn, order_id, Timer.PURGE_CODE, code_retention)
+    await enqueue(conn, Event(EventType.COMPLETED, order_id), prefix=prefix)
+    return True
 
 
 class Timer:

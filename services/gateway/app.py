@@ -14,7 +14,7 @@ from libs.common.lightning import LndClient
 from libs.common.outbox import OutboxRelay
 from libs.common.runtime import close_nats
 from libs.common.sms import HeroSmsClient
-from services.gateway import discovery, views, webhooks
+from services.gateway import classic, discovery, views, webhooks
 from services.gateway.errors import error_middleware
 from services.gateway.keys import JS_CONN, LND, NETWORK, POOL, PROVIDER, SETTINGS
 from services.gateway.limits import rate_limit_middleware
@@ -32,6 +32,10 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/v2/l402/services", views.services)
     app.router.add_get("/v2/l402/catalog", discovery.catalog)
     app.router.add_post("/v2/l402/webhooks/rent", webhooks.rent_sms)
+    # The classic API: hold invoices, paid only when the code is delivered.
+    app.router.add_post("/createorder", classic.create_order)
+    app.router.add_get("/orderstatus", classic.order_status)
+    app.router.add_get("/cancelorder", classic.cancel_order)
     app.router.add_post("/v2/l402/order", views.create_order)
     app.router.add_get("/v2/l402/order/{order_id}", views.get_order)
     app.router.add_post("/v2/l402/order/{order_id}/cancel", views.cancel_order)

@@ -40,7 +40,12 @@ def rate_limit_middleware(settings: Settings) -> Middleware:
         if canonical == "/v2/l402/order" and request.method == "POST":
             # A credential-carrying re-POST reads an existing order: it counts as a poll.
             limiter = polls if "Authorization" in request.headers else challenges
-        elif canonical.startswith("/v2/l402/order/"):
+        elif canonical == "/createorder":
+            limiter = challenges
+        elif canonical.startswith("/v2/l402/order/") or canonical in (
+            "/orderstatus",
+            "/cancelorder",
+        ):
             limiter = polls
         if limiter is not None:
             key = client_address(request, trust_forwarded_for=settings.trust_forwarded_for)

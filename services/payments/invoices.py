@@ -27,15 +27,23 @@ class InvoiceWatcher:
         self._lnd = lnd
         self._settle_index = 0
 
-    async def mark_paid(self, payment_hash: bytes, amt_paid_msat: int) -> bool:
-        """Move the order with this invoice to paid and start its SMS deadline; idempotent."""
+    async def mark_paid(self, invoice: Invoice) -> bool:
+        """Move the order with this invoice to paid and start its SMS deadline; idempotent.
+
+        A standard invoice counts once SETTLED; a hold invoice once ACCEPTED (its HTLC is
+        locked in and we hold the preimage).
+        """
+        if invoice.state not in ("SETTLED", "ACCEPTED"):
+            return False
         settings = self._w.settings
         crash_point("payments.settle_seen")
         async with transaction(self._w.pool) as conn:
-            order = await conn.fetchrow(Q.order_by_payment_hash, payment_hash)
+            order = await conn.fetchrow(Q.order_by_payment_hash, invoice.r_hash)
             if order is None or order["status"] != Status.PENDING_PAYMENT:
                 return False
-            if amt_paid_msat < order["price_sats"] * 1000:
+            if order["payment_mode"] == "standard" and invoice.state != "SETTLED":
+                return False
+            if invoice.amt_paid_msat < order["price_sats"] * 1000:
                 log.error(
                     "invoice underpaid; leaving order pending", extra={"order_id": order["id"]}
                 )
@@ -48,6 +56,8 @@ class InvoiceWatcher:
                 Status.PAID,
                 paid_at=NOW,
                 deadline_at=timedelta(seconds=timeout),
+                amt_paid_msat=invoice.amt_paid_msat,
+                htlc_expiry_height=min(invoice.htlc_expiry_heights, default=None),
             )
             if moved is None:
                 return False
@@ -59,8 +69,7 @@ class InvoiceWatcher:
 
     async def on_invoice(self, invoice: Invoice) -> None:
         """Handle one invoice update from the node."""
-        if invoice.state == "SETTLED":
-            await self.mark_paid(invoice.r_hash, invoice.amt_paid_msat)
+        await self.mark_paid(invoice)
 
     async def expire(self, order_id: str) -> None:
         """Handle an unpaid order's invoice expiry: cancel the invoice, then expire the order."""
@@ -70,8 +79,7 @@ class InvoiceWatcher:
         payment_hash = bytes(order["payment_hash"])
         try:
             invoice = await self._lnd.lookup_invoice(payment_hash)
-            if invoice.state == "SETTLED":
-                await self.mark_paid(payment_hash, invoice.amt_paid_msat)
+            if await self.mark_paid(invoice):
                 return
             # Cancel first so a payment racing the expiry cannot land on an expired order.
             await self._lnd.cancel_invoice(payment_hash)
@@ -79,8 +87,7 @@ class InvoiceWatcher:
             log.warning("node does not know the invoice; expiring", extra={"order_id": order_id})
         except LndError as exc:
             invoice = await self._lnd.lookup_invoice(payment_hash)
-            if invoice.state == "SETTLED":
-                await self.mark_paid(payment_hash, invoice.amt_paid_msat)
+            if await self.mark_paid(invoice):
                 return
             raise exc
         async with transaction(self._w.pool) as conn:
@@ -103,9 +110,7 @@ class InvoiceWatcher:
             except LndError as exc:
                 log.warning("lookup failed: %s", exc, extra={"order_id": row["id"]})
                 continue
-            if invoice.state == "SETTLED" and await self.mark_paid(
-                invoice.r_hash, invoice.amt_paid_msat
-            ):
+            if await self.mark_paid(invoice):
                 paid += 1
         return paid
 

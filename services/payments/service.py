@@ -8,6 +8,7 @@ from libs.common.config import Settings
 from libs.common.events import Event, EventType
 from libs.common.lightning import LndClient
 from libs.common.runtime import open_worker, run_loops
+from services.payments.hold import HoldInvoices
 from services.payments.invoices import InvoiceWatcher
 from services.payments.refunds import RefundPayer
 
@@ -26,10 +27,17 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         async with open_worker("payments", settings, stop) as worker:
             invoices = InvoiceWatcher(worker, lnd)
             refunds = RefundPayer(worker, lnd)
+            holds = HoldInvoices(worker, lnd, invoices)
 
             async def handle(event: Event) -> None:
-                if event.type is EventType.REFUND_REQUESTED:
+                if event.type is EventType.CREATED:
+                    await holds.on_created(event.order_id)
+                elif event.type is EventType.REFUND_REQUESTED:
+                    # Each is a no-op for the other payment mode.
+                    await holds.release(event.order_id)
                     await refunds.request(event.order_id, wait=False)
+                elif event.type is EventType.CODE_DELIVERED:
+                    await holds.settle(event.order_id)
                 elif event.type is EventType.INVOICE_EXPIRED:
                     await invoices.expire(event.order_id)
 
@@ -39,6 +47,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
                 invoices.watch(),
                 invoices.reconcile_forever(),
                 refunds.retry_due(),
+                holds.sweep_forever(),
             )
     finally:
         await lnd.close()

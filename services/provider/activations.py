@@ -166,14 +166,20 @@ class Activations:
             return
         crash_point("provider.activation_finished")
         async with transaction(self._w.pool) as conn:
-            moved = await store.transition(conn, order_id, Status.CODE_RECEIVED, Status.COMPLETED)
-            if moved is None:
+            if order["payment_mode"] == "hold":
+                # The held payment is settled by the payments worker, which then completes
+                # the order; stop polling this activation.
+                if await conn.execute(Q.order_stop_polling, order_id) == "UPDATE 1":
+                    await self._emit(conn, EventType.CODE_DELIVERED, order_id)
                 return
-            await store.set_timer(
-                conn, order_id, Timer.PURGE_CODE, self._w.settings.code_retention_seconds
+            done = await store.complete(
+                conn,
+                order_id,
+                code_retention=self._w.settings.code_retention_seconds,
+                prefix=self._w.settings.subject_prefix,
             )
-            await self._emit(conn, EventType.COMPLETED, order_id)
-        log.info("order completed", extra={"order_id": order_id})
+        if done:
+            log.info("order completed", extra={"order_id": order_id})
 
     async def cancel(self, order_id: str, reason: str) -> None:
         """Verify no SMS came, cancel at the provider, then send the order to refund."""

@@ -8,6 +8,7 @@ nothing.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ POINTS = (
     "provider.number_bought",  # the provider sold us a number; we did not record it
     "provider.activation_finished",  # finished at the provider; completed not saved
     "payments.refund_sent",  # the refund payment succeeded; nothing recorded
+    "payments.hold_settled",  # the held payment was settled; completed not saved
 )
 
 
@@ -113,3 +115,26 @@ async def test_a_crash_right_after_the_refund_went_out_does_not_pay_it_twice(
     assert refund_invoice.state == "SETTLED"
     assert refund_invoice.amt_paid_msat == challenge["priceSats"] * 1000
     assert await wallet.channel_balance_sat() == before
+
+
+async def test_a_crash_between_settling_a_hold_invoice_and_saving_it_completes_once(
+    fault_stack: dict[str, Any], http: aiohttp.ClientSession, wallet: LndClient, crash_dir: Path
+) -> None:
+    url = f"{fault_stack['gateway_url']}"
+    async with http.post(f"{url}/createorder", json={"country": "US", "service": "tg"}) as resp:
+        order = await resp.json()
+    price = (await wallet.decode_payreq(order["payreq"])).num_msat // 1000
+    before = await wallet.channel_balance_sat()
+    payment = await asyncio.wait_for(
+        wallet.pay(order["payreq"], fee_limit_sat=10, timeout_seconds=60), 90
+    )
+    assert payment.status == "SUCCEEDED"  # settled: only ever after the code was delivered
+    for _ in range(300):
+        async with http.get(f"{url}/orderstatus", params={"orderId": order["orderId"]}) as resp:
+            status = await resp.json()
+        if status["orderStatus"] == "completed":
+            break
+        await asyncio.sleep(0.3)
+    assert status["orderStatus"] == "completed" and "code" in status
+    assert (crash_dir / "crashed-payments.hold_settled").exists()
+    assert await wallet.channel_balance_sat() == before - price

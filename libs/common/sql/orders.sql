@@ -1,3 +1,20 @@
+-- name: order_insert_hold
+INSERT INTO orders (
+    id, type, status, service, country_id, price_sats, provider_cost_usd,
+    payment_hash, payment_request, invoice_expires_at, payment_mode, preimage
+) VALUES ($1, $2, 'pending_payment', $3, $4, $5, $6, $7, $8, $9, 'hold', $10);
+
+-- name: order_stop_polling
+UPDATE orders SET next_poll_at = NULL WHERE id = $1 AND status = 'code_received';
+
+-- name: orders_hold_open
+-- Hold orders the payments worker must act on: waiting for payment, to settle, to cancel.
+SELECT id, status, next_poll_at FROM orders
+WHERE payment_mode = 'hold'
+  AND status IN ('pending_payment', 'code_received', 'refund_pending')
+ORDER BY created_at
+LIMIT $1;
+
 -- name: order_insert
 INSERT INTO orders (
     id, type, status, service, country_id, price_sats, provider_cost_usd,
@@ -72,10 +89,11 @@ WHERE paid_at IS NOT NULL
 
 -- name: invariant_refund_state_mismatch
 -- The refund row and the order must agree on how the refund ended.
+-- (Standard orders only: a hold order is "refunded" by cancelling its invoice.)
 SELECT o.id, o.status, r.status AS refund_status
 FROM orders o LEFT JOIN refunds r ON r.order_id = o.id
-WHERE (r.status IS NOT DISTINCT FROM 'succeeded') <> (o.status = 'refunded')
-   OR (r.status IS NOT DISTINCT FROM 'failed') <> (o.status = 'refund_failed');
+WHERE o.payment_mode = 'standard' AND ((r.status IS NOT DISTINCT FROM 'succeeded') <> (o.status = 'refunded')
+   OR (r.status IS NOT DISTINCT FROM 'failed') <> (o.status = 'refund_failed'));
 
 -- name: invariant_refund_after_code
 -- Nobody is paid back for a code they received.
@@ -94,7 +112,8 @@ WHERE to_status IN ('completed', 'refunded', 'refund_failed', 'failed', 'expired
 GROUP BY order_id HAVING count(*) > 1;
 
 -- name: invariant_paid_orders
-SELECT id, payment_hash, price_sats, status FROM orders WHERE paid_at IS NOT NULL
+SELECT id, payment_hash, price_sats, status, payment_mode, sms_received_at
+FROM orders WHERE paid_at IS NOT NULL
 ORDER BY paid_at DESC LIMIT $1;
 
 -- name: invariant_unpaid_orders

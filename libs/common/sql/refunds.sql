@@ -1,8 +1,10 @@
 -- name: refund_insert
 -- The intent to pay, written in the same transaction that moves the order to
 -- refund_pending, before any payment is sent. One per order and per refund invoice, ever.
+-- Hold-invoice orders need no payout: their invoice is cancelled instead.
 INSERT INTO refunds (order_id, payment_request, payment_hash, amount_sats)
-SELECT id, refund_invoice, refund_payment_hash, price_sats FROM orders WHERE id = $1
+SELECT id, refund_invoice, refund_payment_hash, price_sats FROM orders
+WHERE id = $1 AND payment_mode = 'standard'
 ON CONFLICT DO NOTHING;
 
 -- name: refund_get

@@ -1,0 +1,209 @@
+"""The classic API (hold invoices): /createorder, /orderstatus, /cancelorder.
+
+Errors are `{"status": "error", "reason": "..."}`; the 64-hex orderId is the bearer secret.
+Prepaid accounts (`immediate`, /fund, /balance, /history) are not offered yet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import secrets
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+
+from libs.common import countries, store
+from libs.common.db import Q, transaction
+from libs.common.events import Event, EventType
+from libs.common.lightning import LndError
+from libs.common.orders import CancelRefused, OrderType, Status, check_customer_cancel
+from libs.common.outbox import enqueue
+from libs.common.store import Timer
+from services.gateway.discovery import known_services
+from services.gateway.errors import ApiError
+from services.gateway.keys import LND, POOL, PROVIDER, SETTINGS
+from services.gateway.orders import best_offer, price_for
+
+AUTO_COUNTRY = 999
+LND_HOLD_EXPIRY_DELTA = 18  # blocks before the HTLC expiry at which LND cancels on its own
+BLOCK_SECONDS = 600
+NO_NUMBER = (
+    "No available number, payment request is canceled. "
+    "Your funds are returned to your wallet automatically."
+)
+_ORDER_ID = re.compile(r"[0-9a-f]{64}")
+
+
+def _error(status: int, reason: str) -> web.Response:
+    """The classic error body."""
+    return web.json_response({"status": "error", "reason": reason}, status=status)
+
+
+async def _params(request: web.Request) -> dict[str, Any]:
+    """Request fields from the query, a form or a JSON object."""
+    fields: dict[str, Any] = dict(request.query)
+    if request.can_read_body:
+        if request.content_type == "application/json":
+            try:
+                body = await request.json()
+            except (ValueError, RecursionError, LookupError, web.RequestPayloadError):
+                body = None
+            if not isinstance(body, dict):
+                raise ApiError(400, "VALIDATION_ERROR", "body must be a JSON object")
+            fields.update(body)
+        else:
+            fields.update(await request.post())
+    return fields
+
+
+def cltv_expiry_blocks(invoice_expiry: int, order_timeout: int) -> int:
+    """A final CLTV delta that outlives the longest hold (payment window + SMS wait) safely."""
+    hold_blocks = math.ceil((invoice_expiry + order_timeout + BLOCK_SECONDS) / BLOCK_SECONDS)
+    return max(40, LND_HOLD_EXPIRY_DELTA + hold_blocks + 12)
+
+
+async def create_order(request: web.Request) -> web.Response:
+    """POST /createorder: a hold invoice for a one-time number."""
+    settings = request.app[SETTINGS]
+    try:
+        fields = await _params(request)
+    except ApiError as exc:
+        return _error(400, exc.message)
+    if str(fields.get("isRental", "false")).lower() in ("true", "1"):
+        return _error(400, "rentals are not available yet")
+    if str(fields.get("immediate", "false")).lower() in ("true", "1"):
+        return _error(400, "prepaid accounts are not available yet")
+    raw_country = fields.get("country", AUTO_COUNTRY)
+    if str(raw_country).strip() == str(AUTO_COUNTRY):
+        raw_country = countries.AUTO
+    if isinstance(raw_country, bool) or not isinstance(raw_country, str | int):
+        return _error(400, "invalid country")
+    country = countries.resolve_country(raw_country)
+    if country is None:
+        return _error(400, "invalid country")
+    raw_service = fields.get("service")
+    if not isinstance(raw_service, str) or not raw_service.strip():
+        return _error(400, "service is required")
+    service = countries.normalize_service(raw_service)
+    try:
+        if service not in {s.code for s in await known_services(request)}:
+            return _error(400, f"unknown service {service!r}")
+        offer = await best_offer(request.app[PROVIDER], service, country)
+    except ApiError as exc:
+        return _error(exc.status, exc.message)
+    price = price_for(offer, settings)
+    preimage = secrets.token_bytes(32)
+    payment_hash = hashlib.sha256(preimage).digest()
+    order_id = secrets.token_hex(32)
+    try:
+        invoice = await request.app[LND].add_hold_invoice(
+            payment_hash=payment_hash,
+            value_msat=price * 1000,
+            memo=f"sms4sats {service} order",
+            expiry=settings.invoice_expiry_seconds,
+            cltv_expiry=cltv_expiry_blocks(
+                settings.invoice_expiry_seconds, settings.order_timeout_seconds
+            ),
+        )
+    except (TimeoutError, LndError, OSError):
+        return _error(503, "cannot create an invoice now; retry later")
+    expires_at = datetime.now(UTC) + timedelta(seconds=settings.invoice_expiry_seconds)
+    async with transaction(request.app[POOL]) as conn:
+        await conn.execute(
+            Q.order_insert_hold,
+            order_id,
+            OrderType.RECEIVE_SMS.value,
+            service,
+            offer.country_id,
+            price,
+            offer.cost_usd,
+            payment_hash,
+            invoice.payment_request,
+            expires_at,
+            preimage,
+        )
+        await store.set_timer(
+            conn, order_id, Timer.INVOICE_EXPIRED, settings.invoice_expiry_seconds
+        )
+        await enqueue(conn, Event(EventType.CREATED, order_id), prefix=settings.subject_prefix)
+    return web.json_response(
+        {"status": "OK", "orderId": order_id, "payreq": invoice.payment_request}
+    )
+
+
+async def _order(request: web.Request) -> Any:
+    """The classic order named by ?orderId=, or None."""
+    order_id = request.query.get("orderId", "")
+    if not _ORDER_ID.fullmatch(order_id):
+        return None
+    order = await store.get(request.app[POOL], order_id)
+    if order is None or order["payment_mode"] != "hold":
+        return None
+    return order
+
+
+def _number(text: str | None) -> int | str | None:
+    """Digits as a JSON number when that loses nothing (the classic docs show numbers)."""
+    if text is None:
+        return None
+    return int(text) if text.isdigit() and not text.startswith("0") else text
+
+
+async def order_status(request: web.Request) -> web.Response:
+    """GET /orderstatus?orderId=: paid, and number/code as soon as there are any."""
+    order = await _order(request)
+    if order is None:
+        return _error(404, "order not found")
+    status = Status(order["status"])
+    paid = order["paid_at"] is not None
+    body: dict[str, Any] = {
+        "status": "OK",
+        "paid": paid,
+        "id": order["id"],
+        "timestamp": int(order["created_at"].timestamp() * 1000),
+        "service": order["service"],
+        "orderStatus": status.value,
+    }
+    if (
+        paid
+        and order["activation_id"] is None
+        and status
+        in (
+            Status.REFUND_PENDING,
+            Status.REFUNDED,
+        )
+    ):
+        body["error"] = NO_NUMBER
+    if order["phone_number"]:
+        country = countries.by_id(order["country_id"])
+        body["number"] = _number(order["phone_number"])  # without "+", as documented
+        body["country"] = country.name if country else str(order["country_id"])
+    if order["code"] is not None:
+        body["code"] = _number(order["code"])
+    return web.json_response(body)
+
+
+async def cancel_order(request: web.Request) -> web.Response:
+    """GET /cancelorder?orderId=: cancel at the provider, then cancel the hold invoice."""
+    order = await _order(request)
+    if order is None:
+        return _error(404, "order not found")
+    try:
+        check_customer_cancel(
+            order_type=OrderType(order["type"]),
+            status=Status(order["status"]),
+            paid_at=order["paid_at"],
+            now=datetime.now(UTC),
+            min_age=timedelta(seconds=request.app[SETTINGS].classic_cancel_min_age_seconds),
+        )
+    except CancelRefused as exc:
+        return _error(409, exc.message)
+    settings = request.app[SETTINGS]
+    async with transaction(request.app[POOL]) as conn:
+        await enqueue(
+            conn, Event(EventType.CANCEL_REQUESTED, order["id"]), prefix=settings.subject_prefix
+        )
+    return web.json_response({"status": "OK"})
