@@ -46,6 +46,9 @@ class Settings:
     cancel_min_age_seconds: int = 180
     # The classic API's own cancel window (its docs: 2 minutes after payment).
     classic_cancel_min_age_seconds: int = 120
+    # After the SMS deadline, how long a hold may wait for the provider's cancel before the
+    # invoice is cancelled anyway (1200 + 60 s: "cancelled by 21 minutes at the latest").
+    hold_grace_seconds: float = 60.0
     invoice_expiry_seconds: int = 600
     macaroon_ttl_seconds: int = 86400
     code_retention_seconds: int = 3600

@@ -19,6 +19,7 @@ class EventType(StrEnum):
     SMS_TIMEOUT = "sms_timeout"
     CANCEL_REQUESTED = "cancel_requested"
     CODE_DELIVERED = "code_delivered"
+    HOLD_DEADLINE = "hold_deadline"
     COMPLETED = "completed"
     REFUNDED = "refunded"
     REFUND_FAILED = "refund_failed"
@@ -32,6 +33,7 @@ CONSUMERS: dict[str, tuple[EventType, ...]] = {
         EventType.REFUND_REQUESTED,
         EventType.INVOICE_EXPIRED,
         EventType.CODE_DELIVERED,
+        EventType.HOLD_DEADLINE,
     ),
     "provider": (EventType.PAID, EventType.SMS_TIMEOUT, EventType.CANCEL_REQUESTED),
 }

@@ -103,3 +103,4 @@ class Timer:
     INVOICE_EXPIRED: Final = "invoice_expired"
     SMS_TIMEOUT: Final = "sms_timeout"
     PURGE_CODE: Final = "purge_code"
+    HOLD_DEADLINE: Final = "hold_deadline"

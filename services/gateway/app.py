@@ -14,7 +14,7 @@ from libs.common.lightning import LndClient
 from libs.common.outbox import OutboxRelay
 from libs.common.runtime import close_nats
 from libs.common.sms import HeroSmsClient
-from services.gateway import classic, discovery, views, webhooks
+from services.gateway import classic, classic_catalog, discovery, views, webhooks
 from services.gateway.errors import error_middleware
 from services.gateway.keys import JS_CONN, LND, NETWORK, POOL, PROVIDER, SETTINGS
 from services.gateway.limits import rate_limit_middleware
@@ -36,6 +36,10 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/createorder", classic.create_order)
     app.router.add_get("/orderstatus", classic.order_status)
     app.router.add_get("/cancelorder", classic.cancel_order)
+    app.router.add_get("/getCountries", classic_catalog.get_countries)
+    app.router.add_get("/getnumbersstatus", classic_catalog.get_numbers_status)
+    app.router.add_get("/getRentalCountries", classic_catalog.get_rental_countries)
+    app.router.add_get("/price", classic_catalog.price)
     app.router.add_post("/v2/l402/order", views.create_order)
     app.router.add_get("/v2/l402/order/{order_id}", views.get_order)
     app.router.add_post("/v2/l402/order/{order_id}/cancel", views.cancel_order)

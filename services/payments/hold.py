@@ -15,6 +15,7 @@ from libs.common.lightning import Invoice, LndClient, LndError
 from libs.common.orders import Status
 from libs.common.outbox import enqueue
 from libs.common.runtime import Worker
+from libs.common.store import Timer
 from services.payments.invoices import InvoiceWatcher
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,29 @@ class HoldInvoices:
                 conn, Event(EventType.REFUNDED, order_id), prefix=self._w.settings.subject_prefix
             )
         log.info("hold invoice canceled; funds back with the payer", extra={"order_id": order_id})
+
+    async def enforce_deadline(self, order_id: str) -> None:
+        """Past the hold deadline without a code: release the funds whatever the provider says."""
+        order = await store.get(self._w.pool, order_id)
+        if order is None or order["payment_mode"] != "hold":
+            return
+        path = {
+            Status.PAID: [Status.ALLOCATING_NUMBER, Status.REFUND_PENDING],
+            Status.ALLOCATING_NUMBER: [Status.REFUND_PENDING],
+            Status.WAITING_FOR_SMS: [Status.REFUND_PENDING],
+        }.get(Status(order["status"]), [])
+        async with transaction(self._w.pool) as conn:
+            current = Status(order["status"])
+            for target in path:
+                # Guarded: if the provider delivers a code first, this moves nothing.
+                if await store.transition(conn, order_id, current, target) is None:
+                    return
+                current = target
+            if path:
+                await store.cancel_timer(conn, order_id, Timer.SMS_TIMEOUT)
+        if path:
+            log.warning("hold deadline reached without a code", extra={"order_id": order_id})
+        await self.release(order_id)
 
     async def sweep_once(self) -> None:
         """Catch up on every open hold order (lost events, lost streams, restarts)."""

@@ -63,6 +63,12 @@ class InvoiceWatcher:
                 return False
             await store.cancel_timer(conn, order["id"], Timer.INVOICE_EXPIRED)
             await store.set_timer(conn, order["id"], Timer.SMS_TIMEOUT, timeout)
+            if order["payment_mode"] == "hold":
+                # The docs promise the hold is released by 21 minutes at the latest, even if
+                # the provider cannot be reached to cancel the activation.
+                await store.set_timer(
+                    conn, order["id"], Timer.HOLD_DEADLINE, timeout + settings.hold_grace_seconds
+                )
             await enqueue(conn, Event(EventType.PAID, order["id"]), prefix=settings.subject_prefix)
         log.info("order paid", extra={"order_id": order["id"]})
         return True

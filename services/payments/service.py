@@ -38,6 +38,8 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
                     await refunds.request(event.order_id, wait=False)
                 elif event.type is EventType.CODE_DELIVERED:
                     await holds.settle(event.order_id)
+                elif event.type is EventType.HOLD_DEADLINE:
+                    await holds.enforce_deadline(event.order_id)
                 elif event.type is EventType.INVOICE_EXPIRED:
                     await invoices.expire(event.order_id)
 

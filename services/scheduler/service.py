@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 _EVENTS = {
     Timer.INVOICE_EXPIRED: EventType.INVOICE_EXPIRED,
     Timer.SMS_TIMEOUT: EventType.SMS_TIMEOUT,
+    Timer.HOLD_DEADLINE: EventType.HOLD_DEADLINE,
 }
 OUTBOX_RETENTION_SECONDS = 24 * 3600.0
 # An SMS deadline that fired this long ago without moving its order on fires again.

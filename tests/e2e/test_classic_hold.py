@@ -146,3 +146,24 @@ async def test_classic_errors(stack: dict[str, Any], http: aiohttp.ClientSession
         json={"country": 187, "service": "tg", "immediate": True},
     )
     assert status == 400 and "prepaid" in body["reason"]
+
+
+async def test_the_hold_is_released_by_its_deadline_even_if_the_provider_refuses_to_cancel(
+    stack: dict[str, Any], http: aiohttp.ClientSession, payer: LndClient
+) -> None:
+    await _sim(http, stack, "/sim/auto-sms", {"delaySeconds": None})
+    await _sim(http, stack, "/sim/config", {"earlyCancelSeconds": 3600})
+    try:
+        before = await payer.channel_balance_sat()
+        order = await _order(http, stack)
+        # SMS deadline 8 s, then 2 s of grace: the invoice is cancelled around 10 s.
+        final = await asyncio.wait_for(_pay_in_background(payer, order["payreq"]), 40)
+    finally:
+        await _sim(http, stack, "/sim/config", {"earlyCancelSeconds": 2})
+        await _sim(http, stack, "/sim/auto-sms", {"delaySeconds": 1})
+    assert final.status == "FAILED"
+    body = await _status_until(
+        http, stack, order["orderId"], lambda b: b["orderStatus"] == "refunded"
+    )
+    assert body["paid"] is True and "code" not in body
+    assert await payer.channel_balance_sat() == before
