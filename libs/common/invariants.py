@@ -66,6 +66,24 @@ async def check_database(pool: asyncpg.Pool, *, grace_seconds: float = 120.0) ->
         found.append(Finding("completed_without_code", r["id"], "completed, no SMS recorded"))
     for r in await pool.fetch(Q.invariant_terminal_entered_twice):
         found.append(Finding("terminal_entered_twice", r["order_id"], f"{r['n']} terminal entries"))
+    for r in await pool.fetch(Q.invariant_ledger_mismatch):
+        found.append(
+            Finding(
+                "ledger_mismatch",
+                f"account:{r['id']}",
+                f"balance {r['balance_sats']} but ledger sums to {r['ledger_sum']}",
+            )
+        )
+    for r in await pool.fetch(Q.invariant_balance_orders):
+        credited_back = r["status"] == "refunded"
+        if r["debits"] != 1 or r["credits"] != (1 if credited_back else 0):
+            found.append(
+                Finding(
+                    "balance_order_ledger",
+                    r["id"],
+                    f"{r['status']}: {r['debits']} debit(s), {r['credits']} credit(s)",
+                )
+            )
     return found
 
 

@@ -86,6 +86,27 @@ async def cancel_timer(conn: asyncpg.Connection, order_id: str, kind: str) -> No
     await conn.execute(Q.timer_cancel, order_id, kind)
 
 
+async def mark_paid(
+    conn: asyncpg.Connection, order_id: str, *, deadline: float, prefix: str, **changes: Any
+) -> bool:
+    """pending_payment -> paid: start the SMS deadline and tell the provider worker."""
+    moved = await transition(
+        conn,
+        order_id,
+        Status.PENDING_PAYMENT,
+        Status.PAID,
+        paid_at=NOW,
+        deadline_at=timedelta(seconds=deadline),
+        **changes,
+    )
+    if moved is None:
+        return False
+    await cancel_timer(conn, order_id, Timer.INVOICE_EXPIRED)
+    await set_timer(conn, order_id, Timer.SMS_TIMEOUT, deadline)
+    await enqueue(conn, Event(EventType.PAID, order_id), prefix=prefix)
+    return True
+
+
 async def complete(
     conn: asyncpg.Connection, order_id: str, *, code_retention: float, prefix: str
 ) -> bool:

@@ -1,7 +1,8 @@
 """The classic API (hold invoices): /createorder, /orderstatus, /cancelorder.
 
 Errors are `{"status": "error", "reason": "..."}`; the 64-hex orderId is the bearer secret.
-Prepaid accounts (`immediate`, /fund, /balance, /history) are not offered yet.
+Prepaid accounts use the `X-API-Key` header: /fund, /balance, /history, and
+`immediate: true` orders paid from the balance.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from typing import Any
 
 from aiohttp import web
 
-from libs.common import countries, store
+from libs.common import accounts, countries, store
+from libs.common.accounts import key_hash
 from libs.common.db import Q, transaction
 from libs.common.events import Event, EventType
 from libs.common.lightning import LndError
 from libs.common.orders import CancelRefused, OrderType, Status, check_customer_cancel
 from libs.common.outbox import enqueue
+from libs.common.sms import Offer
 from libs.common.store import Timer
 from services.gateway.discovery import known_services
 from services.gateway.errors import ApiError
@@ -28,6 +31,7 @@ from services.gateway.keys import LND, POOL, PROVIDER, SETTINGS
 from services.gateway.orders import best_offer, price_for
 
 AUTO_COUNTRY = 999
+MAX_FUND_SATS = 10_000_000
 LND_HOLD_EXPIRY_DELTA = 18  # blocks before the HTLC expiry at which LND cancels on its own
 BLOCK_SECONDS = 600
 NO_NUMBER = (
@@ -74,8 +78,13 @@ async def create_order(request: web.Request) -> web.Response:
         return _error(400, exc.message)
     if str(fields.get("isRental", "false")).lower() in ("true", "1"):
         return _error(400, "rentals are not available yet")
-    if str(fields.get("immediate", "false")).lower() in ("true", "1"):
-        return _error(400, "prepaid accounts are not available yet")
+    immediate = str(fields.get("immediate", "false")).lower() in ("true", "1")
+    account_id: int | None = None
+    if immediate:
+        found = await _account(request)
+        if isinstance(found, web.Response):
+            return found
+        account_id = found
     raw_country = fields.get("country", AUTO_COUNTRY)
     if str(raw_country).strip() == str(AUTO_COUNTRY):
         raw_country = countries.AUTO
@@ -95,6 +104,8 @@ async def create_order(request: web.Request) -> web.Response:
     except ApiError as exc:
         return _error(exc.status, exc.message)
     price = price_for(offer, settings)
+    if account_id is not None:
+        return await _create_paid_from_balance(request, account_id, service, offer, price)
     preimage = secrets.token_bytes(32)
     payment_hash = hashlib.sha256(preimage).digest()
     order_id = secrets.token_hex(32)
@@ -134,13 +145,137 @@ async def create_order(request: web.Request) -> web.Response:
     )
 
 
+async def _account(request: web.Request) -> int | web.Response:
+    """The account of the X-API-Key header, or the classic error to answer."""
+    api_key = request.headers.get("X-API-Key", "")
+    if not api_key:
+        return _error(400, "X-API-Key header is required")
+    row = await request.app[POOL].fetchrow(Q.account_by_key, key_hash(api_key))
+    if row is None:
+        return _error(401, "unknown or revoked API key")
+    return int(row["id"])
+
+
+class _Insufficient(Exception):
+    """The balance does not cover the order."""
+
+
+async def _create_paid_from_balance(
+    request: web.Request, account_id: int, service: str, offer: Offer, price: int
+) -> web.Response:
+    """An order paid from the prepaid balance: debit and paid in one transaction."""
+    settings = request.app[SETTINGS]
+    order_id = secrets.token_hex(32)
+    try:
+        async with transaction(request.app[POOL]) as conn:
+            await conn.execute(
+                Q.order_insert_balance,
+                order_id,
+                OrderType.RECEIVE_SMS.value,
+                service,
+                offer.country_id,
+                price,
+                offer.cost_usd,
+                secrets.token_bytes(32),  # no invoice; the column wants a unique hash
+                account_id,
+            )
+            if await accounts.move(conn, account_id, -price, "order", order_id) is None:
+                raise _Insufficient
+            await store.mark_paid(
+                conn,
+                order_id,
+                deadline=settings.order_timeout_seconds,
+                prefix=settings.subject_prefix,
+            )
+    except _Insufficient:
+        return _error(402, f"insufficient balance: this order costs {price} sats")
+    return web.json_response({"status": "OK", "orderId": order_id, "payreq": "paid"})
+
+
+async def fund(request: web.Request) -> web.Response:
+    """POST /fund: a hold invoice that credits the balance once when paid."""
+    found = await _account(request)
+    if isinstance(found, web.Response):
+        return found
+    try:
+        fields = await _params(request)
+    except ApiError as exc:
+        return _error(400, exc.message)
+    try:
+        amount = int(str(fields.get("amount", "")))
+    except ValueError:
+        return _error(400, "amount must be a whole number of sats")
+    if not 1 <= amount <= MAX_FUND_SATS:
+        return _error(400, f"amount must be between 1 and {MAX_FUND_SATS} sats")
+    settings = request.app[SETTINGS]
+    preimage = secrets.token_bytes(32)
+    payment_hash = hashlib.sha256(preimage).digest()
+    try:
+        invoice = await request.app[LND].add_hold_invoice(
+            payment_hash=payment_hash,
+            value_msat=amount * 1000,
+            memo="sms4sats balance top-up",
+            expiry=settings.invoice_expiry_seconds,
+            cltv_expiry=cltv_expiry_blocks(settings.invoice_expiry_seconds, 0),
+        )
+    except (TimeoutError, LndError, OSError):
+        return _error(503, "cannot create an invoice now; retry later")
+    funding_id = secrets.token_hex(32)
+    await request.app[POOL].execute(
+        Q.funding_insert,
+        funding_id,
+        found,
+        amount,
+        payment_hash,
+        preimage,
+        invoice.payment_request,
+        datetime.now(UTC) + timedelta(seconds=settings.invoice_expiry_seconds),
+    )
+    return web.json_response(
+        {"status": "OK", "orderId": funding_id, "payreq": invoice.payment_request}
+    )
+
+
+async def balance(request: web.Request) -> web.Response:
+    """GET /balance: the prepaid balance in sats."""
+    found = await _account(request)
+    if isinstance(found, web.Response):
+        return found
+    row = await request.app[POOL].fetchrow(Q.account_by_key, key_hash(request.headers["X-API-Key"]))
+    return web.json_response({"status": "OK", "balance": row["balance_sats"] if row else 0})
+
+
+async def history(request: web.Request) -> web.Response:
+    """GET /history: every movement of the balance, newest first."""
+    found = await _account(request)
+    if isinstance(found, web.Response):
+        return found
+    rows = await request.app[POOL].fetch(Q.ledger_history, found, 500)
+    return web.json_response(
+        {
+            "status": "OK",
+            "totalAmount": sum(r["amount_sats"] for r in rows if r["kind"] == "fund"),
+            "orders": [
+                {
+                    "amount": r["amount_sats"],
+                    "kind": r["kind"],
+                    "orderId": r["ref"],
+                    "balanceAfter": r["balance_after"],
+                    "timestamp": int(r["created_at"].timestamp() * 1000),
+                }
+                for r in rows
+            ],
+        }
+    )
+
+
 async def _order(request: web.Request) -> Any:
     """The classic order named by ?orderId=, or None."""
     order_id = request.query.get("orderId", "")
     if not _ORDER_ID.fullmatch(order_id):
         return None
     order = await store.get(request.app[POOL], order_id)
-    if order is None or order["payment_mode"] != "hold":
+    if order is None or order["payment_mode"] not in ("hold", "balance"):
         return None
     return order
 

@@ -94,7 +94,7 @@ async def _offers(request: web.Request) -> list[Offer]:
 
 
 def _country_filter(raw: str | None) -> Callable[[int], bool] | None:
-    """A predicate on country ids for ?country= (id, ISO code, name, auto or 999); None if unknown."""
+    """A country-id predicate for ?country= (id, ISO, name, auto, 999); None if unknown."""
     if raw is None or not raw.strip() or raw.strip() == AUTO_COUNTRY:
         return lambda _country_id: True
     found = countries.resolve_country(raw)
@@ -146,8 +146,9 @@ async def get_numbers_status(request: web.Request) -> web.Response:
     async def build() -> list[dict[str, str]]:
         codes = {o.service for o in await _offers(request) if in_country(o.country_id)}
         names = {s.code: s.name for s in await known_services(request)}
-        listed = sorted(codes, key=lambda code: (names.get(code, code).lower(), code))
-        return [{"key": code, "value": code, "text": names.get(code, code)} for code in listed]
+        texts = {code: names.get(code, code) for code in codes}
+        listed = sorted(codes, key=lambda code: (texts[code].lower(), code))
+        return [{"key": code, "value": code, "text": texts[code]} for code in listed]
 
     return await _guarded(build)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta
 
 from libs.common import store
 from libs.common.db import Q, transaction
@@ -14,7 +13,7 @@ from libs.common.lightning import Invoice, InvoiceNotFound, LndClient, LndError
 from libs.common.orders import Status
 from libs.common.outbox import enqueue
 from libs.common.runtime import Worker
-from libs.common.store import NOW, Timer
+from libs.common.store import Timer
 
 log = logging.getLogger(__name__)
 
@@ -49,27 +48,21 @@ class InvoiceWatcher:
                 )
                 return False
             timeout = settings.order_timeout_seconds
-            moved = await store.transition(
+            if not await store.mark_paid(
                 conn,
                 order["id"],
-                Status.PENDING_PAYMENT,
-                Status.PAID,
-                paid_at=NOW,
-                deadline_at=timedelta(seconds=timeout),
+                deadline=timeout,
+                prefix=settings.subject_prefix,
                 amt_paid_msat=invoice.amt_paid_msat,
                 htlc_expiry_height=min(invoice.htlc_expiry_heights, default=None),
-            )
-            if moved is None:
+            ):
                 return False
-            await store.cancel_timer(conn, order["id"], Timer.INVOICE_EXPIRED)
-            await store.set_timer(conn, order["id"], Timer.SMS_TIMEOUT, timeout)
             if order["payment_mode"] == "hold":
                 # The docs promise the hold is released by 21 minutes at the latest, even if
                 # the provider cannot be reached to cancel the activation.
                 await store.set_timer(
                     conn, order["id"], Timer.HOLD_DEADLINE, timeout + settings.hold_grace_seconds
                 )
-            await enqueue(conn, Event(EventType.PAID, order["id"]), prefix=settings.subject_prefix)
         log.info("order paid", extra={"order_id": order["id"]})
         return True
 

@@ -8,6 +8,7 @@ from libs.common.config import Settings
 from libs.common.events import Event, EventType
 from libs.common.lightning import LndClient
 from libs.common.runtime import open_worker, run_loops
+from services.payments.balances import Balances
 from services.payments.hold import HoldInvoices
 from services.payments.invoices import InvoiceWatcher
 from services.payments.refunds import RefundPayer
@@ -28,6 +29,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
             invoices = InvoiceWatcher(worker, lnd)
             refunds = RefundPayer(worker, lnd)
             holds = HoldInvoices(worker, lnd, invoices)
+            balances = Balances(worker, lnd)
 
             async def handle(event: Event) -> None:
                 if event.type is EventType.CREATED:
@@ -35,6 +37,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
                 elif event.type is EventType.REFUND_REQUESTED:
                     # Each is a no-op for the other payment mode.
                     await holds.release(event.order_id)
+                    await balances.credit_back(event.order_id)
                     await refunds.request(event.order_id, wait=False)
                 elif event.type is EventType.CODE_DELIVERED:
                     await holds.settle(event.order_id)
@@ -50,6 +53,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
                 invoices.reconcile_forever(),
                 refunds.retry_due(),
                 holds.sweep_forever(),
+                balances.sweep_forever(),
             )
     finally:
         await lnd.close()

@@ -44,7 +44,18 @@ def _documented(doc: dict[str, Any]) -> set[tuple[str, str]]:
     }
 
 
-CLASSIC_PATHS = {"/createorder", "/orderstatus", "/cancelorder"}
+CLASSIC_PATHS = {
+    "/createorder",
+    "/orderstatus",
+    "/cancelorder",
+    "/fund",
+    "/balance",
+    "/history",
+    "/getCountries",
+    "/getnumbersstatus",
+    "/getRentalCountries",
+    "/price",
+}
 
 
 def _registered() -> set[tuple[str, str]]:

@@ -113,7 +113,7 @@ GROUP BY order_id HAVING count(*) > 1;
 
 -- name: invariant_paid_orders
 SELECT id, payment_hash, price_sats, status, payment_mode, sms_received_at
-FROM orders WHERE paid_at IS NOT NULL
+FROM orders WHERE paid_at IS NOT NULL AND payment_mode <> 'balance'  -- no invoice
 ORDER BY paid_at DESC LIMIT $1;
 
 -- name: invariant_unpaid_orders
