@@ -20,7 +20,7 @@ from libs.common import accounts, countries, store
 from libs.common.accounts import key_hash
 from libs.common.db import Q, transaction
 from libs.common.events import Event, EventType
-from libs.common.lightning import LndError
+from libs.common.lightning import AddedInvoice, LndError
 from libs.common.orders import CancelRefused, OrderType, Status, check_customer_cancel
 from libs.common.outbox import enqueue
 from libs.common.sms import Offer
@@ -69,6 +69,26 @@ def cltv_expiry_blocks(invoice_expiry: int, order_timeout: int) -> int:
     return max(40, LND_HOLD_EXPIRY_DELTA + hold_blocks + 12)
 
 
+async def _hold_invoice(
+    request: web.Request, amount_sats: int, memo: str, hold_seconds: int
+) -> tuple[bytes, bytes, AddedInvoice] | None:
+    """A hold invoice on our own fresh preimage; None when the node cannot be reached."""
+    settings = request.app[SETTINGS]
+    preimage = secrets.token_bytes(32)
+    payment_hash = hashlib.sha256(preimage).digest()
+    try:
+        invoice = await request.app[LND].add_hold_invoice(
+            payment_hash=payment_hash,
+            value_msat=amount_sats * 1000,
+            memo=memo,
+            expiry=settings.invoice_expiry_seconds,
+            cltv_expiry=cltv_expiry_blocks(settings.invoice_expiry_seconds, hold_seconds),
+        )
+    except (TimeoutError, LndError, OSError):
+        return None
+    return preimage, payment_hash, invoice
+
+
 async def create_order(request: web.Request) -> web.Response:
     """POST /createorder: a hold invoice for a one-time number."""
     settings = request.app[SETTINGS]
@@ -106,21 +126,13 @@ async def create_order(request: web.Request) -> web.Response:
     price = price_for(offer, settings)
     if account_id is not None:
         return await _create_paid_from_balance(request, account_id, service, offer, price)
-    preimage = secrets.token_bytes(32)
-    payment_hash = hashlib.sha256(preimage).digest()
     order_id = secrets.token_hex(32)
-    try:
-        invoice = await request.app[LND].add_hold_invoice(
-            payment_hash=payment_hash,
-            value_msat=price * 1000,
-            memo=f"sms4sats {service} order",
-            expiry=settings.invoice_expiry_seconds,
-            cltv_expiry=cltv_expiry_blocks(
-                settings.invoice_expiry_seconds, settings.order_timeout_seconds
-            ),
-        )
-    except (TimeoutError, LndError, OSError):
+    held = await _hold_invoice(
+        request, price, f"sms4sats {service} order", settings.order_timeout_seconds
+    )
+    if held is None:
         return _error(503, "cannot create an invoice now; retry later")
+    preimage, payment_hash, invoice = held
     expires_at = datetime.now(UTC) + timedelta(seconds=settings.invoice_expiry_seconds)
     async with transaction(request.app[POOL]) as conn:
         await conn.execute(
@@ -208,18 +220,10 @@ async def fund(request: web.Request) -> web.Response:
     if not 1 <= amount <= MAX_FUND_SATS:
         return _error(400, f"amount must be between 1 and {MAX_FUND_SATS} sats")
     settings = request.app[SETTINGS]
-    preimage = secrets.token_bytes(32)
-    payment_hash = hashlib.sha256(preimage).digest()
-    try:
-        invoice = await request.app[LND].add_hold_invoice(
-            payment_hash=payment_hash,
-            value_msat=amount * 1000,
-            memo="sms4sats balance top-up",
-            expiry=settings.invoice_expiry_seconds,
-            cltv_expiry=cltv_expiry_blocks(settings.invoice_expiry_seconds, 0),
-        )
-    except (TimeoutError, LndError, OSError):
+    held = await _hold_invoice(request, amount, "sms4sats balance top-up", 0)
+    if held is None:
         return _error(503, "cannot create an invoice now; retry later")
+    preimage, payment_hash, invoice = held
     funding_id = secrets.token_hex(32)
     await request.app[POOL].execute(
         Q.funding_insert,

@@ -64,13 +64,6 @@ async def wallet(fault_stack: dict[str, Any]) -> AsyncIterator[LndClient]:
     await client.close()
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    """An HTTP client session."""
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 async def test_crashes_on_the_happy_path_still_deliver_the_code_and_keep_the_payment(
     fault_stack: dict[str, Any], http: aiohttp.ClientSession, wallet: LndClient, crash_dir: Path
 ) -> None:

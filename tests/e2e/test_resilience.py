@@ -43,13 +43,6 @@ async def wallet(twin_stack: dict[str, Any]) -> AsyncIterator[LndClient]:
     await client.close()
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    """An HTTP client session."""
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 async def _challenge(
     stack: dict[str, Any], http: aiohttp.ClientSession, wallet: LndClient, country: str
 ) -> dict[str, Any]:
