@@ -160,6 +160,13 @@ class HoldInvoices:
                         invoice = await self._lnd.lookup_invoice(bytes(order["payment_hash"]))
                         if not await self._invoices.mark_paid(invoice):
                             self.watch(order_id, bytes(order["payment_hash"]))
+                elif status in (Status.PAID, Status.ALLOCATING_NUMBER, Status.WAITING_FOR_SMS):
+                    invoice = await self._lnd.lookup_invoice(bytes(row["payment_hash"]))
+                    if invoice.state == "CANCELED":
+                        # Drift: the node gave the HTLC back (e.g. near its expiry). Nothing
+                        # can be settled any more, so the order ends refunded, loudly.
+                        log.error("held HTLC gone at the node", extra={"order_id": order_id})
+                        await self.enforce_deadline(order_id)
                 elif status == Status.CODE_RECEIVED and row["next_poll_at"] is None:
                     await self.settle(order_id)
                 elif status == Status.REFUND_PENDING:

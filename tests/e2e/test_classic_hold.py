@@ -167,3 +167,27 @@ async def test_the_hold_is_released_by_its_deadline_even_if_the_provider_refuses
     )
     assert body["paid"] is True and "code" not in body
     assert await payer.channel_balance_sat() == before
+
+
+async def test_a_hold_the_node_gave_back_ends_refunded(
+    stack: dict[str, Any], http: aiohttp.ClientSession, payer: LndClient
+) -> None:
+    node = stack["merchant_lnd"]
+    merchant = LndClient(node["rest_url"], node["macaroon_hex"], node["tls_cert_path"])
+    await _sim(http, stack, "/sim/auto-sms", {"delaySeconds": None})
+    try:
+        order = await _order(http, stack)
+        payment = _pay_in_background(payer, order["payreq"])
+        await _status_until(http, stack, order["orderId"], lambda b: "number" in b)
+        # Drift: the node cancels the held HTLC on its own (as LND does near its expiry).
+        invoice_hash = (await payer.decode_payreq(order["payreq"])).payment_hash
+        await merchant.cancel_invoice(invoice_hash)
+        final = await asyncio.wait_for(payment, 30)
+        body = await _status_until(
+            http, stack, order["orderId"], lambda b: b["orderStatus"] == "refunded"
+        )
+    finally:
+        await merchant.close()
+        await _sim(http, stack, "/sim/auto-sms", {"delaySeconds": 1})
+    assert final.status == "FAILED"
+    assert "code" not in body

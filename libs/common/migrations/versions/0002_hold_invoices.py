@@ -22,7 +22,7 @@ ALTER TABLE orders ADD CONSTRAINT hold_has_preimage
     CHECK (payment_mode <> 'hold' OR preimage IS NOT NULL);
 CREATE INDEX orders_hold_open ON orders (created_at)
     WHERE payment_mode = 'hold'
-      AND status IN ('pending_payment', 'code_received', 'refund_pending');
+      AND status NOT IN ('completed', 'refunded', 'refund_failed', 'failed', 'expired');
 """
 
 DOWNGRADE = """
