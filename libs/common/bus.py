@@ -19,6 +19,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, S
 
 from libs.common.db import Q
 from libs.common.events import CONSUMERS, Event, dead_letter_subject, subjects
+from libs.common.logs import LOG_CONTEXT
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,7 @@ class Consumer:
             log.error("poison message on %s: %s", msg.subject, exc)
             await self._dead_letter(msg, str(exc))
             return
+        LOG_CONTEXT.set({"order_id": event.order_id, "correlation_id": event.correlation_id})
         try:
             if await self._pool.fetchval(Q.inbox_seen, self._durable, event.id):
                 await msg.ack()

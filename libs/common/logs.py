@@ -5,12 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
 # Extra fields a log call may attach; anything else in `extra` is dropped on purpose so a
 # careless call cannot leak a secret into the logs.
 _FIELDS = ("order_id", "correlation_id", "event", "status", "activation_id", "consumer")
+
+
+# Set by the consumer around each event it handles, so every line logged while handling it
+# carries the order and the correlation id that came in the NATS headers.
+LOG_CONTEXT: ContextVar[dict[str, str] | None] = ContextVar("log_context", default=None)
 
 
 class JsonFormatter(logging.Formatter):
@@ -29,8 +35,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        context = LOG_CONTEXT.get() or {}
         for key in _FIELDS:
-            value = record.__dict__.get(key)
+            value = record.__dict__.get(key, context.get(key))
             if value is not None:
                 out[key] = value
         if record.exc_info:
