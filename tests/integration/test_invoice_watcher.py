@@ -130,9 +130,11 @@ async def test_reconcile_and_stream_both_mark_settled_orders_paid_once(
         task = asyncio.create_task(watcher.watch())
         try:
             live, live_req, _ = await _order(worker.pool, ln)
-            await asyncio.sleep(0.3)  # the subscription is up
+            # No event says "subscribed"; give the stream a moment (a settle in the gap would
+            # be caught by the periodic reconcile, which this test does not run).
+            await asyncio.sleep(1.0)
             await ln.payer.pay(live_req, fee_limit_sat=0, timeout_seconds=10)
-            for _ in range(100):
+            for _ in range(200):
                 order = await store.get(worker.pool, live)
                 if order is not None and order["status"] == Status.PAID:
                     break
