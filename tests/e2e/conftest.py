@@ -41,11 +41,15 @@ E2E_ENV = {
 }
 
 
+def node_client(node: dict[str, Any]) -> LndClient:
+    """A REST client for one node of a stack.json (`payer_lnd` or `merchant_lnd`)."""
+    return LndClient(node["rest_url"], node["macaroon_hex"], node["tls_cert_path"])
+
+
 async def _invariants(info: dict[str, Any]) -> list[Finding]:
     """Run the invariant checker against the stack's database and merchant node."""
     pool = await db.create_pool(info["database_url"])
-    node = info["merchant_lnd"]
-    lnd = LndClient(node["rest_url"], node["macaroon_hex"], node["tls_cert_path"])
+    lnd = node_client(info["merchant_lnd"])
     try:
         return await check(pool, lnd, grace_seconds=30)
     finally:
@@ -121,7 +125,6 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 @pytest.fixture
 async def payer(stack: dict[str, Any]) -> AsyncIterator[LndClient]:
     """The customer's wallet: the payer node's REST API."""
-    node = stack["payer_lnd"]
-    client = LndClient(node["rest_url"], node["macaroon_hex"], node["tls_cert_path"])
+    client = node_client(stack["payer_lnd"])
     yield client
     await client.close()

@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from libs.common.lightning import LndClient, Payment
+from tests.e2e.conftest import node_client
 from tests.e2e.test_l402_order import _sim
 
 pytestmark = pytest.mark.e2e
@@ -172,8 +173,7 @@ async def test_the_hold_is_released_by_its_deadline_even_if_the_provider_refuses
 async def test_a_hold_the_node_gave_back_ends_refunded(
     stack: dict[str, Any], http: aiohttp.ClientSession, payer: LndClient
 ) -> None:
-    node = stack["merchant_lnd"]
-    merchant = LndClient(node["rest_url"], node["macaroon_hex"], node["tls_cert_path"])
+    merchant = node_client(stack["merchant_lnd"])
     await _sim(http, stack, "/sim/auto-sms", {"delaySeconds": None})
     try:
         order = await _order(http, stack)

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from libs.common.lightning import LndClient
-from tests.e2e.conftest import E2E_ENV, running_stack
+from tests.e2e.conftest import E2E_ENV, node_client, running_stack
 from tests.e2e.test_l402_order import TERMINAL, _create, _pay, _poll, _refund_invoice, _sim
 
 pytestmark = pytest.mark.e2e
@@ -58,8 +58,7 @@ def fault_stack(
 @pytest.fixture
 async def wallet(fault_stack: dict[str, Any]) -> AsyncIterator[LndClient]:
     """The customer's node in the fault stack."""
-    node = fault_stack["payer_lnd"]
-    client = LndClient(node["rest_url"], node["macaroon_hex"], node["tls_cert_path"])
+    client = node_client(fault_stack["payer_lnd"])
     yield client
     await client.close()
 

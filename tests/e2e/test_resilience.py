@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from libs.common.lightning import LndClient, LndError
-from tests.e2e.conftest import E2E_ENV, running_stack
+from tests.e2e.conftest import E2E_ENV, node_client, running_stack
 from tests.e2e.test_l402_order import TERMINAL, _create, _pay, _poll, _refund_invoice, _sim
 
 pytestmark = pytest.mark.e2e
@@ -37,8 +37,7 @@ def twin_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
 @pytest.fixture
 async def wallet(twin_stack: dict[str, Any]) -> AsyncIterator[LndClient]:
     """The customer's node."""
-    node = twin_stack["payer_lnd"]
-    client = LndClient(node["rest_url"], node["macaroon_hex"], node["tls_cert_path"])
+    client = node_client(twin_stack["payer_lnd"])
     yield client
     await client.close()
 

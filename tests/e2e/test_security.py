@@ -29,6 +29,7 @@ from pymacaroons.serializers.binary_serializer import BinarySerializer
 
 from libs.common import l402
 from libs.common.lightning import LndClient
+from tests.e2e.conftest import node_client
 
 pytestmark = pytest.mark.e2e
 
@@ -249,8 +250,7 @@ class Orders:
 @pytest.fixture(scope="module")
 async def orders(stack: dict[str, Any]) -> AsyncIterator[Orders]:
     """Two paid and completed orders (A, B) and one unpaid order, shared by the module."""
-    node = stack["payer_lnd"]
-    payer = LndClient(node["rest_url"], node["macaroon_hex"], node["tls_cert_path"])
+    payer = node_client(stack["payer_lnd"])
     try:
         async with aiohttp.ClientSession() as http:
             await _sim(http, stack, "/sim/auto-sms", {"delaySeconds": 1})
