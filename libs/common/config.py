@@ -72,6 +72,11 @@ class Settings:
     outbox_tick_seconds: float = 0.5
 
     log_level: str = "INFO"
+    # Ops HTTP server (/livez, /readyz, /metrics) of every service; 0 disables it.
+    ops_host: str = "127.0.0.1"
+    ops_port: int = 0
+    # On SIGTERM: how long in-flight work may take before it is abandoned (JetStream redelivers).
+    shutdown_grace_seconds: float = 20.0
 
     def macaroon_hex(self) -> str:
         """Return the LND macaroon as hex, from the variable or from the file path."""

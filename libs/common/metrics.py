@@ -1,0 +1,45 @@
+"""Prometheus metrics every service exports on its ops port's /metrics (names are the contract
+the alert rules in deploy/ and the README's operations section rely on)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# Sampled from PostgreSQL by a collector loop (one per process; every replica reports the same
+# numbers, so alert on max(), not sum()).
+ORDERS = Gauge("sms4sats_orders", "Orders currently in each status", ["type", "status"])
+INVOICES = Gauge("sms4sats_invoices", "Invoices by kind and state", ["kind", "state"])
+PAID_ORDERS_PAST_DEADLINE = Gauge(
+    "sms4sats_paid_orders_past_deadline",
+    "Paid orders not terminal although their deadline passed more than a grace ago",
+)
+CONSUMER_PENDING = Gauge(
+    "sms4sats_consumer_pending", "JetStream messages not yet delivered to a consumer", ["consumer"]
+)
+CONSUMER_ACK_PENDING = Gauge(
+    "sms4sats_consumer_ack_pending", "JetStream messages delivered but not acked", ["consumer"]
+)
+FX_RATE_AGE = Gauge("sms4sats_fx_rate_age_seconds", "Age of the cached BTC/USD rate")
+PROVIDER_NO_BALANCE = Gauge(
+    "sms4sats_provider_no_balance",
+    "1 while the provider account reported NO_BALANCE (new orders are refused)",
+)
+
+# Counted where they happen.
+TRANSITIONS = Counter(
+    "sms4sats_order_transitions_total", "Order status changes", ["from_status", "to_status"]
+)
+STAGE_SECONDS = Histogram(
+    "sms4sats_stage_seconds",
+    "Time an order spent in a stage",
+    ["stage"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800),
+)
+REFUNDS = Counter("sms4sats_refunds_total", "Refund payouts by outcome", ["outcome"])
+PROVIDER_ERRORS = Counter(
+    "sms4sats_provider_errors_total", "Errors answered by the SMS provider", ["code"]
+)
+EVENTS_HANDLED = Counter(
+    "sms4sats_events_handled_total", "Bus events handled", ["consumer", "type", "outcome"]
+)
+HTTP_REQUESTS = Counter("sms4sats_http_requests_total", "Gateway requests", ["route", "status"])
