@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from typing import Any, get_type_hints
+from urllib.parse import quote
 
 PREFIX = "SMS4SATS_"
 
@@ -54,6 +55,18 @@ class Settings:
     code_retention_seconds: int = 3600
     refund_min_validity_seconds: int = 1800
     allocation_deadline_seconds: int = 120
+    # A code_received L402 order stays open this long (capped by its deadline) so the customer
+    # can ask for another SMS on the same number; then the activation is finished.
+    another_sms_window_seconds: float = 300.0
+    # After an order's deadline, a provider that cannot be reached no longer delays its refund.
+    provider_giveup_seconds: float = 120.0
+    # Rentals: SMS arrive by webhook, polled as a fallback this often.
+    rent_poll_interval_seconds: float = 10.0
+    # The URL the provider POSTs rental SMS to (ours, with a secret token); empty: derived from
+    # public_url and webhook_secret, or no webhook (polling only).
+    rent_webhook_url: str = field(default="", repr=False)
+    # While the provider reports NO_BALANCE, check the balance this often to lift the alarm.
+    balance_check_seconds: float = 60.0
 
     btc_usd: Decimal = Decimal("100000")
     price_multiplier: Decimal = Decimal("1.5")
@@ -77,6 +90,15 @@ class Settings:
     ops_port: int = 0
     # On SIGTERM: how long in-flight work may take before it is abandoned (JetStream redelivers).
     shutdown_grace_seconds: float = 20.0
+
+    def webhook_url(self) -> str | None:
+        """Where the provider should POST rental SMS, or None for polling only."""
+        if self.rent_webhook_url:
+            return self.rent_webhook_url
+        if self.public_url and self.webhook_secret:
+            token = quote(self.webhook_secret, safe="")
+            return f"{self.public_url.rstrip('/')}/v2/l402/webhooks/rent?token={token}"
+        return None
 
     def macaroon_hex(self) -> str:
         """Return the LND macaroon as hex, from the variable or from the file path."""

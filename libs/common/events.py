@@ -20,6 +20,9 @@ class EventType(StrEnum):
     CANCEL_REQUESTED = "cancel_requested"
     CODE_DELIVERED = "code_delivered"
     HOLD_DEADLINE = "hold_deadline"
+    ANOTHER_SMS_REQUESTED = "another_sms_requested"
+    CODE_WINDOW_ENDED = "code_window_ended"
+    RENT_ENDED = "rent_ended"
     COMPLETED = "completed"
     REFUNDED = "refunded"
     REFUND_FAILED = "refund_failed"
@@ -35,7 +38,14 @@ CONSUMERS: dict[str, tuple[EventType, ...]] = {
         EventType.CODE_DELIVERED,
         EventType.HOLD_DEADLINE,
     ),
-    "provider": (EventType.PAID, EventType.SMS_TIMEOUT, EventType.CANCEL_REQUESTED),
+    "provider": (
+        EventType.PAID,
+        EventType.SMS_TIMEOUT,
+        EventType.CANCEL_REQUESTED,
+        EventType.ANOTHER_SMS_REQUESTED,
+        EventType.CODE_WINDOW_ENDED,
+        EventType.RENT_ENDED,
+    ),
 }
 
 MSG_ID_HEADER = "Nats-Msg-Id"

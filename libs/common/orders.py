@@ -39,7 +39,8 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
     S.PAID: frozenset({S.ALLOCATING_NUMBER}),
     # FAILED only where nothing is owed; a paid refundable order goes to REFUND_PENDING.
     S.ALLOCATING_NUMBER: frozenset({S.WAITING_FOR_SMS, S.RENT_ACTIVE, S.REFUND_PENDING, S.FAILED}),
-    S.WAITING_FOR_SMS: frozenset({S.CODE_RECEIVED, S.REFUND_PENDING}),
+    # FAILED: a non-refundable order (reactivation) whose SMS never came.
+    S.WAITING_FOR_SMS: frozenset({S.CODE_RECEIVED, S.REFUND_PENDING, S.FAILED}),
     S.CODE_RECEIVED: frozenset({S.COMPLETED}),
     S.RENT_ACTIVE: frozenset({S.COMPLETED}),
     S.REFUND_PENDING: frozenset({S.REFUNDED, S.REFUND_FAILED}),
@@ -51,6 +52,10 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
 }
 
 TERMINAL: frozenset[Status] = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
+
+# Per the seed only receive-sms is refunded when no SMS comes; every paid type is refunded
+# when no number could be allocated.
+REFUNDABLE_WITHOUT_SMS: frozenset[OrderType] = frozenset({OrderType.RECEIVE_SMS})
 
 # Once an SMS has arrived the customer has what they paid for: no cancel, no refund.
 SMS_ARRIVED: frozenset[Status] = frozenset({S.CODE_RECEIVED, S.COMPLETED})
@@ -110,3 +115,14 @@ def check_customer_cancel(
     if now - paid_at < min_age:
         wait = int((paid_at + min_age - now).total_seconds()) + 1
         raise CancelRefused("CANCEL_TOO_SOON", f"cancel is possible {wait} s from now")
+
+
+def check_another_sms(*, order_type: OrderType, status: Status, payment_mode: str) -> None:
+    """Raise CancelRefused unless the customer may ask for another SMS on the number now."""
+    if order_type is OrderType.RENT_NUMBER or payment_mode != "standard":
+        raise CancelRefused("VALIDATION_ERROR", "another SMS is only for L402 verification orders")
+    if status is not S.CODE_RECEIVED:
+        raise CancelRefused(
+            "ANOTHER_SMS_NOT_ALLOWED",
+            f"another SMS needs an order in code_received; this one is {status}",
+        )

@@ -108,10 +108,15 @@ async def mark_paid(
 
 
 async def complete(
-    conn: asyncpg.Connection, order_id: str, *, code_retention: float, prefix: str
+    conn: asyncpg.Connection,
+    order_id: str,
+    *,
+    code_retention: float,
+    prefix: str,
+    current: Status = Status.CODE_RECEIVED,
 ) -> bool:
-    """code_received -> completed, arming the code purge and queueing the event."""
-    if await transition(conn, order_id, Status.CODE_RECEIVED, Status.COMPLETED) is None:
+    """code_received (or rent_active) -> completed, arming the code purge and the event."""
+    if await transition(conn, order_id, current, Status.COMPLETED) is None:
         return False
     await set_timer(conn, order_id, Timer.PURGE_CODE, code_retention)
     await enqueue(conn, Event(EventType.COMPLETED, order_id), prefix=prefix)
@@ -125,3 +130,6 @@ class Timer:
     SMS_TIMEOUT: Final = "sms_timeout"
     PURGE_CODE: Final = "purge_code"
     HOLD_DEADLINE: Final = "hold_deadline"
+    # The end of the window in which another SMS may be asked for on a code_received order.
+    CODE_WINDOW: Final = "code_window"
+    RENT_END: Final = "rent_end"

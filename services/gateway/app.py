@@ -46,6 +46,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/v2/l402/order", views.create_order)
     app.router.add_get("/v2/l402/order/{order_id}", views.get_order)
     app.router.add_post("/v2/l402/order/{order_id}/cancel", views.cancel_order)
+    app.router.add_post("/v2/l402/order/{order_id}/another-sms", views.another_sms)
 
 
 def init_app(settings: Settings, stop: asyncio.Event) -> web.Application:

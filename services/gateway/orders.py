@@ -13,6 +13,7 @@ import asyncpg
 from libs.common import countries
 from libs.common.config import Settings
 from libs.common.invoices import RefundInvoice, RefundInvoiceError, check_refund_invoice
+from libs.common.messages import Message
 from libs.common.orders import OrderType, Status
 from libs.common.pricing import quote_sats
 from libs.common.sms import Offer, ProviderError, SmsProvider
@@ -133,18 +134,28 @@ _REFUND_STATUS = {
 }
 
 
-def order_json(row: asyncpg.Record | dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """The public JSON view of an order row (see the API reference)."""
+def order_json(
+    row: asyncpg.Record | dict[str, Any], settings: Settings, received: list[Message] | None = None
+) -> dict[str, Any]:
+    """The public JSON view of an order row and its messages (see the API reference)."""
     status = Status(row["status"])
     country = countries.by_id(row["country_id"])
     paid_at: datetime | None = row["paid_at"]
     expires_at = row["deadline_at"] if paid_at else row["invoice_expires_at"]
     code = row["code"]
-    messages = []
-    if code is not None or row["sms_text"] is not None:
+    messages = [
+        {"text": m.text, "code": m.code, "receivedAt": _iso(m.received_at)}
+        for m in received or []
+        if m.text is not None or m.code is not None  # purged after the retention
+    ]
+    if not messages and (code is not None or row["sms_text"] is not None):
+        # Orders from before messages were stored keep showing their one SMS.
         messages.append(
             {"text": row["sms_text"], "code": code, "receivedAt": _iso(row["sms_received_at"])}
         )
+    if code is None and messages:
+        # A rental has no single code: show the latest one its messages carry.
+        code = next((m["code"] for m in reversed(messages) if m["code"]), None)
     refund = None
     refund_status = row.get("refund_status")
     if refund_status is not None:
@@ -175,5 +186,5 @@ def order_json(row: asyncpg.Record | dict[str, Any], settings: Settings) -> dict
         "expiresAt": _iso(expires_at),
         "cancelableAt": cancelable_at,
         "refund": refund,
-        "rentEndsAt": None,
+        "rentEndsAt": _iso(row.get("rent_ends_at")),
     }

@@ -12,11 +12,18 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from libs.common import l402, store
+from libs.common import l402, messages, store
 from libs.common.db import Q, transaction
 from libs.common.events import Event, EventType
 from libs.common.lightning import AddedInvoice, LndError
-from libs.common.orders import CancelRefused, OrderType, Status, check_customer_cancel
+from libs.common.messages import Message
+from libs.common.orders import (
+    CancelRefused,
+    OrderType,
+    Status,
+    check_another_sms,
+    check_customer_cancel,
+)
 from libs.common.outbox import enqueue
 from libs.common.sms import Offer
 from libs.common.store import Timer
@@ -64,7 +71,7 @@ async def create_order(request: web.Request) -> web.Response:
         # Generic L402 clients re-send the original request with the credential.
         try:
             row = await _authenticate(request, None)
-            return web.json_response(order_json(row, request.app[SETTINGS]))
+            return web.json_response(await order_body(request, row))
         except StaleCredential:
             pass  # a client's cached, expired token: answer with a fresh challenge (aperture does)
     settings = request.app[SETTINGS]
@@ -167,10 +174,18 @@ def _challenge(
     return resp
 
 
+async def order_body(request: web.Request, row: Any) -> dict[str, Any]:
+    """The order's JSON, with its messages read only when it can have any."""
+    received: list[Message] = []
+    if row["sms_received_at"] is not None or row["status"] == Status.RENT_ACTIVE:
+        received = await messages.for_order(request.app[POOL], row["id"])
+    return order_json(row, request.app[SETTINGS], received)
+
+
 async def get_order(request: web.Request) -> web.Response:
     """GET /v2/l402/order/{id}: the order, for the holder of its paid credential."""
     row = await _authenticate(request, request.match_info["order_id"])
-    return web.json_response(order_json(row, request.app[SETTINGS]))
+    return web.json_response(await order_body(request, row))
 
 
 async def cancel_order(request: web.Request) -> web.Response:
@@ -192,8 +207,30 @@ async def cancel_order(request: web.Request) -> web.Response:
         await enqueue(
             conn, Event(EventType.CANCEL_REQUESTED, row["id"]), prefix=settings.subject_prefix
         )
-    body = order_json(row, settings)
+    body = await order_body(request, row)
     body["cancel"] = "requested"
+    return web.json_response(body, status=202)
+
+
+async def another_sms(request: web.Request) -> web.Response:
+    """POST /v2/l402/order/{id}/another-sms: ask for another SMS on the same number."""
+    row = await _authenticate(request, request.match_info["order_id"])
+    settings = request.app[SETTINGS]
+    try:
+        check_another_sms(
+            order_type=OrderType(row["type"]),
+            status=Status(row["status"]),
+            payment_mode=row["payment_mode"],
+        )
+    except CancelRefused as exc:
+        status = 400 if exc.code == "VALIDATION_ERROR" else 409
+        raise ApiError(status, exc.code, exc.message) from exc
+    async with transaction(request.app[POOL]) as conn:
+        await enqueue(
+            conn, Event(EventType.ANOTHER_SMS_REQUESTED, row["id"]), prefix=settings.subject_prefix
+        )
+    body = await order_body(request, row)
+    body["anotherSms"] = "requested"
     return web.json_response(body, status=202)
 
 

@@ -4,28 +4,81 @@ from __future__ import annotations
 
 import hmac
 import logging
+from datetime import UTC, datetime
+from typing import Any
 
 from aiohttp import web
 
+from libs.common import messages
+from libs.common.db import Q
+from libs.common.messages import Message
+from libs.common.orders import Status
+from libs.common.sms import parse_provider_time
 from services.gateway.errors import ApiError, read_json
-from services.gateway.keys import SETTINGS
+from services.gateway.keys import POOL, SETTINGS
 
 log = logging.getLogger(__name__)
 
 
-async def rent_sms(request: web.Request) -> web.Response:
-    """POST /v2/l402/webhooks/rent: an incoming SMS pushed by the provider."""
-    secret = request.app[SETTINGS].webhook_secret
-    given = request.headers.get("X-Webhook-Secret", "")
-    # Unsigned at the provider, so the shared secret is the only proof of origin.
+def _authentic(request: web.Request, secret: str) -> bool:
+    """The shared secret, from the X-Webhook-Secret header or the URL's token parameter."""
+    # HeroSMS cannot send headers of ours, so the URL we give it carries the token instead.
+    given = request.headers.get("X-Webhook-Secret") or request.query.get("token", "")
     # aiohttp keeps undecodable header bytes as surrogates; encode them back, never crash.
     given_bytes = given.encode("utf-8", "surrogateescape")
-    if not secret or not hmac.compare_digest(given_bytes, secret.encode()):
-        raise ApiError(401, "UNAUTHORIZED", "missing or wrong X-Webhook-Secret")
+    return bool(secret) and hmac.compare_digest(given_bytes, secret.encode())
+
+
+def _text(value: Any, field: str, limit: int = 2000) -> str | None:
+    """An optional string field of the webhook body, bounded."""
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or len(value) > limit:
+        raise ApiError(400, "VALIDATION_ERROR", f"{field}: must be a string")
+    return value
+
+
+def _provider_id(value: Any, field: str) -> str:
+    """The rental or activation id, as the provider gives it (string or number)."""
+    if isinstance(value, bool) or not isinstance(value, str | int) or not str(value).strip():
+        raise ApiError(400, "VALIDATION_ERROR", f"{field}: must be an id")
+    text = str(value).strip()
+    if len(text) > 64:
+        raise ApiError(400, "VALIDATION_ERROR", f"{field}: too long")
+    return text
+
+
+async def rent_sms(request: web.Request) -> web.Response:
+    """POST /v2/l402/webhooks/rent: an incoming SMS pushed by the provider."""
+    if not _authentic(request, request.app[SETTINGS].webhook_secret):
+        raise ApiError(401, "UNAUTHORIZED", "missing or wrong webhook secret")
     body = await read_json(request)
     if not isinstance(body, dict) or not ("rentId" in body or "activationId" in body):
         raise ApiError(400, "VALIDATION_ERROR", "body: needs rentId or activationId")
-    # Rentals are not sold yet, so no order can match; polling stays the source of truth
-    # for one-time activations. Acknowledge so the provider stops retrying.
-    log.info("webhook received for an unknown rental or activation")
-    return web.json_response({"status": "ok", "matched": False})
+    pool = request.app[POOL]
+    if "rentId" in body:
+        rent_id = _provider_id(body["rentId"], "rentId")
+        sms = body.get("sms")
+        if not isinstance(sms, dict):
+            raise ApiError(400, "VALIDATION_ERROR", "sms: must be an object")
+        msg = Message(
+            received_at=parse_provider_time(_text(sms.get("date"), "sms.date"))
+            or datetime.now(UTC),
+            text=_text(sms.get("text"), "sms.text"),
+            phone_from=_text(sms.get("phoneFrom"), "sms.phoneFrom", 64),
+        )
+        order = await pool.fetchrow(Q.order_by_rent_id, rent_id)
+        if order is None or order["status"] != Status.RENT_ACTIVE:
+            # Not ours, or over: acknowledge so the provider stops retrying.
+            return web.json_response({"status": "ok", "matched": False})
+        new = await messages.record(pool, order["id"], msg)
+        if new:
+            log.info("rental SMS received by webhook", extra={"order_id": order["id"]})
+        return web.json_response({"status": "ok", "matched": True})
+    activation_id = _provider_id(body["activationId"], "activationId")
+    # One-time activations: polling is the source of truth; the webhook only makes the
+    # poller look now instead of at its next turn.
+    order_id = await pool.fetchval(Q.order_poll_now, activation_id)
+    return web.json_response({"status": "ok", "matched": order_id is not None})

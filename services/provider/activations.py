@@ -8,17 +8,21 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from libs.common import sms, store
+from libs.common import messages, sms, store
 from libs.common.bus import Retry
 from libs.common.db import Q, transaction
 from libs.common.events import Event, EventType
 from libs.common.faults import crash_point
-from libs.common.orders import Status
+from libs.common.messages import Message
+from libs.common.metrics import PROVIDER_NO_BALANCE
+from libs.common.orders import REFUNDABLE_WITHOUT_SMS, OrderType, Status
 from libs.common.outbox import enqueue
 from libs.common.runtime import Worker
 from libs.common.store import NOW, Timer
 
 log = logging.getLogger(__name__)
+
+NO_BALANCE = "no_balance"
 
 # Errors after which buying again cannot help: the order is paid back at once.
 _PERMANENT = (
@@ -56,7 +60,7 @@ class Activations:
         return True
 
     async def allocate(self, order_id: str) -> None:
-        """Buy a number for a paid order, or send it to refund when none can be had."""
+        """Get a number for a paid order (buy, reactivate or rent), or send it to refund."""
         async with transaction(self._w.pool) as conn:
             order = await store.get(conn, order_id)
             if order is None:
@@ -67,23 +71,19 @@ class Activations:
                 )
         if order is None or order["status"] != Status.ALLOCATING_NUMBER:
             return  # a duplicate of an event already handled
+        if order["type"] == OrderType.RENT_NUMBER:
+            await self._rent(order)
+            return
         try:
-            # Never pay the provider more than the customer paid us.
-            activation = await self._provider.buy(
-                service=order["service"],
-                country_id=order["country_id"],
-                max_price_usd=order["provider_cost_usd"] * self._w.settings.price_multiplier,
-            )
+            activation = await self._obtain(order)
         except _PERMANENT as exc:
+            if isinstance(exc, sms.InsufficientBalance):
+                await self.raise_no_balance(exc)
             await self._allocation_failed(order, exc.code)
             return
         except sms.ProviderError as exc:
-            paid_at: datetime = order["paid_at"]
-            deadline = paid_at + timedelta(seconds=self._w.settings.allocation_deadline_seconds)
-            if datetime.now(UTC) >= deadline:
-                await self._allocation_failed(order, exc.code)
-                return
-            raise Retry(f"provider error {exc.code}", delay=3.0) from exc
+            await self._retry_allocation(order, exc)
+            return
         crash_point("provider.number_bought")
         async with transaction(self._w.pool) as conn:
             moved = await store.transition(
@@ -105,6 +105,104 @@ class Activations:
             return
         log.info("number allocated", extra={"order_id": order_id})
 
+    async def _obtain(self, order: asyncpg.Record) -> sms.Activation:
+        """Buy a new activation, or reactivate the earlier order's number."""
+        if order["type"] == OrderType.RECEIVE_SMS_REACTIVATE:
+            earlier = await store.get(self._w.pool, order["reactivates"])
+            if earlier is None or not earlier["activation_id"]:
+                raise sms.NotFound("NO_ACTIVATION", detail="the earlier activation is unknown")
+            return await self._provider.reactivate(earlier["activation_id"])
+        # Never pay the provider more than the customer paid us.
+        return await self._provider.buy(
+            service=order["service"],
+            country_id=order["country_id"],
+            max_price_usd=order["provider_cost_usd"] * self._w.settings.price_multiplier,
+        )
+
+    async def _retry_allocation(self, order: asyncpg.Record, exc: sms.ProviderError) -> None:
+        """A transient provider failure: retry later, or refund once the deadline passed."""
+        paid_at: datetime = order["paid_at"]
+        deadline = paid_at + timedelta(seconds=self._w.settings.allocation_deadline_seconds)
+        if datetime.now(UTC) >= deadline:
+            await self._allocation_failed(order, exc.code)
+            return
+        raise Retry(f"provider error {exc.code}", delay=3.0) from exc
+
+    async def _rent(self, order: asyncpg.Record) -> None:
+        """Rent a number for the order's hours; SMS then arrive by webhook and polling."""
+        order_id = order["id"]
+        try:
+            rental = await self._provider.rent(
+                service=order["service"],
+                country=order["country_id"],
+                hours=order["rent_hours"],
+                webhook_url=self._w.settings.webhook_url(),
+            )
+        except (*_PERMANENT, sms.BadRentTime) as exc:
+            if isinstance(exc, sms.InsufficientBalance):
+                await self.raise_no_balance(exc)
+            await self._allocation_failed(order, exc.code)
+            return
+        except sms.ProviderError as exc:
+            await self._retry_allocation(order, exc)
+            return
+        crash_point("provider.number_bought")
+        seconds = max(0.0, (rental.ends_at - datetime.now(UTC)).total_seconds())
+        async with transaction(self._w.pool) as conn:
+            moved = await store.transition(
+                conn,
+                order_id,
+                Status.ALLOCATING_NUMBER,
+                Status.RENT_ACTIVE,
+                activation_id=rental.rent_id,
+                phone_number=rental.phone,
+                rent_ends_at=rental.ends_at,
+                # The rental, not the SMS timeout, is what the order now waits for.
+                deadline_at=rental.ends_at,
+                next_poll_at=NOW,
+            )
+            if moved is not None:
+                await store.cancel_timer(conn, order_id, Timer.SMS_TIMEOUT)
+                await store.set_timer(conn, order_id, Timer.RENT_END, seconds)
+        if moved is None:
+            log.warning("spare rental; cancelling it", extra={"order_id": order_id})
+            try:
+                await self._provider.cancel_rent(rental.rent_id)
+            except sms.ProviderError as cancel_exc:
+                log.info("could not cancel spare rental: %s", cancel_exc.code)
+            return
+        log.info("number rented", extra={"order_id": order_id})
+
+    async def raise_no_balance(self, exc: sms.ProviderError) -> None:
+        """Our provider account is empty: stop selling and tell the operator (once)."""
+        PROVIDER_NO_BALANCE.set(1)
+        since = await self._w.pool.fetchval(Q.alarm_raise, NO_BALANCE, exc.code)
+        if since is not None:
+            log.error(
+                "ALARM: the provider account has no balance (%s); new orders are refused "
+                "with UNAVAILABLE until it is topped up",
+                exc.code,
+            )
+
+    async def watch_balance(self) -> None:
+        """While the NO_BALANCE alarm is up, lift it as soon as the account has money again."""
+        while not self._w.stop.is_set():
+            try:
+                if await self._w.pool.fetchrow(Q.alarm_active, NO_BALANCE) is None:
+                    PROVIDER_NO_BALANCE.set(0)
+                elif await self._provider.balance_usd() > 0:
+                    if await self._w.pool.fetchval(Q.alarm_clear, NO_BALANCE) is not None:
+                        log.warning("provider balance restored; selling again")
+                    PROVIDER_NO_BALANCE.set(0)
+            except sms.ProviderError as exc:
+                log.info("balance check failed: %s", exc.code)
+            except Exception:
+                log.exception("balance check failed")
+            try:
+                await asyncio.wait_for(self._w.stop.wait(), self._w.settings.balance_check_seconds)
+            except TimeoutError:
+                pass
+
     async def _allocation_failed(self, order: asyncpg.Record, reason: str) -> None:
         """Send an order that got no number to refund (every paid type, per the seed)."""
         await self._to_refund(order["id"], Status.ALLOCATING_NUMBER, f"no number ({reason})")
@@ -118,8 +216,8 @@ class Activations:
 
     async def check(self, order: asyncpg.Record) -> None:
         """Poll one order at the provider and act on what it says."""
-        if order["status"] == Status.CODE_RECEIVED:
-            await self.finish(order["id"])
+        if order["status"] == Status.CODE_RECEIVED and order["another_sms_at"] is None:
+            await self.finish(order["id"])  # hold and prepaid orders finish at once
             return
         try:
             status = await self._provider.poll(order["activation_id"])
@@ -127,13 +225,16 @@ class Activations:
             log.info("poll failed: %s", exc.code, extra={"order_id": order["id"]})
             return
         if status.state == "received" and status.code:
-            await self.deliver(order["id"], status.code, status.text)
-        elif status.state == "cancelled":
+            if order["status"] == Status.CODE_RECEIVED:
+                await self._another_code(order, status.code, status.text)
+            else:
+                await self.deliver(order["id"], status.code, status.text)
+        elif status.state == "cancelled" and order["status"] == Status.WAITING_FOR_SMS:
             # The provider ended the activation on its own (expiry); nothing can arrive now.
-            await self._refund_after_cancel(order["id"], "provider cancelled the activation")
+            await self._no_sms(order, "provider cancelled the activation")
 
     async def deliver(self, order_id: str, code: str, text: str | None) -> None:
-        """Record the code (the customer can read it from now on), then finish the activation."""
+        """Record the code (the customer can read it from now on), then finish or wait."""
         async with transaction(self._w.pool) as conn:
             moved = await store.transition(
                 conn,
@@ -147,8 +248,51 @@ class Activations:
             if moved is None:
                 return
             await store.cancel_timer(conn, order_id, Timer.SMS_TIMEOUT)
+            await messages.record(
+                conn, order_id, Message(moved["sms_received_at"], text, code=code)
+            )
+            if moved["payment_mode"] == "standard":
+                # L402 orders keep the number open for a while: the customer may ask for
+                # another SMS on it. The window never outlives the order's deadline.
+                window = self._w.settings.another_sms_window_seconds
+                left = (moved["deadline_at"] - moved["sms_received_at"]).total_seconds()
+                await conn.execute(Q.order_stop_polling, order_id)
+                await store.set_timer(
+                    conn, order_id, Timer.CODE_WINDOW, max(0.0, min(window, left))
+                )
         log.info("code received", extra={"order_id": order_id})
-        await self.finish(order_id)
+        if moved["payment_mode"] != "standard":
+            await self.finish(order_id)
+
+    async def request_another(self, order_id: str) -> None:
+        """The customer asked for another SMS on the same number (setStatus 3)."""
+        order = await store.get(self._w.pool, order_id)
+        if order is None or order["status"] != Status.CODE_RECEIVED:
+            return  # the window closed meanwhile; the gateway already answered 202
+        try:
+            await self._provider.request_another(order["activation_id"])
+        except (sms.ActivationNotActive, sms.NotFound) as exc:
+            log.info("another SMS refused: %s", exc.code, extra={"order_id": order_id})
+            return
+        except sms.ProviderError as exc:
+            if exc.transient:
+                raise Retry(f"provider error {exc.code}", delay=3.0) from exc
+            log.info("another SMS refused: %s", exc.code, extra={"order_id": order_id})
+            return
+        async with transaction(self._w.pool) as conn:
+            await conn.execute(Q.order_another_sms, order_id)
+        log.info("another SMS requested", extra={"order_id": order_id})
+
+    async def _another_code(self, order: asyncpg.Record, code: str, text: str | None) -> None:
+        """A code arrived after the customer asked for another: keep both, show the new one."""
+        if code == order["code"] and text == order["sms_text"]:
+            return  # still the first SMS; the provider reports it until the next arrives
+        async with transaction(self._w.pool) as conn:
+            if await conn.execute(Q.order_new_code, order["id"], code, text) != "UPDATE 1":
+                return
+            await conn.execute(Q.order_stop_polling, order["id"])
+            await messages.record(conn, order["id"], Message(datetime.now(UTC), text, code=code))
+        log.info("another code received", extra={"order_id": order["id"]})
 
     async def finish(self, order_id: str) -> None:
         """Tell the provider the activation is done and complete the order."""
@@ -160,10 +304,15 @@ class Activations:
         except (sms.ActivationNotActive, sms.NotFound):
             pass  # already finished at the provider
         except sms.ProviderError as exc:
-            log.info(
-                "finish failed (%s); the poller retries", exc.code, extra={"order_id": order_id}
-            )
-            return
+            if order["payment_mode"] != "standard":
+                log.info(
+                    "finish failed (%s); the poller retries", exc.code, extra={"order_id": order_id}
+                )
+                return
+            if datetime.now(UTC) < order["deadline_at"]:
+                raise Retry(f"provider error {exc.code}", delay=5.0) from exc
+            # The code was delivered and the provider ends the activation on its own.
+            log.warning("finish failed (%s); completing anyway", exc.code)
         crash_point("provider.activation_finished")
         async with transaction(self._w.pool) as conn:
             if order["payment_mode"] == "hold":
@@ -182,7 +331,7 @@ class Activations:
             log.info("order completed", extra={"order_id": order_id})
 
     async def cancel(self, order_id: str, reason: str) -> None:
-        """Verify no SMS came, cancel at the provider, then send the order to refund."""
+        """Verify no SMS came, cancel at the provider, then refund (or fail, if non-refundable)."""
         order = await store.get(self._w.pool, order_id)
         if order is None:
             return
@@ -222,12 +371,37 @@ class Activations:
         except (sms.ActivationNotActive, sms.NotFound):
             pass  # already over at the provider; nothing more can arrive
         except sms.ProviderError as exc:
-            raise Retry(f"provider error {exc.code}", delay=5.0) from exc
-        await self._refund_after_cancel(order_id, reason)
+            if not self._provider_given_up(order):
+                raise Retry(f"provider error {exc.code}", delay=5.0) from exc
+            # Past the deadline and the provider's own activation lifetime: no SMS can reach
+            # the customer any more, so an unreachable provider must not hold the money.
+            log.warning(
+                "provider unreachable past the deadline (%s)",
+                exc.code,
+                extra={"order_id": order_id},
+            )
+        await self._no_sms(order, reason)
 
-    async def _refund_after_cancel(self, order_id: str, reason: str) -> None:
-        """Move a cancelled activation's order to refund."""
-        await self._to_refund(order_id, Status.WAITING_FOR_SMS, f"activation cancelled ({reason})")
+    def _provider_given_up(self, order: asyncpg.Record) -> bool:
+        """Whether an order is far enough past its deadline to stop waiting for the provider."""
+        deadline: datetime | None = order["deadline_at"]
+        grace = timedelta(seconds=self._w.settings.provider_giveup_seconds)
+        return deadline is not None and datetime.now(UTC) >= deadline + grace
+
+    async def _no_sms(self, order: asyncpg.Record, reason: str) -> None:
+        """The activation ended without an SMS: refund, or fail a non-refundable order."""
+        order_id = order["id"]
+        if OrderType(order["type"]) in REFUNDABLE_WITHOUT_SMS:
+            await self._to_refund(order_id, Status.WAITING_FOR_SMS, f"no SMS ({reason})")
+            return
+        async with transaction(self._w.pool) as conn:
+            moved = await store.transition(conn, order_id, Status.WAITING_FOR_SMS, Status.FAILED)
+            if moved is not None:
+                await store.cancel_timer(conn, order_id, Timer.SMS_TIMEOUT)
+        if moved is not None:
+            log.warning(
+                "no SMS on a non-refundable order: %s", reason, extra={"order_id": order_id}
+            )
 
     async def poll_forever(self) -> None:
         """Claim due orders and poll them at the provider until stop."""

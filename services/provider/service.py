@@ -9,6 +9,7 @@ from libs.common.events import Event, EventType
 from libs.common.runtime import open_worker, run_loops
 from libs.common.sms import HeroSmsClient
 from services.provider.activations import Activations
+from services.provider.rentals import Rentals
 
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:
@@ -17,6 +18,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     try:
         async with open_worker("provider", settings, stop) as worker:
             activations = Activations(worker, provider)
+            rentals = Rentals(worker, provider)
 
             async def handle(event: Event) -> None:
                 if event.type is EventType.PAID:
@@ -25,7 +27,19 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
                     await activations.cancel(event.order_id, "no SMS before the deadline")
                 elif event.type is EventType.CANCEL_REQUESTED:
                     await activations.cancel(event.order_id, "cancelled by the customer")
+                elif event.type is EventType.ANOTHER_SMS_REQUESTED:
+                    await activations.request_another(event.order_id)
+                elif event.type is EventType.CODE_WINDOW_ENDED:
+                    await activations.finish(event.order_id)
+                elif event.type is EventType.RENT_ENDED:
+                    await rentals.end(event.order_id)
 
-            await run_loops(stop, worker.consumer(handle).run(stop), activations.poll_forever())
+            await run_loops(
+                stop,
+                worker.consumer(handle).run(stop),
+                activations.poll_forever(),
+                rentals.poll_forever(),
+                activations.watch_balance(),
+            )
     finally:
         await provider.close()

@@ -19,6 +19,8 @@ _EVENTS = {
     Timer.INVOICE_EXPIRED: EventType.INVOICE_EXPIRED,
     Timer.SMS_TIMEOUT: EventType.SMS_TIMEOUT,
     Timer.HOLD_DEADLINE: EventType.HOLD_DEADLINE,
+    Timer.CODE_WINDOW: EventType.CODE_WINDOW_ENDED,
+    Timer.RENT_END: EventType.RENT_ENDED,
 }
 OUTBOX_RETENTION_SECONDS = 24 * 3600.0
 # An SMS deadline that fired this long ago without moving its order on fires again.
@@ -38,6 +40,7 @@ async def fire_due(worker: Worker, limit: int = 200) -> int:
             elif kind == Timer.PURGE_CODE:
                 # SMS codes are deleted once the retention after completion has passed.
                 await conn.execute(Q.order_purge_code, row["order_id"])
+                await conn.execute(Q.messages_purge, row["order_id"])
             else:
                 log.error("unknown timer kind %s", kind, extra={"order_id": row["order_id"]})
         if rows:

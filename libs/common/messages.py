@@ -1,0 +1,61 @@
+"""The SMS messages of an order: one identity per message whichever source reported it."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import asyncpg
+
+from libs.common.db import Q
+
+# Verification codes are 4-8 digits, sometimes written "123-456" or "123 456".
+_CODE = re.compile(r"(?<!\d)(\d{3}[- ]\d{3}|\d{4,8})(?!\d)")
+
+
+@dataclass(frozen=True)
+class Message:
+    """One SMS received on an order's number."""
+
+    received_at: datetime
+    text: str | None
+    code: str | None = None
+    phone_from: str | None = None
+
+    def dedup_key(self) -> str:
+        """The same SMS from the webhook and from polling yields the same key."""
+        at = self.received_at.astimezone(UTC).replace(microsecond=0).isoformat()
+        # The code is left out: one source may report it and the other not.
+        body = self.text if self.text is not None else (self.code or "")
+        raw = f"{self.phone_from or ''}\x00{body}\x00{at}"
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def extract_code(text: str | None) -> str | None:
+    """The verification code in an SMS text, if it carries one (digits only)."""
+    if not text:
+        return None
+    found = _CODE.search(text)
+    return re.sub(r"\D", "", found.group(1)) if found else None
+
+
+async def record(conn: asyncpg.Connection | asyncpg.Pool, order_id: str, msg: Message) -> bool:
+    """Store a message once; returns False when it was already there (a redelivery)."""
+    code = msg.code or extract_code(msg.text)
+    inserted = await conn.fetchval(
+        Q.message_insert, order_id, msg.dedup_key(), msg.phone_from, msg.text, code, msg.received_at
+    )
+    return inserted is not None
+
+
+async def for_order(conn: asyncpg.Connection | asyncpg.Pool, order_id: str) -> list[Message]:
+    """Every message of an order, oldest first."""
+    rows = await conn.fetch(Q.messages_for_order, order_id)
+    return [
+        Message(
+            received_at=r["received_at"], text=r["text"], code=r["code"], phone_from=r["phone_from"]
+        )
+        for r in rows
+    ]

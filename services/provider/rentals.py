@@ -1,0 +1,92 @@
+"""The life of a rented number: collect its SMS (polling backs up the webhook), then end it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+
+import asyncpg
+
+from libs.common import messages, sms, store
+from libs.common.bus import Retry
+from libs.common.db import Q, transaction
+from libs.common.messages import Message
+from libs.common.orders import Status
+from libs.common.runtime import Worker
+
+log = logging.getLogger(__name__)
+
+
+class Rentals:
+    """Polls active rentals for SMS and completes them when their time is up."""
+
+    def __init__(self, worker: Worker, provider: sms.SmsProvider) -> None:
+        self._w = worker
+        self._provider = provider
+
+    async def collect(self, order: asyncpg.Record) -> bool:
+        """Store the rental's SMS not seen yet; False once the provider says it has ended."""
+        try:
+            received = await self._provider.rent_messages(order["activation_id"])
+        except sms.RentEnded:
+            return False
+        new = 0
+        for m in received:
+            msg = Message(m.received_at, m.text, phone_from=m.phone_from)
+            new += await messages.record(self._w.pool, order["id"], msg)
+        if new:
+            log.info("%d rental SMS received by polling", new, extra={"order_id": order["id"]})
+        return True
+
+    async def end(self, order_id: str) -> None:
+        """The rental time is up: take the last SMS, then complete the order."""
+        order = await store.get(self._w.pool, order_id)
+        if order is None or order["status"] != Status.RENT_ACTIVE:
+            return
+        if datetime.now(UTC) < order["rent_ends_at"]:
+            return  # a stale timer from before an extension
+        try:
+            await self.collect(order)
+        except sms.ProviderError as exc:
+            if exc.transient and not self._given_up(order):
+                raise Retry(f"provider error {exc.code}", delay=5.0) from exc
+            log.warning("last rental poll failed (%s)", exc.code, extra={"order_id": order_id})
+        async with transaction(self._w.pool) as conn:
+            done = await store.complete(
+                conn,
+                order_id,
+                code_retention=self._w.settings.code_retention_seconds,
+                prefix=self._w.settings.subject_prefix,
+                current=Status.RENT_ACTIVE,
+            )
+        if done:
+            log.info("rental ended", extra={"order_id": order_id})
+
+    def _given_up(self, order: asyncpg.Record) -> bool:
+        """Whether the rental ended long enough ago to stop waiting for the provider."""
+        age: float = (datetime.now(UTC) - order["rent_ends_at"]).total_seconds()
+        return age >= self._w.settings.provider_giveup_seconds
+
+    async def poll_forever(self) -> None:
+        """Claim due rentals and poll them at the provider until stop."""
+        interval = self._w.settings.rent_poll_interval_seconds
+        while not self._w.stop.is_set():
+            try:
+                orders = await self._w.pool.fetch(Q.orders_claim_rent_poll, 50, interval)
+                results = await asyncio.gather(
+                    *(self.collect(o) for o in orders), return_exceptions=True
+                )
+                for order, result in zip(orders, results, strict=True):
+                    if isinstance(result, sms.ProviderError):
+                        log.info(
+                            "rent poll failed: %s", result.code, extra={"order_id": order["id"]}
+                        )
+                    elif isinstance(result, BaseException):
+                        log.error("rent poll failed: %r", result, extra={"order_id": order["id"]})
+            except Exception:
+                log.exception("rent poll failed")
+            try:
+                await asyncio.wait_for(self._w.stop.wait(), min(interval, 1.0))
+            except TimeoutError:
+                pass
