@@ -20,7 +20,10 @@ from libs.common.sms import Offer, ProviderError, SmsProvider
 from services.gateway.errors import ApiError
 
 _SERVICE_CODE = re.compile(r"[a-z0-9_]{1,16}")
-_FIELDS = {"type", "country", "service", "refundInvoice", "durationMinutes", "activationId"}
+_FIELDS = {"type", "country", "service", "refundInvoice", "durationMinutes", "orderId"}
+_ORDER_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+# The longest rental sold (30 days); the provider's offer decides which durations exist.
+MAX_RENT_MINUTES = 30 * 24 * 60
 
 
 def _bad(field: str, message: str) -> ApiError:
@@ -36,6 +39,10 @@ class OrderRequest:
     country: countries.Country | str
     service: str
     refund_invoice: RefundInvoice | None
+    rent_hours: int | None = None
+    # receive-sms-reactivate: the earlier order whose number is reused (country and service
+    # are that order's).
+    reactivates: str | None = None
 
 
 def parse_order_request(body: Any, settings: Settings, *, now: int, network: str) -> OrderRequest:
@@ -49,8 +56,8 @@ def parse_order_request(body: Any, settings: Settings, *, now: int, network: str
     if not isinstance(raw_type, str) or raw_type not in {t.value for t in OrderType}:
         raise _bad("type", "must be receive-sms, receive-sms-reactivate or rent-number")
     order_type = OrderType(raw_type)
-    if order_type is not OrderType.RECEIVE_SMS:
-        raise _bad("type", f"{order_type.value} is not offered yet")
+    if order_type is OrderType.RECEIVE_SMS_REACTIVATE:
+        return _reactivation(body, _refund_invoice(body, settings, now=now, network=network))
 
     raw_service = body.get("service")
     if not isinstance(raw_service, str) or not raw_service.strip():
@@ -66,13 +73,28 @@ def parse_order_request(body: Any, settings: Settings, *, now: int, network: str
     if country is None:
         raise ApiError(400, "INVALID_COUNTRY", f"country {raw_country!r} is not recognized")
 
+    rent_hours = None
+    if order_type is OrderType.RENT_NUMBER:
+        rent_hours = _rent_hours(body.get("durationMinutes"))
+    elif "durationMinutes" in body:
+        raise _bad("durationMinutes", "only for rent-number orders")
+    if "orderId" in body:
+        raise _bad("orderId", "only for receive-sms-reactivate orders")
+    refund = _refund_invoice(body, settings, now=now, network=network)
+    return OrderRequest(order_type, country, service, refund, rent_hours=rent_hours)
+
+
+def _refund_invoice(
+    body: dict[str, Any], settings: Settings, *, now: int, network: str
+) -> RefundInvoice:
+    """The refundInvoice every L402 order needs: a paid order that gets no number is refunded."""
     raw_refund = body.get("refundInvoice")
     if raw_refund is None:
-        raise _bad("refundInvoice", "required for receive-sms: a no-amount BOLT11 invoice")
+        raise _bad("refundInvoice", "required: a no-amount BOLT11 invoice for refunds")
     if not isinstance(raw_refund, str):
         raise ApiError(400, "INVALID_REFUND_INVOICE", "refundInvoice must be a BOLT11 string")
     try:
-        refund = check_refund_invoice(
+        return check_refund_invoice(
             raw_refund,
             currency=network,
             now=now,
@@ -80,7 +102,30 @@ def parse_order_request(body: Any, settings: Settings, *, now: int, network: str
         )
     except RefundInvoiceError as exc:
         raise ApiError(400, exc.code, exc.message) from exc
-    return OrderRequest(order_type, country, service, refund)
+
+
+def _rent_hours(raw: Any) -> int:
+    """durationMinutes of a rental: whole hours; the provider's offer decides which exist."""
+    if raw is None:
+        raise _bad("durationMinutes", "required for rent-number, e.g. 240")
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise _bad("durationMinutes", "must be an integer number of minutes")
+    if raw <= 0 or raw > MAX_RENT_MINUTES or raw % 60:
+        raise _bad("durationMinutes", "must be a whole number of hours, in minutes (e.g. 240)")
+    return raw // 60
+
+
+def _reactivation(body: dict[str, Any], refund: RefundInvoice) -> OrderRequest:
+    """A receive-sms-reactivate body: the earlier order only (its number, country, service)."""
+    for name in ("country", "service", "durationMinutes"):
+        if name in body:
+            raise _bad(name, "not used by receive-sms-reactivate: orderId's number is reused")
+    raw = body.get("orderId")
+    if not isinstance(raw, str) or not _ORDER_ID.fullmatch(raw):
+        raise _bad("orderId", "required: the id of your earlier completed order")
+    return OrderRequest(
+        OrderType.RECEIVE_SMS_REACTIVATE, countries.AUTO, "", refund, reactivates=raw
+    )
 
 
 async def best_offer(
