@@ -19,8 +19,10 @@ from libs.common.sms import (
     Activation,
     ActivationNotActive,
     ActivationStatus,
+    BadAction,
     BadKey,
     BadService,
+    BadStatus,
     Banned,
     CodeAlreadyReceived,
     Country,
@@ -30,10 +32,12 @@ from libs.common.sms import (
     NoNumbers,
     NotFound,
     Offer,
+    OrderAlreadyExists,
     PriceTooLow,
     ProviderError,
     ProviderUnavailable,
     RateLimited,
+    ReactivationNotAvailable,
     Service,
     SmsProvider,
     TextReply,
@@ -466,7 +470,7 @@ HEROSMS_ERRORS: list[ErrorCase] = [
         {"min_price": 0.3},
     ),
     (hero("NOT_FOUND", 404), NotFound, "NOT_FOUND", {}),
-    (hero("BAD_ACTION", 404), ProviderError, "BAD_ACTION", {}),
+    (hero("BAD_ACTION", 404), BadAction, "BAD_ACTION", {}),
     (
         hero("EARLY_CANCEL_DENIED", 409, {"minActivationTime": 120}),
         TooEarlyToCancel,
@@ -505,12 +509,17 @@ SMSACTIVATE_ERRORS: list[ErrorCase] = [
     (Canned("EARLY_CANCEL_DENIED"), TooEarlyToCancel, "EARLY_CANCEL_DENIED", {"seconds": None}),
     (Canned("NO_ACTIVATION"), NotFound, "NO_ACTIVATION", {}),
     (Canned("WRONG_ACTIVATION_ID"), NotFound, "WRONG_ACTIVATION_ID", {}),
-    (Canned("BAD_ACTION"), ProviderError, "BAD_ACTION", {}),
+    (Canned("BAD_ACTION"), BadAction, "BAD_ACTION", {}),
     (Canned("BAD_SERVICE"), BadService, "BAD_SERVICE", {}),
-    (Canned("BAD_STATUS"), ProviderError, "BAD_STATUS", {}),
+    (Canned("BAD_STATUS"), BadStatus, "BAD_STATUS", {}),
     (Canned("ERROR_SQL"), ProviderUnavailable, "ERROR_SQL", {}),
-    (Canned("ORDER_ALREADY_EXISTS"), ProviderError, "ORDER_ALREADY_EXISTS", {}),
-    (Canned("RENEW_ACTIVATION_NOT_AVAILABLE"), ProviderError, "RENEW_ACTIVATION_NOT_AVAILABLE", {}),
+    (Canned("ORDER_ALREADY_EXISTS"), OrderAlreadyExists, "ORDER_ALREADY_EXISTS", {}),
+    (
+        Canned("RENEW_ACTIVATION_NOT_AVAILABLE"),
+        ReactivationNotAvailable,
+        "RENEW_ACTIVATION_NOT_AVAILABLE",
+        {},
+    ),
     (js({"status": "error", "error": "NO_NUMBERS"}), NoNumbers, "NO_NUMBERS", {}),
     (js({"status": "error", "message": "whatever happened"}), ProviderError, "ERROR", {}),
     (Canned("SOME_NEW_ERROR"), ProviderError, "SOME_NEW_ERROR", {}),
@@ -609,7 +618,7 @@ async def test_cancel_bad_status_while_waiting_stays_generic(env: Env) -> None:
     env.upstream.on("getStatus", "STATUS_WAIT_CODE")
     with pytest.raises(ProviderError) as info:
         await env.client.cancel("7")
-    assert type(info.value) is ProviderError and info.value.code == "BAD_STATUS"
+    assert type(info.value) is BadStatus and info.value.code == "BAD_STATUS"
 
 
 async def test_cancel_already_variant(env: Env) -> None:
