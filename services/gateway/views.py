@@ -150,6 +150,8 @@ async def _insert_order(
         expires_at,
         req.refund_invoice.payment_request,
         req.refund_invoice.payment_hash,
+        req.rent_hours,
+        req.reactivates,
     )
 
 

@@ -34,8 +34,11 @@ async def insert_order(
     *,
     price_sats: int = 150,
     cost_usd: Decimal = Decimal("1.00"),
+    order_type: str = "receive-sms",
+    rent_hours: int | None = None,
+    reactivates: str | None = None,
 ) -> str:
-    """Insert a pending_payment receive-sms (US, tg) order with random hashes; returns its id.
+    """Insert a pending_payment (US, tg) order with random hashes; returns its id.
 
     The quoted provider cost is above every simulator price unless a test lowers it.
     """
@@ -43,7 +46,7 @@ async def insert_order(
     await conn.execute(
         Q.order_insert,
         order_id,
-        "receive-sms",
+        order_type,
         "tg",
         187,
         price_sats,
@@ -53,5 +56,7 @@ async def insert_order(
         datetime.now(UTC) + timedelta(minutes=10),
         "lnbcrt1refund",
         secrets.token_bytes(32),
+        rent_hours,
+        reactivates,
     )
     return order_id

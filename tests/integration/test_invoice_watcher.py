@@ -45,6 +45,8 @@ async def _order(pool: asyncpg.Pool, ln: Lightning) -> tuple[str, str, bytes]:
             datetime.now(UTC) + timedelta(minutes=10),
             refund.payment_request,
             refund.r_hash,
+            None,
+            None,
         )
         await conn.execute(
             Q.token_insert, l402.root_key_id(identifier), l402.new_root_key(), order_id

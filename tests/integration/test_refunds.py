@@ -119,6 +119,8 @@ async def make_order(
         datetime.now(UTC) + timedelta(minutes=10),
         invoice.payment_request,
         invoice.r_hash,
+        None,
+        None,
     )
     async with transaction(pool) as conn:
         for expected, target, changes in PATHS[status]:

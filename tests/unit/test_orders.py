@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from libs.common.orders import (
+    REFUNDABLE_WITHOUT_SMS,
     TERMINAL,
     TRANSITIONS,
     CancelRefused,
@@ -14,6 +15,7 @@ from libs.common.orders import (
     OrderType,
     Status,
     can_transition,
+    check_another_sms,
     check_customer_cancel,
     check_transition,
     is_terminal,
@@ -124,3 +126,37 @@ def test_cancel_refusals(
     with pytest.raises(CancelRefused) as err:
         _cancel(status, paid_ago, kind)
     assert err.value.code == code
+
+
+def test_only_receive_sms_is_refunded_when_no_sms_comes() -> None:
+    assert REFUNDABLE_WITHOUT_SMS == {OrderType.RECEIVE_SMS}
+    # A reactivation that gets no SMS fails; a receive-sms one is refunded.
+    assert can_transition(S.WAITING_FOR_SMS, S.FAILED)
+    assert can_transition(S.WAITING_FOR_SMS, S.REFUND_PENDING)
+    # Every type can be refunded when no number was allocated.
+    assert can_transition(S.ALLOCATING_NUMBER, S.REFUND_PENDING)
+    # A rental runs until its end and is never refunded once active.
+    assert TRANSITIONS[S.RENT_ACTIVE] == {S.COMPLETED}
+
+
+@pytest.mark.parametrize("order_type", [OrderType.RECEIVE_SMS, OrderType.RECEIVE_SMS_REACTIVATE])
+def test_another_sms_is_allowed_on_a_code_received_l402_order(order_type: OrderType) -> None:
+    check_another_sms(order_type=order_type, status=S.CODE_RECEIVED, payment_mode="standard")
+
+
+@pytest.mark.parametrize(
+    ("order_type", "status", "mode", "code"),
+    [
+        (OrderType.RECEIVE_SMS, S.WAITING_FOR_SMS, "standard", "ANOTHER_SMS_NOT_ALLOWED"),
+        (OrderType.RECEIVE_SMS, S.COMPLETED, "standard", "ANOTHER_SMS_NOT_ALLOWED"),
+        (OrderType.RECEIVE_SMS, S.REFUNDED, "standard", "ANOTHER_SMS_NOT_ALLOWED"),
+        (OrderType.RENT_NUMBER, S.RENT_ACTIVE, "standard", "VALIDATION_ERROR"),
+        (OrderType.RECEIVE_SMS, S.CODE_RECEIVED, "hold", "VALIDATION_ERROR"),
+    ],
+)
+def test_another_sms_is_refused_otherwise(
+    order_type: OrderType, status: Status, mode: str, code: str
+) -> None:
+    with pytest.raises(CancelRefused) as refused:
+        check_another_sms(order_type=order_type, status=status, payment_mode=mode)
+    assert refused.value.code == code

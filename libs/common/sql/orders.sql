@@ -20,8 +20,9 @@ LIMIT $1;
 -- name: order_insert
 INSERT INTO orders (
     id, type, status, service, country_id, price_sats, provider_cost_usd,
-    payment_hash, payment_request, invoice_expires_at, refund_invoice, refund_payment_hash
-) VALUES ($1, $2, 'pending_payment', $3, $4, $5, $6, $7, $8, $9, $10, $11);
+    payment_hash, payment_request, invoice_expires_at, refund_invoice, refund_payment_hash,
+    rent_hours, reactivates
+) VALUES ($1, $2, 'pending_payment', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13);
 
 -- name: order_get
 SELECT * FROM orders WHERE id = $1;

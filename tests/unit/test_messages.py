@@ -1,0 +1,55 @@
+"""SMS messages: code extraction and the identity that de-duplicates webhook and polling."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from libs.common.messages import Message, extract_code
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        ("Your Telegram code is 12345", "12345"),
+        ("G-482913 is your Google verification code.", "482913"),
+        ("Code: 123-456. Do not share it.", "123456"),
+        ("WhatsApp code 987 654", "987654"),
+        ("no digits here", None),
+        ("call 123", None),  # too short to be a code
+        ("ref 1234567890123", None),  # too long: a reference, not a code
+        ("", None),
+        (None, None),
+    ],
+)
+def test_extract_code(text: str | None, code: str | None) -> None:
+    assert extract_code(text) == code
+
+
+def test_the_same_sms_from_two_sources_has_one_key() -> None:
+    at = datetime(2026, 11, 22, 10, 0, 5, tzinfo=UTC)
+    from_webhook = Message(at, "Code 1234", phone_from="Telegram")
+    # Polling may report it with the code parsed, in another zone, with sub-second noise.
+    from_poll = Message(
+        at.astimezone(timezone(timedelta(hours=3))).replace(microsecond=250_000),
+        "Code 1234",
+        code="1234",
+        phone_from="Telegram",
+    )
+    assert from_webhook.dedup_key() == from_poll.dedup_key()
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        Message(datetime(2026, 11, 22, 10, 0, 6, tzinfo=UTC), "Code 1234", phone_from="Telegram"),
+        Message(datetime(2026, 11, 22, 10, 0, 5, tzinfo=UTC), "Code 1235", phone_from="Telegram"),
+        Message(datetime(2026, 11, 22, 10, 0, 5, tzinfo=UTC), "Code 1234", phone_from="Google"),
+    ],
+)
+def test_different_sms_have_different_keys(other: Message) -> None:
+    first = Message(
+        datetime(2026, 11, 22, 10, 0, 5, tzinfo=UTC), "Code 1234", phone_from="Telegram"
+    )
+    assert first.dedup_key() != other.dedup_key()
