@@ -106,7 +106,8 @@ WHERE o.sms_received_at IS NOT NULL
        OR EXISTS (SELECT 1 FROM refunds r WHERE r.order_id = o.id));
 
 -- name: invariant_completed_without_code
-SELECT id FROM orders WHERE status = 'completed' AND type = 'receive-sms' AND sms_received_at IS NULL;
+SELECT id FROM orders WHERE status = 'completed' AND sms_received_at IS NULL
+  AND type IN ('receive-sms', 'receive-sms-reactivate');
 
 -- name: invariant_terminal_entered_twice
 -- Every order enters at most one terminal state, once.
