@@ -13,16 +13,21 @@ import asyncpg
 from aiohttp import web
 
 from libs.common import l402, store
+from libs.common.countries import Offer
 from libs.common.db import Q, transaction
 from libs.common.events import Event, EventType
 from libs.common.lightning import AddedInvoice, LndError
 from libs.common.orders import CancelRefused, OrderType, Status, check_customer_cancel
 from libs.common.outbox import enqueue
-from libs.common.sms import Offer
 from libs.common.store import Timer
-from services.gateway.discovery import known_services
+from services.gateway.discovery import (
+    country_index,
+    known_services,
+    loaded_snapshot,
+    usable_rate,
+)
 from services.gateway.errors import ApiError, StaleCredential, read_json
-from services.gateway.keys import JS_CONN, LND, NETWORK, POOL, PROVIDER, SETTINGS
+from services.gateway.keys import JS_CONN, LND, NETWORK, POOL, SETTINGS
 from services.gateway.orders import (
     OrderRequest,
     best_offer,
@@ -64,25 +69,30 @@ async def create_order(request: web.Request) -> web.Response:
         # Generic L402 clients re-send the original request with the credential.
         try:
             row = await _authenticate(request, None)
-            return web.json_response(order_json(row, request.app[SETTINGS]))
+            index = await country_index(request)
+            return web.json_response(order_json(row, request.app[SETTINGS], index))
         except StaleCredential:
             pass  # a client's cached, expired token: answer with a fresh challenge (aperture does)
     settings = request.app[SETTINGS]
     body = await read_json(request)
     now = int(time.time())
-    req = parse_order_request(body, settings, now=now, network=request.app[NETWORK])
+    snap = await loaded_snapshot(request)
+    req = parse_order_request(
+        body, settings, now=now, network=request.app[NETWORK], index=snap.catalog.countries
+    )
     pool = request.app[POOL]
     assert req.refund_invoice is not None
     if await pool.fetchval(Q.order_refund_invoice_in_use, req.refund_invoice.payment_hash):
         raise ApiError(
             400, "INVALID_REFUND_INVOICE", "this refundInvoice is already used by another order"
         )
-    if req.service not in {s.code for s in await known_services(request)}:
+    if req.service not in snap.catalog.service_codes():
         raise ApiError(
             400, "VALIDATION_ERROR", f"service: unknown code {req.service!r}; see /v2/l402/services"
         )
-    offer = await best_offer(request.app[PROVIDER], req.service, req.country)
-    price = price_for(offer, settings)
+    offer = best_offer(snap.catalog, req.service, req.country)
+    # The quote is what the invoice asks for and what the order row stores.
+    price = price_for(offer.cost_usd, usable_rate(request, snap), settings)
     order_id = str(uuid.uuid4())
     try:
         invoice = await request.app[LND].add_invoice(
@@ -170,7 +180,8 @@ def _challenge(
 async def get_order(request: web.Request) -> web.Response:
     """GET /v2/l402/order/{id}: the order, for the holder of its paid credential."""
     row = await _authenticate(request, request.match_info["order_id"])
-    return web.json_response(order_json(row, request.app[SETTINGS]))
+    index = await country_index(request)
+    return web.json_response(order_json(row, request.app[SETTINGS], index))
 
 
 async def cancel_order(request: web.Request) -> web.Response:
@@ -192,7 +203,7 @@ async def cancel_order(request: web.Request) -> web.Response:
         await enqueue(
             conn, Event(EventType.CANCEL_REQUESTED, row["id"]), prefix=settings.subject_prefix
         )
-    body = order_json(row, settings)
+    body = order_json(row, settings, await country_index(request))
     body["cancel"] = "requested"
     return web.json_response(body, status=202)
 
