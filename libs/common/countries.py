@@ -134,9 +134,9 @@ class CountryIndex:
         if text.isascii() and text.isdigit():
             # Provider ids are small; a huge digit string is not worth int()'s time (or error).
             return self._by_id.get(int(text)) if len(text) <= 6 else None
-        if len(text) == 2 and text.isascii() and text.isalpha():
-            return self._by_iso.get(text.upper())
-        return self._by_name.get(_key(text))
+        if len(text) == 2 and text.upper() in self._by_iso:
+            return self._by_iso[text.upper()]
+        return self._by_name.get(_key(text))  # also two-letter aliases such as "UK"
 
 
 @dataclass(frozen=True)

@@ -58,12 +58,12 @@ def parse_simple_price(data: Any) -> Decimal:
     return rate
 
 
-async def fetch_rate(session: aiohttp.ClientSession, url: str, timeout: float = 10.0) -> Decimal:
+async def fetch_rate(session: aiohttp.ClientSession, url: str, wait: float = 10.0) -> Decimal:
     """Ask the source: GET {url}?ids=bitcoin&vs_currencies=usd."""
     params = {"ids": "bitcoin", "vs_currencies": "usd"}
     try:
         async with session.get(
-            url, params=params, timeout=aiohttp.ClientTimeout(total=timeout)
+            url, params=params, timeout=aiohttp.ClientTimeout(total=wait)
         ) as resp:
             if resp.status != 200:
                 raise FxSourceError(f"HTTP {resp.status}")
