@@ -183,18 +183,22 @@ async def refresh_catalog(
             counts = data.counts()
             async with transaction(pool) as conn:
                 await replace(conn, data)
-                await conn.execute(Q.refresh_job_ok, CATALOG_JOB, counts)
+                await conn.execute(
+                    Q.refresh_job_ok, CATALOG_JOB, counts, settings.catalog_refresh_seconds
+                )
         finally:
             await lock_conn.execute(Q.catalog_unlock, LOCK_KEY)
     log.info("catalog refreshed: %s", json.dumps(counts))
     return counts
 
 
-async def refresh_fx(pool: asyncpg.Pool, session: aiohttp.ClientSession, url: str) -> Decimal:
-    """Fetch the BTC/USD rate and cache it in PostgreSQL."""
+async def refresh_fx(
+    pool: asyncpg.Pool, session: aiohttp.ClientSession, url: str, interval: float = 0.0
+) -> Decimal:
+    """Fetch the BTC/USD rate and cache it in PostgreSQL (next periodic run in `interval`)."""
     rate = await fx.fetch_rate(session, url)
     await fx.store_rate(pool, rate, urlsplit(url).netloc or url)
-    await pool.execute(Q.refresh_job_ok, FX_JOB, {"rate": str(rate)})
+    await pool.execute(Q.refresh_job_ok, FX_JOB, {"rate": str(rate)}, interval)
     log.info("BTC/USD rate refreshed")
     return rate
 
@@ -237,7 +241,7 @@ async def refresh_forever(
                     pool,
                     FX_JOB,
                     settings.fx_refresh_seconds,
-                    lambda: refresh_fx(pool, session, settings.fx_url),
+                    lambda: refresh_fx(pool, session, settings.fx_url, settings.fx_refresh_seconds),
                 )
             except Exception:
                 log.exception("catalog job tick failed")
@@ -261,7 +265,7 @@ async def refresh_once(settings: Settings) -> int:
             status = 1
         try:
             async with aiohttp.ClientSession() as session:
-                rate = await refresh_fx(pool, session, settings.fx_url)
+                rate = await refresh_fx(pool, session, settings.fx_url, settings.fx_refresh_seconds)
             print(f"fx: {fx.PAIR}={rate}")
         except fx.FxSourceError as exc:
             print(f"fx: refresh failed ({exc}); the stored rate is unchanged")

@@ -52,8 +52,11 @@ WHERE refresh_jobs.next_run_at <= now()
 RETURNING name;
 
 -- name: refresh_job_ok
-INSERT INTO refresh_jobs (name, last_ok_at, counts) VALUES ($1, now(), $2)
-ON CONFLICT (name) DO UPDATE SET last_ok_at = now(), last_error = NULL, counts = EXCLUDED.counts;
+-- A success (periodic or on demand) also postpones the next periodic run by the interval $3.
+INSERT INTO refresh_jobs (name, last_ok_at, counts, next_run_at)
+VALUES ($1, now(), $2, now() + make_interval(secs => $3))
+ON CONFLICT (name) DO UPDATE SET last_ok_at = now(), last_error = NULL, counts = EXCLUDED.counts,
+    next_run_at = greatest(refresh_jobs.next_run_at, EXCLUDED.next_run_at);
 
 -- name: refresh_job_failed
 -- A failed run is retried sooner than the regular interval.
