@@ -19,9 +19,10 @@ import asyncpg
 from aiohttp import web
 
 from libs.common import countries, fx
-from libs.common.catalog import Catalog, ServiceRow
+from libs.common.catalog import CATALOG_JOB, Catalog, ServiceRow
 from libs.common.catalog import load as load_catalog
 from libs.common.countries import Country, CountryIndex
+from libs.common.db import Q
 from libs.common.metrics import FX_RATE_AGE
 from libs.common.orders import OrderType
 from services.gateway.errors import ApiError
@@ -127,7 +128,11 @@ class CatalogCache:
             entry = self._entry
             if entry is None or time.monotonic() - entry.loaded_at >= self._ttl:
                 async with pool.acquire() as conn:
-                    catalog = await load_catalog(conn)
+                    # The tables are re-read only after a refresh (they can be large).
+                    version = await conn.fetchval(Q.catalog_version, CATALOG_JOB)
+                    catalog = entry.catalog if entry is not None else None
+                    if catalog is None or catalog.refreshed_at != version:
+                        catalog = await load_catalog(conn)
                     rate = await fx.load_rate(conn)
                 entry = self._entry = Snapshot(catalog, rate, time.monotonic())
             return entry

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from typing import Any
@@ -17,7 +18,13 @@ from libs.common import catalog, fx
 from libs.common.config import Settings
 from libs.common.db import Q
 from libs.common.sms import HeroSmsClient, ProviderError
-from services.scheduler.catalog import LOCK_KEY, refresh_catalog, refresh_fx, run_if_due
+from services.scheduler.catalog import (
+    LOCK_KEY,
+    refresh_catalog,
+    refresh_forever,
+    refresh_fx,
+    run_if_due,
+)
 from tests.integration.conftest import running_smssim
 
 pytestmark = pytest.mark.integration
@@ -231,3 +238,31 @@ async def test_rate_is_cached_with_its_age_and_kept_when_the_source_fails(
         assert await refresh_fx(pool, http, rate_source.url) == Decimal("65432.1")
         fresh = await fx.load_rate(pool)
         assert fresh is not None and fresh.age_seconds < 60 and fresh.rate == Decimal("65432.1")
+
+
+async def test_the_scheduler_loop_loads_catalog_and_rate_at_start(
+    pool: asyncpg.Pool, provider: HeroSmsClient, sim_url: str, rate_source: RateSource
+) -> None:
+    settings = Settings(provider_url=sim_url, provider_api_key=API_KEY, fx_url=rate_source.url)
+    stop = asyncio.Event()
+    loops = [
+        asyncio.ensure_future(refresh_forever(pool, provider, settings, stop, tick=0.1))
+        for _ in range(3)  # three scheduler replicas
+    ]
+    try:
+        deadline = time.monotonic() + 30
+        while await fx.load_rate(pool) is None or not await _loaded(pool):
+            assert time.monotonic() < deadline, "the loop loaded nothing"
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)  # more ticks: nothing is due again for an interval
+    finally:
+        stop.set()
+        await asyncio.gather(*loops)
+    assert rate_source.calls == 1
+    async with aiohttp.ClientSession() as http, http.get(f"{sim_url}/sim/stats") as resp:
+        assert (await resp.json())["actions"]["getPrices"] == 1
+
+
+async def _loaded(pool: asyncpg.Pool) -> bool:
+    async with pool.acquire() as conn:
+        return (await catalog.load(conn)).loaded

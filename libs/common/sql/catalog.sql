@@ -64,6 +64,10 @@ UPDATE refresh_jobs
 SET last_error = $2, next_run_at = least(next_run_at, now() + make_interval(secs => $3))
 WHERE name = $1;
 
+-- name: catalog_version
+-- When the catalog was last replaced: readers reload the tables only when this changes.
+SELECT last_ok_at FROM refresh_jobs WHERE name = $1;
+
 -- name: refresh_job_get
 SELECT name, next_run_at, last_ok_at, last_error, counts FROM refresh_jobs WHERE name = $1;
 
