@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-unit test-integration test-e2e bench lint typecheck fmt reset bootstrap clean
+.PHONY: install run test test-unit test-integration test-e2e bench lint typecheck fmt reset bootstrap catalog clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -46,6 +46,9 @@ fmt: $(STAMP)
 
 bootstrap: $(STAMP) ## Apply migrations and create streams against SMS4SATS_* servers
 	$(PY) -m libs.common.bootstrap
+
+catalog: $(STAMP) ## Refresh the catalog and the BTC/USD rate now (against SMS4SATS_* servers)
+	$(PY) -m services.scheduler.catalog refresh
 
 reset: ## Wipe the dev stack's data (.dev/)
 	rm -rf .dev

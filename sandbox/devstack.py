@@ -171,6 +171,8 @@ class Stack:
             SMS4SATS_GATEWAY_PORT=str(self.ports["gateway"]),
         )
         env.setdefault("SMS4SATS_PROVIDER_API_KEY", "sim-key")
+        # The provider simulator also serves the BTC/USD rate (CoinGecko's simple/price shape).
+        env.setdefault("SMS4SATS_FX_URL", f"{provider_url.rstrip('/')}/api/v3/simple/price")
         return env
 
     def start(self) -> dict[str, Any]:
@@ -228,6 +230,13 @@ class Stack:
         if boot.returncode != 0:
             sys.stderr.buffer.write(boot.stdout + boot.stderr)
             raise RuntimeError("bootstrap (migrations + streams) failed")
+        # Catalog and rate before any service starts: the gateway sells nothing without them.
+        refresh = subprocess.run(
+            [py, "-m", "services.scheduler.catalog", "refresh"], env=env, capture_output=True
+        )
+        if refresh.returncode != 0:
+            sys.stderr.buffer.write(refresh.stdout + refresh.stderr)
+            raise RuntimeError("the first catalog and rate refresh failed")
 
         for name in SERVICES:
             count = 1 if name == "gateway" else self.replicas

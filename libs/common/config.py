@@ -41,7 +41,18 @@ class Settings:
     rate_polls_per_minute: int = 120
     # Only behind a proxy you run: take the client address from X-Forwarded-For.
     trust_forwarded_for: bool = False
-    catalog_ttl_seconds: float = 60.0
+    # How long the gateway reuses what it read from the catalog tables (PG is the truth).
+    catalog_ttl_seconds: float = 2.0
+    # The scheduler reloads the provider's catalog into PostgreSQL this often.
+    catalog_refresh_seconds: float = 600.0
+    # Rental durations (hours) whose offers the catalog asks the provider for.
+    rent_hours: str = "2,4,12,24,72,168"
+    # BTC/USD source in CoinGecko's simple/price shape (the provider simulator serves one).
+    fx_url: str = "http://127.0.0.1:8090/api/v3/simple/price"
+    fx_refresh_seconds: float = 60.0
+    # Older than this: still quoted, with a warning. Older than max age: no new orders.
+    fx_stale_seconds: float = 600.0
+    fx_max_age_seconds: float = 3600.0
 
     order_timeout_seconds: int = 1200
     cancel_min_age_seconds: int = 180
@@ -68,7 +79,6 @@ class Settings:
     # While the provider reports NO_BALANCE, check the balance this often to lift the alarm.
     balance_check_seconds: float = 60.0
 
-    btc_usd: Decimal = Decimal("100000")
     price_multiplier: Decimal = Decimal("1.5")
     min_price_sats: int = 100
 
@@ -99,6 +109,13 @@ class Settings:
             token = quote(self.webhook_secret, safe="")
             return f"{self.public_url.rstrip('/')}/v2/l402/webhooks/rent?token={token}"
         return None
+
+    def rent_durations(self) -> list[int]:
+        """The rental durations of `rent_hours`, in hours, ascending and without duplicates."""
+        hours = {int(part) for part in self.rent_hours.split(",") if part.strip()}
+        if any(h <= 0 for h in hours):
+            raise ValueError(f"{PREFIX}RENT_HOURS: durations must be positive hours")
+        return sorted(hours)
 
     def macaroon_hex(self) -> str:
         """Return the LND macaroon as hex, from the variable or from the file path."""

@@ -133,3 +133,10 @@ class Timer:
     # The end of the window in which another SMS may be asked for on a code_received order.
     CODE_WINDOW: Final = "code_window"
     RENT_END: Final = "rent_end"
+
+
+class Alarm:
+    """Operator alarms kept in provider_alarms (a row means raised)."""
+
+    # The provider account ran out of money: nothing can be bought until it is topped up.
+    NO_BALANCE: Final = "no_balance"

@@ -56,7 +56,7 @@ def init_app(settings: Settings, stop: asyncio.Event) -> web.Application:
         client_max_size=MAX_BODY_BYTES,
     )
     app[SETTINGS] = settings
-    app[discovery.CACHE] = discovery.ProviderCache(settings.catalog_ttl_seconds)
+    app[discovery.CACHE] = discovery.CatalogCache(settings.catalog_ttl_seconds)
     app[NETWORK] = currency_for_network(settings.lnd_network)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:

@@ -18,16 +18,21 @@ from aiohttp import web
 
 from libs.common import accounts, countries, store
 from libs.common.accounts import key_hash
+from libs.common.countries import Offer
 from libs.common.db import Q, transaction
 from libs.common.events import Event, EventType
 from libs.common.lightning import AddedInvoice, LndError
 from libs.common.orders import CancelRefused, OrderType, Status, check_customer_cancel
 from libs.common.outbox import enqueue
-from libs.common.sms import Offer
 from libs.common.store import Timer
-from services.gateway.discovery import known_services
+from services.gateway.discovery import (
+    country_index,
+    ensure_selling,
+    loaded_snapshot,
+    usable_rate,
+)
 from services.gateway.errors import ApiError
-from services.gateway.keys import LND, POOL, PROVIDER, SETTINGS
+from services.gateway.keys import LND, POOL, SETTINGS
 from services.gateway.orders import best_offer, price_for
 
 AUTO_COUNTRY = 999
@@ -110,7 +115,11 @@ async def create_order(request: web.Request) -> web.Response:
         raw_country = countries.AUTO
     if isinstance(raw_country, bool) or not isinstance(raw_country, str | int):
         return _error(400, "invalid country")
-    country = countries.resolve_country(raw_country)
+    try:
+        snap = await loaded_snapshot(request)
+    except ApiError as exc:
+        return _error(exc.status, exc.message)
+    country = snap.catalog.countries.resolve(raw_country)
     if country is None:
         return _error(400, "invalid country")
     raw_service = fields.get("service")
@@ -118,12 +127,14 @@ async def create_order(request: web.Request) -> web.Response:
         return _error(400, "service is required")
     service = countries.normalize_service(raw_service)
     try:
-        if service not in {s.code for s in await known_services(request)}:
+        if service not in snap.catalog.service_codes():
             return _error(400, f"unknown service {service!r}")
-        offer = await best_offer(request.app[PROVIDER], service, country)
+        await ensure_selling(request)
+        offer = best_offer(snap.catalog, service, country)
+        # The quote is what the hold invoice asks for and what the order row stores.
+        price = price_for(offer.cost_usd, usable_rate(request, snap), settings)
     except ApiError as exc:
         return _error(exc.status, exc.message)
-    price = price_for(offer, settings)
     if account_id is not None:
         return await _create_paid_from_balance(request, account_id, service, offer, price)
     order_id = secrets.token_hex(32)
@@ -317,9 +328,10 @@ async def order_status(request: web.Request) -> web.Response:
     ):
         body["error"] = NO_NUMBER
     if order["phone_number"]:
-        country = countries.by_id(order["country_id"])
+        index = await country_index(request)
+        country = index.by_id(order["country_id"]) if index is not None else None
         body["number"] = _number(order["phone_number"])  # without "+", as documented
-        body["country"] = country.name if country else str(order["country_id"])
+        body["country"] = country.display_name if country else str(order["country_id"])
     if order["code"] is not None:
         body["code"] = _number(order["code"])
     return web.json_response(body)

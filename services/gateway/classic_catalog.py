@@ -1,47 +1,48 @@
 """The classic API's catalog: /getCountries, /getnumbersstatus, /getRentalCountries, /price.
 
-Public, unauthenticated and read-only, like GET /v2/l402/catalog, and fed by the same cached
-provider price list (`request.app[CACHE]`), so a classic quote and the L402 catalog agree.
-Errors use the classic body `{"status": "error", "reason": "..."}`.
+Public, unauthenticated and read-only, like GET /v2/l402/catalog, and fed by the same catalog
+snapshot read from PostgreSQL (`services.gateway.discovery.snapshot`), so a classic quote and
+the L402 catalog agree. Errors use the classic body `{"status": "error", "reason": "..."}`;
+before the first catalog refresh every endpoint answers 503.
 
 Choices the classic docs leave open:
 
-- Countries are the provider's countries that we can also sell (our `libs.common.countries`
-  table, which /createorder resolves against); `eng` is our English name, the one /orderstatus
-  reports and /createorder accepts. The provider's list is cached per app for
-  `catalog_ttl_seconds`, like the price list. `rent` is 0 everywhere while rentals are not
-  sold (see `RENTALS_OFFERED`).
+- Countries are the provider's countries from the catalog; `eng` is our English name for it
+  (the provider's spelling when we have none), the one /orderstatus reports; /createorder
+  accepts it, the provider's spelling, the id and the ISO code. `rent` is the provider's rent
+  flag once rentals are sold (see `RENTALS_OFFERED`), 0 until then.
 - /getnumbersstatus: `key` is the service code (the same as `value`): unique and stable
   between calls, where a running index would shift whenever stock changes. Services are listed
   by display name. The country defaults to all countries (auto; 999 means auto too).
-- /getRentalCountries answers `[]` (200) for any service: no rentals are sold yet.
-- /price quotes the cheapest in-stock offer matching the optional filters, ties broken by
-  country id as /createorder's auto choice does; `receive` (string) and `computed.price` are
-  its `price_for` in sats, `s4s` (string) equals `receive`, `send` is twice `receive` (as in
-  the docs' sample; sending SMS is not sold yet) and `rent` is 0 until rentals exist.
+- /getRentalCountries lists, for the service (default: any), the cheapest rent offer in stock
+  per country and duration that is a whole number of weeks (`duration`, a string, as
+  documented), priced in sats; `[]` while rentals are not sold.
+- /price quotes the cheapest in-stock offer matching the optional filters, ties broken as
+  /createorder's auto choice does (most stock, then lowest country id); `receive` (string)
+  and `computed.price` are its price in sats, `s4s` (string) equals `receive`, `send` is
+  twice `receive` (as in the docs' sample; sending SMS is not sold yet) and `rent` is the
+  cheapest matching rental's price, 0 while rentals are not sold.
   `query` echoes the raw `country` and `service` parameters (null when absent).
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 from libs.common import countries
-from libs.common.sms import Country, Offer, Service, SmsProvider
-from services.gateway.discovery import CACHE, known_services
+from libs.common.countries import Country
+from services.gateway.discovery import Snapshot, loaded_snapshot, usable_rate
 from services.gateway.errors import ApiError
-from services.gateway.keys import PROVIDER, SETTINGS
+from services.gateway.keys import SETTINGS
 from services.gateway.orders import price_for
 
 AUTO_COUNTRY = "999"
+# Flipped when rent-number orders are sold; until then rentals are not advertised here.
 RENTALS_OFFERED = False
-UNAVAILABLE = "the number provider is unavailable; retry later"
+HOURS_PER_WEEK = 168
 
 
 def _error(status: int, reason: str) -> web.Response:
@@ -49,146 +50,133 @@ def _error(status: int, reason: str) -> web.Response:
     return web.json_response({"status": "error", "reason": reason}, status=status)
 
 
-class _CountryCache:
-    """The provider's country list, refreshed at most every ttl seconds."""
-
-    def __init__(self, ttl: float) -> None:
-        self._ttl = ttl
-        self._lock = asyncio.Lock()
-        self._entry: tuple[float, list[Country]] = (-float("inf"), [])
-
-    async def get(self, provider: SmsProvider) -> list[Country]:
-        """Every provider country, from the cache when fresh."""
-        async with self._lock:  # one refresh at a time, however many requests wait
-            if time.monotonic() - self._entry[0] >= self._ttl:
-                self._entry = (time.monotonic(), await provider.countries())
-            return self._entry[1]
-
-
-# Keyed on the app so that test apps and the real one never share an entry.
-_COUNTRY_CACHES: weakref.WeakKeyDictionary[web.Application, _CountryCache] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-async def _provider_countries(request: web.Request) -> list[Country]:
-    """The provider's countries (cached per app); ApiError 503 when it cannot be asked."""
-    cache = _COUNTRY_CACHES.get(request.app)
-    if cache is None:
-        cache = _COUNTRY_CACHES.setdefault(
-            request.app, _CountryCache(request.app[SETTINGS].catalog_ttl_seconds)
-        )
-    try:
-        return await cache.get(request.app[PROVIDER])
-    except Exception as exc:
-        raise ApiError(503, "UNAVAILABLE", UNAVAILABLE) from exc
-
-
-async def _offers(request: web.Request) -> list[Offer]:
-    """The provider's offers in stock in a country we sell (cached); ApiError 503 on failure."""
-    try:
-        offers = await request.app[CACHE].offers(request.app[PROVIDER])
-    except Exception as exc:
-        raise ApiError(503, "UNAVAILABLE", UNAVAILABLE) from exc
-    return [o for o in offers if o.count > 0 and countries.by_id(o.country_id) is not None]
-
-
-def _country_filter(raw: str | None) -> Callable[[int], bool] | None:
+def _country_filter(snap: Snapshot, raw: str | None) -> Callable[[int], bool] | None:
     """A country-id predicate for ?country= (id, ISO, name, auto, 999); None if unknown."""
     if raw is None or not raw.strip() or raw.strip() == AUTO_COUNTRY:
         return lambda _country_id: True
-    found = countries.resolve_country(raw)
+    found = snap.catalog.countries.resolve(raw)
     if found is None:
         return None
-    if isinstance(found, countries.Country):
+    if isinstance(found, Country):
         wanted = found.id
         return lambda country_id: country_id == wanted
     return lambda _country_id: True  # "auto"
 
 
-async def _guarded(build: Callable[[], Awaitable[Any]]) -> web.Response:
+async def _guarded(build: Callable[[Snapshot], Awaitable[Any]], request: web.Request) -> Any:
     """The JSON of an async body builder; an ApiError becomes the classic error body."""
     try:
-        return web.json_response(await build())
+        return web.json_response(await build(await loaded_snapshot(request)))
     except ApiError as exc:
         return _error(exc.status, exc.message)
 
 
 async def get_countries(request: web.Request) -> web.Response:
-    """GET /getCountries: [{id, eng, visible, rent}] for the countries we can sell."""
+    """GET /getCountries: [{id, eng, visible, rent}] for the provider's countries."""
 
-    async def build() -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        for provided in await _provider_countries(request):
-            ours = countries.by_id(provided.id)
-            if ours is None:
-                continue
-            out.append(
-                {
-                    "id": ours.id,
-                    "eng": ours.name,
-                    "visible": int(provided.visible),
-                    "rent": int(provided.rent and RENTALS_OFFERED),
-                }
-            )
-        out.sort(key=lambda c: c["id"])
-        return out
+    async def build(snap: Snapshot) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": c.id,
+                "eng": c.display_name,
+                "visible": int(c.visible),
+                "rent": int(c.rent and RENTALS_OFFERED),
+            }
+            for c in snap.catalog.countries.all()
+        ]
 
-    return await _guarded(build)
+    response: web.Response = await _guarded(build, request)
+    return response
 
 
 async def get_numbers_status(request: web.Request) -> web.Response:
     """GET /getnumbersstatus?country=: [{key, value, text}] of the services in stock there."""
-    in_country = _country_filter(request.query.get("country"))
-    if in_country is None:
-        return _error(400, "invalid country")
 
-    async def build() -> list[dict[str, str]]:
-        codes = {o.service for o in await _offers(request) if in_country(o.country_id)}
-        names = {s.code: s.name for s in await known_services(request)}
+    async def build(snap: Snapshot) -> list[dict[str, str]]:
+        in_country = _country_filter(snap, request.query.get("country"))
+        if in_country is None:
+            raise ApiError(400, "INVALID_COUNTRY", "invalid country")
+        codes = {o.service for o in snap.catalog.sellable_offers() if in_country(o.country_id)}
+        names = {s.code: s.name for s in snap.catalog.services}
         texts = {code: names.get(code, code) for code in codes}
         listed = sorted(codes, key=lambda code: (texts[code].lower(), code))
         return [{"key": code, "value": code, "text": texts[code]} for code in listed]
 
-    return await _guarded(build)
+    response: web.Response = await _guarded(build, request)
+    return response
 
 
 async def get_rental_countries(request: web.Request) -> web.Response:
-    """GET /getRentalCountries?service=: always [] while rentals are not sold."""
-    del request
-    return web.json_response([])
+    """GET /getRentalCountries?service=: [{cc, country, duration (weeks), price (sats)}]."""
+    raw_service = request.query.get("service", "")
+    service = countries.normalize_service(raw_service)
+    any_service = service in ("", "full")
+
+    async def build(snap: Snapshot) -> list[dict[str, Any]]:
+        if not RENTALS_OFFERED:
+            return []
+        rate = usable_rate(request, snap)
+        settings = request.app[SETTINGS]
+        cheapest: dict[tuple[int, int], Any] = {}
+        for r in snap.catalog.sellable_rent():
+            if r.hours % HOURS_PER_WEEK or not (any_service or r.service == service):
+                continue
+            key = (r.country_id, r.hours)
+            if key not in cheapest or r.cost_usd < cheapest[key].cost_usd:
+                cheapest[key] = r
+        out = []
+        for (country_id, hours), r in sorted(cheapest.items()):
+            country = snap.catalog.countries.by_id(country_id)
+            assert country is not None  # sellable_rent keeps listed countries only
+            out.append(
+                {
+                    "cc": country_id,
+                    "country": country.display_name,
+                    "duration": str(hours // HOURS_PER_WEEK),
+                    "price": price_for(r.cost_usd, rate, settings),
+                }
+            )
+        return out
+
+    response: web.Response = await _guarded(build, request)
+    return response
 
 
 async def price(request: web.Request) -> web.Response:
     """GET /price?country=&service=: the price of the cheapest matching offer in stock."""
     raw_country = request.query.get("country")
     raw_service = request.query.get("service")
-    in_country = _country_filter(raw_country)
-    if in_country is None:
-        return _error(400, "invalid country")
     service = countries.normalize_service(raw_service) if raw_service else ""
     settings = request.app[SETTINGS]
 
-    async def build() -> dict[str, Any]:
-        services: list[Service] = await known_services(request)
-        if service and service not in {s.code for s in services}:
+    async def build(snap: Snapshot) -> dict[str, Any]:
+        in_country = _country_filter(snap, raw_country)
+        if in_country is None:
+            raise ApiError(400, "INVALID_COUNTRY", "invalid country")
+        names = {s.code: s.name for s in snap.catalog.services}
+        if service and service not in names:
             raise ApiError(400, "VALIDATION_ERROR", f"unknown service {service!r}")
-        matching = [
-            o
-            for o in await _offers(request)
-            if in_country(o.country_id) and (not service or o.service == service)
-        ]
-        if not matching:
+        matching = [o for o in snap.catalog.sellable_offers() if in_country(o.country_id)]
+        offer = countries.choose_offer(matching, service or None, None)
+        if offer is None:
             raise ApiError(409, "UNAVAILABLE", "no numbers available for that country and service")
-        offer = min(matching, key=lambda o: (o.cost_usd, o.country_id, o.service))
-        sats = price_for(offer, settings)
-        country = countries.by_id(offer.country_id)
-        names = {s.code: s.name for s in services}
-        where = country.name if country is not None else str(offer.country_id)
+        rate = usable_rate(request, snap)
+        sats = price_for(offer.cost_usd, rate, settings)
+        rent_sats = 0
+        if RENTALS_OFFERED:
+            rents = [
+                r
+                for r in snap.catalog.sellable_rent()
+                if in_country(r.country_id) and (not service or r.service == service)
+            ]
+            if rents:
+                rent_sats = price_for(min(r.cost_usd for r in rents), rate, settings)
+        country = snap.catalog.countries.by_id(offer.country_id)
+        where = country.display_name if country is not None else str(offer.country_id)
         return {
             "receive": str(sats),
             "send": 2 * sats,
-            "rent": 0,
+            "rent": rent_sats,
             "s4s": str(sats),
             "query": {"country": raw_country, "service": raw_service},
             "computed": {
@@ -201,4 +189,5 @@ async def price(request: web.Request) -> web.Response:
             },
         }
 
-    return await _guarded(build)
+    response: web.Response = await _guarded(build, request)
+    return response

@@ -1,21 +1,36 @@
-"""Public, unauthenticated documents: discovery, L402 auto-discovery, OpenAPI, the catalog."""
+"""Public, unauthenticated documents: discovery, L402 auto-discovery, OpenAPI, the catalog.
+
+The catalog and the BTC/USD rate are read from PostgreSQL (filled by the scheduler's catalog
+job), reused in-process for `catalog_ttl_seconds`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
+from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from aiohttp import web
 
-from libs.common import countries
+from libs.common import countries, fx
+from libs.common.catalog import CATALOG_JOB, Catalog, ServiceRow
+from libs.common.catalog import load as load_catalog
+from libs.common.countries import Country, CountryIndex
+from libs.common.db import Q
+from libs.common.metrics import FX_RATE_AGE, PROVIDER_NO_BALANCE
 from libs.common.orders import OrderType
-from libs.common.sms import Offer, Service, SmsProvider
+from libs.common.store import Alarm
 from services.gateway.errors import ApiError
-from services.gateway.keys import PROVIDER, SETTINGS
+from services.gateway.keys import POOL, SETTINGS
 from services.gateway.orders import price_for
+
+log = logging.getLogger(__name__)
 
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
 
@@ -84,77 +99,168 @@ async def l402_services(request: web.Request) -> web.Response:
     )
 
 
-class ProviderCache:
-    """The provider's price list and service list, each refreshed at most every ttl seconds."""
+@dataclass(frozen=True)
+class Snapshot:
+    """The catalog and the cached rate as read from PostgreSQL at one moment."""
+
+    catalog: Catalog
+    rate: fx.CachedRate | None
+    loaded_at: float  # time.monotonic() of the read
+
+    def rate_age(self) -> float | None:
+        """The rate's age now: its age at the read plus the time since."""
+        if self.rate is None:
+            return None
+        return self.rate.age_seconds + (time.monotonic() - self.loaded_at)
+
+
+class CatalogCache:
+    """The catalog tables and the rate row, re-read from PostgreSQL at most every ttl seconds."""
 
     def __init__(self, ttl: float) -> None:
         self._ttl = ttl
         self._lock = asyncio.Lock()
-        self._prices: tuple[float, list[Offer]] = (-float("inf"), [])
-        self._services: tuple[float, list[Service]] = (-float("inf"), [])
+        self._entry: Snapshot | None = None
+        self._warned_stale_at = -float("inf")
 
-    async def offers(self, provider: SmsProvider) -> list[Offer]:
-        """Every offer, from the cache when fresh."""
-        async with self._lock:  # one refresh at a time, however many requests wait
-            if time.monotonic() - self._prices[0] >= self._ttl:
-                self._prices = (time.monotonic(), await provider.prices())
-            return self._prices[1]
+    async def get(self, pool: asyncpg.Pool) -> Snapshot:
+        """A snapshot no older than ttl (PostgreSQL is the source of truth)."""
+        async with self._lock:  # one read at a time, however many requests wait
+            entry = self._entry
+            if entry is None or time.monotonic() - entry.loaded_at >= self._ttl:
+                async with pool.acquire() as conn:
+                    # The tables are re-read only after a refresh (they can be large).
+                    version = await conn.fetchval(Q.catalog_version, CATALOG_JOB)
+                    catalog = entry.catalog if entry is not None else None
+                    if catalog is None or catalog.refreshed_at != version:
+                        catalog = await load_catalog(conn)
+                    rate = await fx.load_rate(conn)
+                entry = self._entry = Snapshot(catalog, rate, time.monotonic())
+            return entry
 
-    async def services(self, provider: SmsProvider) -> list[Service]:
-        """Every service code, from the cache when fresh."""
-        async with self._lock:
-            if time.monotonic() - self._services[0] >= self._ttl:
-                self._services = (time.monotonic(), await provider.services())
-            return self._services[1]
+    def warn_stale(self, age: float) -> None:
+        """Log a stale rate at most once a minute per process."""
+        if time.monotonic() - self._warned_stale_at >= 60:
+            self._warned_stale_at = time.monotonic()
+            log.warning("the BTC/USD rate is stale (%.0f s old); is the rate source down?", age)
 
 
-CACHE = web.AppKey("provider_cache", ProviderCache)
+CACHE = web.AppKey("catalog_cache", CatalogCache)
+NOT_LOADED = "the catalog is not loaded yet; retry later"
 
 
-async def known_services(request: web.Request) -> list[Service]:
-    """The provider's services (cached), or 503 when it cannot be asked."""
+async def snapshot(request: web.Request) -> Snapshot:
+    """The current snapshot; 503 UNAVAILABLE when PostgreSQL cannot be read."""
     try:
-        return await request.app[CACHE].services(request.app[PROVIDER])
-    except Exception as exc:
-        raise ApiError(503, "UNAVAILABLE", "the number provider is unavailable") from exc
+        return await request.app[CACHE].get(request.app[POOL])
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        raise ApiError(503, "UNAVAILABLE", "the catalog cannot be read now; retry later") from exc
+
+
+async def loaded_snapshot(request: web.Request) -> Snapshot:
+    """The current snapshot of a loaded catalog; 503 UNAVAILABLE until the first refresh."""
+    snap = await snapshot(request)
+    if not snap.catalog.loaded:
+        raise ApiError(503, "UNAVAILABLE", NOT_LOADED)
+    return snap
+
+
+async def country_index(request: web.Request) -> CountryIndex | None:
+    """The catalog's countries for presenting orders, or None if they cannot be read now."""
+    try:
+        return (await snapshot(request)).catalog.countries
+    except ApiError:
+        return None
+
+
+def usable_rate(request: web.Request, snap: Snapshot) -> Decimal:
+    """The BTC/USD rate to quote with; 503 UNAVAILABLE when missing or too stale."""
+    settings = request.app[SETTINGS]
+    age = snap.rate_age()
+    if snap.rate is None or age is None:
+        raise ApiError(
+            503, "UNAVAILABLE", "no BTC/USD rate yet: new orders are paused; retry later"
+        )
+    FX_RATE_AGE.set(age)
+    state = fx.freshness(
+        age, stale_after=settings.fx_stale_seconds, max_age=settings.fx_max_age_seconds
+    )
+    if state is fx.Freshness.TOO_STALE:
+        raise ApiError(
+            503,
+            "UNAVAILABLE",
+            "the BTC/USD rate is out of date: new orders are paused until it is refreshed",
+        )
+    if state is fx.Freshness.STALE:
+        request.app[CACHE].warn_stale(age)
+    return snap.rate.rate
+
+
+async def ensure_selling(request: web.Request) -> None:
+    """503 UNAVAILABLE while the provider account has no balance (the operator is alarmed)."""
+    try:
+        alarm = await request.app[POOL].fetchrow(Q.alarm_active, Alarm.NO_BALANCE)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        raise ApiError(503, "UNAVAILABLE", "cannot take orders now; retry later") from exc
+    PROVIDER_NO_BALANCE.set(0 if alarm is None else 1)
+    if alarm is not None:
+        raise ApiError(503, "UNAVAILABLE", "numbers cannot be bought right now; retry later")
+
+
+async def known_services(request: web.Request) -> list[ServiceRow]:
+    """The provider's services from the catalog, or 503 before the first refresh."""
+    return (await loaded_snapshot(request)).catalog.services
+
+
+def _offer_json(
+    kind: OrderType, country: Country, service: str, price: int, available: int
+) -> dict[str, Any]:
+    """One catalog entry."""
+    return {
+        "type": kind.value,
+        "country": country.iso,
+        "countryId": country.id,
+        "countryName": country.display_name,
+        "service": service,
+        "priceSats": price,
+        "available": available,
+    }
 
 
 async def catalog(request: web.Request) -> web.Response:
-    """GET /v2/l402/catalog: what can be bought, where, and for how many sats."""
+    """GET /v2/l402/catalog: what can be bought (numbers and rentals), where, for how many sats."""
     settings = request.app[SETTINGS]
+    snap = await loaded_snapshot(request)
+    index = snap.catalog.countries
     want_country: int | None = None
     if raw := request.query.get("country"):
-        found = countries.resolve_country(raw)
+        found = index.resolve(raw)
         if found is None:
             raise ApiError(400, "INVALID_COUNTRY", f"country {raw!r} is not recognized")
-        if isinstance(found, countries.Country):
+        if isinstance(found, Country):
             want_country = found.id
     want_service = countries.normalize_service(request.query.get("service", "")) or None
-    try:
-        offers = await request.app[CACHE].offers(request.app[PROVIDER])
-    except Exception as exc:
-        raise ApiError(503, "UNAVAILABLE", "the number provider is unavailable") from exc
+    rate = usable_rate(request, snap)
     out: list[dict[str, Any]] = []
-    for offer in offers:
-        country = countries.by_id(offer.country_id)
-        if country is None or offer.count <= 0:
-            continue
-        if want_country is not None and offer.country_id != want_country:
+    for offer in snap.catalog.sellable_offers():
+        country = index.by_id(offer.country_id)
+        if country is None or want_country not in (None, offer.country_id):
             continue
         if want_service is not None and offer.service != want_service:
             continue
-        out.append(
-            {
-                "type": OrderType.RECEIVE_SMS.value,
-                "country": country.iso,
-                "countryId": country.id,
-                "countryName": country.name,
-                "service": offer.service,
-                "priceSats": price_for(offer, settings),
-                "available": offer.count,
-            }
-        )
-    out.sort(key=lambda o: (o["countryId"], o["service"]))
+        price = price_for(offer.cost_usd, rate, settings)
+        out.append(_offer_json(OrderType.RECEIVE_SMS, country, offer.service, price, offer.count))
+    for rent in snap.catalog.sellable_rent():
+        country = index.by_id(rent.country_id)
+        if country is None or want_country not in (None, rent.country_id):
+            continue
+        if want_service is not None and rent.service != want_service:
+            continue
+        price = price_for(rent.cost_usd, rate, settings)
+        entry = _offer_json(OrderType.RENT_NUMBER, country, rent.service, price, rent.count)
+        entry["durationMinutes"] = rent.hours * 60
+        out.append(entry)
+    out.sort(key=lambda o: (o["countryId"], o["service"], o["type"], o.get("durationMinutes", 0)))
     return web.json_response({"offers": out})
 
 

@@ -11,12 +11,13 @@ from typing import Any
 import asyncpg
 
 from libs.common import countries
+from libs.common.catalog import Catalog
 from libs.common.config import Settings
+from libs.common.countries import Country, CountryIndex, Offer
 from libs.common.invoices import RefundInvoice, RefundInvoiceError, check_refund_invoice
 from libs.common.messages import Message
 from libs.common.orders import OrderType, Status
 from libs.common.pricing import quote_sats
-from libs.common.sms import Offer, ProviderError, SmsProvider
 from services.gateway.errors import ApiError
 
 _SERVICE_CODE = re.compile(r"[a-z0-9_]{1,16}")
@@ -36,7 +37,7 @@ class OrderRequest:
     """A validated POST /v2/l402/order body."""
 
     type: OrderType
-    country: countries.Country | str
+    country: Country | str  # a catalog country or "auto"
     service: str
     refund_invoice: RefundInvoice | None
     rent_hours: int | None = None
@@ -45,8 +46,10 @@ class OrderRequest:
     reactivates: str | None = None
 
 
-def parse_order_request(body: Any, settings: Settings, *, now: int, network: str) -> OrderRequest:
-    """Validate the order body; raises ApiError with the seed's codes."""
+def parse_order_request(
+    body: Any, settings: Settings, *, now: int, network: str, index: CountryIndex
+) -> OrderRequest:
+    """Validate the order body against the catalog's countries; ApiError with the seed's codes."""
     if not isinstance(body, dict):
         raise _bad("body", "must be a JSON object")
     unknown = sorted(set(body) - _FIELDS)
@@ -69,7 +72,7 @@ def parse_order_request(body: Any, settings: Settings, *, now: int, network: str
     raw_country = body.get("country", countries.AUTO)
     if isinstance(raw_country, bool) or not isinstance(raw_country, str | int):
         raise ApiError(400, "INVALID_COUNTRY", "country must be an id, ISO code, name or auto")
-    country = countries.resolve_country(raw_country)
+    country = index.resolve(raw_country)
     if country is None:
         raise ApiError(400, "INVALID_COUNTRY", f"country {raw_country!r} is not recognized")
 
@@ -128,37 +131,64 @@ def _reactivation(body: dict[str, Any], refund: RefundInvoice) -> OrderRequest:
     )
 
 
-async def best_offer(
-    provider: SmsProvider, service: str, country: countries.Country | str
-) -> Offer:
-    """The offer to sell: the given country's, or for auto the cheapest known one in stock."""
-    try:
-        if isinstance(country, countries.Country):
-            offers = await provider.prices(service=service, country_id=country.id)
-        else:
-            offers = await provider.prices(service=service)
-    except ProviderError as exc:
-        raise ApiError(
-            503, "UNAVAILABLE", "the number provider is unavailable; retry later"
-        ) from exc
-    in_stock = [
-        o
-        for o in offers
-        if o.service == service
-        and o.count > 0
-        and countries.by_id(o.country_id) is not None
-        and (not isinstance(country, countries.Country) or o.country_id == country.id)
-    ]
-    if not in_stock:
+def best_offer(catalog: Catalog, service: str, country: Country | str) -> Offer:
+    """The offer to sell: the country's, or for auto the cheapest in stock (ties: most stock)."""
+    offer = countries.choose_offer(catalog.sellable_offers(), service, country)
+    if offer is None:
         raise ApiError(409, "UNAVAILABLE", f"no numbers available for {service} in that country")
-    return min(in_stock, key=lambda o: (o.cost_usd, o.country_id))
+    return offer
 
 
-def price_for(offer: Offer, settings: Settings) -> int:
-    """The customer's price in sats for an offer."""
+def rent_offer(catalog: Catalog, service: str, country: Country | str, hours: int) -> Offer:
+    """The rental to sell for these hours; 400 naming the offered durations if hours is not one."""
+    wanted = country.id if isinstance(country, Country) else None
+    matching = [
+        r
+        for r in catalog.sellable_rent()
+        if r.service == service and (wanted is None or r.country_id == wanted)
+    ]
+    if not matching:
+        raise ApiError(409, "UNAVAILABLE", f"no rentals available for {service} in that country")
+    offers = [
+        Offer(r.country_id, r.service, r.cost_usd, r.count) for r in matching if r.hours == hours
+    ]
+    if not offers:
+        offered = ", ".join(str(h * 60) for h in sorted({r.hours for r in matching}))
+        raise _bad("durationMinutes", f"not offered; choose one of {offered}")
+    return min(offers, key=countries.auto_key)
+
+
+def reactivation_offer(catalog: Catalog, country_id: int, service: str) -> Offer:
+    """The price of reusing a number: the catalog's for its country and service (no stock)."""
+    for offer in catalog.offers:
+        if offer.country_id == country_id and offer.service == service:
+            return offer
+    raise ApiError(409, "UNAVAILABLE", f"{service} numbers of that country are not sold now")
+
+
+def check_reactivation(earlier: asyncpg.Record | None, req: OrderRequest) -> None:
+    """Refuse a reactivation unless the credential's order is the completed one named."""
+    if earlier is None or earlier["id"] != req.reactivates:
+        raise ApiError(
+            403,
+            "INVALID_MACAROON",
+            "reactivating needs the earlier order's credential: "
+            "Authorization: L402 <macaroon>:<preimage> of orderId",
+        )
+    if (
+        earlier["status"] != Status.COMPLETED
+        or earlier["type"] == OrderType.RENT_NUMBER
+        or earlier["payment_mode"] != "standard"
+        or not earlier["activation_id"]
+    ):
+        raise _bad("orderId", "only a completed receive-sms order can be reactivated")
+
+
+def price_for(cost_usd: Decimal, btc_usd: Decimal, settings: Settings) -> int:
+    """The customer's price in sats for a provider cost in USD at a BTC/USD rate."""
     return quote_sats(
-        Decimal(offer.cost_usd),
-        btc_usd=settings.btc_usd,
+        Decimal(cost_usd),
+        btc_usd=btc_usd,
         multiplier=settings.price_multiplier,
         min_sats=settings.min_price_sats,
     )
@@ -179,12 +209,22 @@ _REFUND_STATUS = {
 }
 
 
+def country_iso(index: CountryIndex | None, country_id: int) -> str | None:
+    """The ISO code of an order's country: the catalog's, else the static table's."""
+    country = index.by_id(country_id) if index is not None else None
+    if country is not None:
+        return country.iso
+    return countries.static_iso(country_id, "")
+
+
 def order_json(
-    row: asyncpg.Record | dict[str, Any], settings: Settings, received: list[Message] | None = None
+    row: asyncpg.Record | dict[str, Any],
+    settings: Settings,
+    index: CountryIndex | None = None,
+    received: list[Message] | None = None,
 ) -> dict[str, Any]:
     """The public JSON view of an order row and its messages (see the API reference)."""
     status = Status(row["status"])
-    country = countries.by_id(row["country_id"])
     paid_at: datetime | None = row["paid_at"]
     expires_at = row["deadline_at"] if paid_at else row["invoice_expires_at"]
     code = row["code"]
@@ -219,7 +259,7 @@ def order_json(
         "orderId": row["id"],
         "type": row["type"],
         "status": status.value,
-        "country": country.iso if country else None,
+        "country": country_iso(index, row["country_id"]),
         "countryId": row["country_id"],
         "service": row["service"],
         "priceSats": row["price_sats"],

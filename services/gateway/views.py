@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,6 +14,7 @@ import asyncpg
 from aiohttp import web
 
 from libs.common import l402, messages, store
+from libs.common.countries import Offer
 from libs.common.db import Q, transaction
 from libs.common.events import Event, EventType
 from libs.common.lightning import AddedInvoice, LndError
@@ -25,17 +27,25 @@ from libs.common.orders import (
     check_customer_cancel,
 )
 from libs.common.outbox import enqueue
-from libs.common.sms import Offer
 from libs.common.store import Timer
-from services.gateway.discovery import known_services
+from services.gateway.discovery import (
+    country_index,
+    ensure_selling,
+    known_services,
+    loaded_snapshot,
+    usable_rate,
+)
 from services.gateway.errors import ApiError, StaleCredential, read_json
-from services.gateway.keys import JS_CONN, LND, NETWORK, POOL, PROVIDER, SETTINGS
+from services.gateway.keys import JS_CONN, LND, NETWORK, POOL, SETTINGS
 from services.gateway.orders import (
     OrderRequest,
     best_offer,
+    check_reactivation,
     order_json,
     parse_order_request,
     price_for,
+    reactivation_offer,
+    rent_offer,
 )
 
 log = logging.getLogger(__name__)
@@ -65,31 +75,64 @@ async def _authenticate(request: web.Request, order_id: str | None) -> Any:
     return row
 
 
+async def _reactivation_target(request: web.Request) -> str | None:
+    """The orderId of a receive-sms-reactivate body, or None for any other body."""
+    try:
+        body = await read_json(request)
+    except ApiError:
+        return None
+    if isinstance(body, dict) and body.get("type") == OrderType.RECEIVE_SMS_REACTIVATE:
+        target = body.get("orderId")
+        return target if isinstance(target, str) else None
+    return None
+
+
 async def create_order(request: web.Request) -> web.Response:
     """POST /v2/l402/order: answer 402 with an invoice and macaroon (or the order, if paid)."""
+    owned: Any = None  # the order the credential unlocks, when it is the one to reactivate
     if request.headers.getall("Authorization", []):
-        # Generic L402 clients re-send the original request with the credential.
         try:
             row = await _authenticate(request, None)
-            return web.json_response(await order_body(request, row))
         except StaleCredential:
-            pass  # a client's cached, expired token: answer with a fresh challenge (aperture does)
+            row = None  # a client's cached, expired token: a fresh challenge (aperture does)
+        if row is not None:
+            if row["id"] != await _reactivation_target(request):
+                # Generic L402 clients re-send the original request with the credential.
+                return web.json_response(await order_body(request, row))
+            owned = row
     settings = request.app[SETTINGS]
     body = await read_json(request)
     now = int(time.time())
-    req = parse_order_request(body, settings, now=now, network=request.app[NETWORK])
+    snap = await loaded_snapshot(request)
+    req = parse_order_request(
+        body, settings, now=now, network=request.app[NETWORK], index=snap.catalog.countries
+    )
     pool = request.app[POOL]
+    await ensure_selling(request)
     assert req.refund_invoice is not None
     if await pool.fetchval(Q.order_refund_invoice_in_use, req.refund_invoice.payment_hash):
         raise ApiError(
             400, "INVALID_REFUND_INVOICE", "this refundInvoice is already used by another order"
         )
-    if req.service not in {s.code for s in await known_services(request)}:
-        raise ApiError(
-            400, "VALIDATION_ERROR", f"service: unknown code {req.service!r}; see /v2/l402/services"
-        )
-    offer = await best_offer(request.app[PROVIDER], req.service, req.country)
-    price = price_for(offer, settings)
+    if req.type is OrderType.RECEIVE_SMS_REACTIVATE:
+        check_reactivation(owned, req)
+        if await pool.fetchval(Q.order_reactivation_in_progress, owned["id"]):
+            raise ApiError(409, "UNAVAILABLE", "a reactivation of this order is in progress")
+        req = replace(req, service=owned["service"])
+        offer = reactivation_offer(snap.catalog, owned["country_id"], owned["service"])
+    else:
+        if req.service not in snap.catalog.service_codes():
+            raise ApiError(
+                400,
+                "VALIDATION_ERROR",
+                f"service: unknown code {req.service!r}; see /v2/l402/services",
+            )
+        if req.rent_hours is not None:
+            offer = rent_offer(snap.catalog, req.service, req.country, req.rent_hours)
+        else:
+            offer = best_offer(snap.catalog, req.service, req.country)
+    # The quote is what the invoice asks for and what the order row stores.
+    price = price_for(offer.cost_usd, usable_rate(request, snap), settings)
     order_id = str(uuid.uuid4())
     try:
         invoice = await request.app[LND].add_invoice(
@@ -181,7 +224,7 @@ async def order_body(request: web.Request, row: Any) -> dict[str, Any]:
     received: list[Message] = []
     if row["sms_received_at"] is not None or row["status"] == Status.RENT_ACTIVE:
         received = await messages.for_order(request.app[POOL], row["id"])
-    return order_json(row, request.app[SETTINGS], received)
+    return order_json(row, request.app[SETTINGS], await country_index(request), received)
 
 
 async def get_order(request: web.Request) -> web.Response:

@@ -18,11 +18,9 @@ from libs.common.metrics import PROVIDER_NO_BALANCE
 from libs.common.orders import REFUNDABLE_WITHOUT_SMS, OrderType, Status
 from libs.common.outbox import enqueue
 from libs.common.runtime import Worker
-from libs.common.store import NOW, Timer
+from libs.common.store import NOW, Alarm, Timer
 
 log = logging.getLogger(__name__)
-
-NO_BALANCE = "no_balance"
 
 # Errors after which buying again cannot help: the order is paid back at once.
 _PERMANENT = (
@@ -176,7 +174,7 @@ class Activations:
     async def raise_no_balance(self, exc: sms.ProviderError) -> None:
         """Our provider account is empty: stop selling and tell the operator (once)."""
         PROVIDER_NO_BALANCE.set(1)
-        since = await self._w.pool.fetchval(Q.alarm_raise, NO_BALANCE, exc.code)
+        since = await self._w.pool.fetchval(Q.alarm_raise, Alarm.NO_BALANCE, exc.code)
         if since is not None:
             log.error(
                 "ALARM: the provider account has no balance (%s); new orders are refused "
@@ -188,10 +186,10 @@ class Activations:
         """While the NO_BALANCE alarm is up, lift it as soon as the account has money again."""
         while not self._w.stop.is_set():
             try:
-                if await self._w.pool.fetchrow(Q.alarm_active, NO_BALANCE) is None:
+                if await self._w.pool.fetchrow(Q.alarm_active, Alarm.NO_BALANCE) is None:
                     PROVIDER_NO_BALANCE.set(0)
                 elif await self._provider.balance_usd() > 0:
-                    if await self._w.pool.fetchval(Q.alarm_clear, NO_BALANCE) is not None:
+                    if await self._w.pool.fetchval(Q.alarm_clear, Alarm.NO_BALANCE) is not None:
                         log.warning("provider balance restored; selling again")
                     PROVIDER_NO_BALANCE.set(0)
             except sms.ProviderError as exc:

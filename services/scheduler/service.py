@@ -1,4 +1,4 @@
-"""The scheduler: claims due timers with SKIP LOCKED and turns each into an event or a purge."""
+"""The scheduler: fires due timers (claimed with SKIP LOCKED) and refreshes catalog and rate."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from libs.common.db import Q, transaction
 from libs.common.events import Event, EventType
 from libs.common.outbox import enqueue
 from libs.common.runtime import Worker, open_worker, run_loops
+from libs.common.sms import HeroSmsClient
 from libs.common.store import Timer
+from services.scheduler.catalog import refresh_forever
 
 log = logging.getLogger(__name__)
 
@@ -75,4 +77,12 @@ async def tick_forever(worker: Worker) -> None:
 async def main(settings: Settings, stop: asyncio.Event) -> None:
     """Run the scheduler until stop."""
     async with open_worker("scheduler", settings, stop) as worker:
-        await run_loops(stop, tick_forever(worker))
+        provider = HeroSmsClient(settings.provider_url, settings.provider_api_key)
+        try:
+            await run_loops(
+                stop,
+                tick_forever(worker),
+                refresh_forever(worker.pool, provider, settings, worker.stop),
+            )
+        finally:
+            await provider.close()

@@ -43,6 +43,11 @@ E2E_ENV = {
     "SMS4SATS_RATE_POLLS_PER_MINUTE": "1000000",
     "SMS4SATS_WEBHOOK_SECRET": "e2e-webhook-secret",
     "SMS4SATS_INDEX_VERIFY_TOKEN": "e2e-402index-token",
+    # The gateway re-reads the catalog and rate on every request, so a test that ages the rate
+    # in PostgreSQL sees the effect at once; the stack's first refresh loads them at start and
+    # nothing refreshes the rate again while the tests run.
+    "SMS4SATS_CATALOG_TTL_SECONDS": "0",
+    "SMS4SATS_FX_REFRESH_SECONDS": "3600",
 }
 
 

@@ -45,9 +45,18 @@ async def test_catalog_filters_and_prices(
     gw = stack["gateway_url"]
     status, body = await _get(http, f"{gw}/v2/l402/catalog?country=GB&service=telegram")
     assert status == 200
-    assert [(o["countryId"], o["service"]) for o in body["offers"]] == [(16, "tg")]
-    offer = body["offers"][0]
+    numbers = [o for o in body["offers"] if o["type"] == "receive-sms"]
+    assert [(o["countryId"], o["service"]) for o in numbers] == [(16, "tg")]
+    offer = numbers[0]
     assert offer["country"] == "GB" and offer["priceSats"] > 0 and offer["available"] > 0
+    assert offer["countryName"] == "United Kingdom"
+    # Rentals, where the provider offers them: a duration in minutes and a price in sats.
+    for rent in (o for o in body["offers"] if o["type"] != "receive-sms"):
+        assert rent["type"] == "rent-number" and (rent["countryId"], rent["service"]) == (16, "tg")
+        assert rent["durationMinutes"] % 60 == 0 and rent["priceSats"] > 0
+    for same in ("16", "England", "united kingdom"):
+        status, again = await _get(http, f"{gw}/v2/l402/catalog?country={same}&service=tg")
+        assert (status, again) == (200, body)
     status, everything = await _get(http, f"{gw}/v2/l402/catalog")
     assert status == 200 and len(everything["offers"]) > 10
     status, err = await _get(http, f"{gw}/v2/l402/catalog?country=Atlantis")

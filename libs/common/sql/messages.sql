@@ -59,3 +59,12 @@ UPDATE orders SET next_poll_at = now()
 WHERE activation_id = $1 AND type <> 'rent-number'
   AND status IN ('waiting_for_sms', 'code_received') AND next_poll_at IS NOT NULL
 RETURNING id;
+
+-- name: order_reactivation_in_progress
+-- A paid reactivation of this order not over yet (unpaid ones may race; the provider refuses
+-- the second reactivation and that order is refunded).
+SELECT 1 FROM orders
+WHERE reactivates = $1
+  AND status NOT IN ('pending_payment', 'completed', 'refunded', 'refund_failed', 'failed',
+                     'expired')
+LIMIT 1;

@@ -1,0 +1,290 @@
+"""The catalog and rate jobs: provider catalog and BTC/USD rate into PostgreSQL.
+
+Run periodically by every scheduler replica; a claimed row in `refresh_jobs` lets one replica
+run each job per interval, and a PostgreSQL advisory lock keeps catalog refreshes (periodic or
+on demand) single-flight. A refresh replaces every row in one transaction, so readers see the
+old or the new catalog; when the provider fails, nothing is written and the old rows stay.
+
+On demand: `python -m services.scheduler.catalog refresh` (or `make catalog`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from decimal import Decimal
+from typing import Protocol, runtime_checkable
+from urllib.parse import urlsplit
+
+import aiohttp
+import asyncpg
+
+from libs.common import db, fx
+from libs.common import sms as sms_port
+from libs.common.catalog import (
+    CATALOG_JOB,
+    FX_JOB,
+    CatalogData,
+    RentPrice,
+    ServiceRow,
+    replace,
+)
+from libs.common.config import Settings, load_settings
+from libs.common.countries import Country, Offer, static_iso
+from libs.common.db import Q, transaction
+from libs.common.logs import setup_logging
+from libs.common.sms import HeroSmsClient, ProviderError, SmsProvider
+
+log = logging.getLogger(__name__)
+
+LOCK_KEY = "sms4sats.catalog"
+# A failed run is retried this soon (or at the regular interval, if that is shorter).
+RETRY_SECONDS = 15.0
+TICK_SECONDS = 2.0
+
+# The provider port's rent error, once the port has it; any ProviderError skips a duration.
+_BAD_RENT_TIME: type[Exception] | None = getattr(sms_port, "BadRentTime", None)
+
+
+class RentOfferLike(Protocol):
+    """One rent offer as the provider port returns it (RentOffer)."""
+
+    @property
+    def country(self) -> int:
+        """Provider country id."""
+        ...
+
+    @property
+    def service(self) -> str:
+        """Service code."""
+        ...
+
+    @property
+    def hours(self) -> int:
+        """Rental duration in hours."""
+        ...
+
+    @property
+    def cost_usd(self) -> Decimal:
+        """Provider price in USD."""
+        ...
+
+    @property
+    def count(self) -> int:
+        """Numbers available."""
+        ...
+
+
+class RentCatalogLike(Protocol):
+    """The provider port's answer for one duration (RentCatalog)."""
+
+    @property
+    def countries(self) -> list[int]:
+        """Countries where that duration can be rented."""
+        ...
+
+    @property
+    def offers(self) -> Sequence[RentOfferLike]:
+        """The offers."""
+        ...
+
+
+@runtime_checkable
+class RentSource(Protocol):
+    """A provider that can list rent offers (the port's `rent_offers`)."""
+
+    async def rent_offers(self, hours: int, country: int | None = None) -> RentCatalogLike:
+        """Rent offers for one duration, optionally in one country."""
+        ...
+
+
+class CatalogIncomplete(Exception):
+    """The provider answered, but with an empty list: never replace a catalog with nothing."""
+
+
+async def fetch_rent(
+    provider: SmsProvider, rent_countries: list[int], durations: list[int]
+) -> list[RentPrice] | None:
+    """Rent offers per duration and rent country; None when no rent answer came at all."""
+    if not isinstance(provider, RentSource):
+        log.warning("the provider port has no rent_offers; rent prices are left as they are")
+        return None
+    found: dict[tuple[int, str, int], RentPrice] = {}
+    answered = False
+    for hours in durations:
+        for country_id in rent_countries:
+            try:
+                got = await provider.rent_offers(hours, country=country_id)
+            except ProviderError as exc:
+                log.info("rent offers for %s h in country %s skipped: %s", hours, country_id, exc)
+                if _BAD_RENT_TIME is not None and isinstance(exc, _BAD_RENT_TIME):
+                    break  # the provider does not offer this duration at all
+                continue
+            answered = True
+            for o in got.offers:
+                if o.hours == hours and o.count >= 0 and o.cost_usd >= 0:
+                    key = (o.country, o.service, o.hours)
+                    found[key] = RentPrice(o.country, o.service, o.hours, o.cost_usd, o.count)
+    if rent_countries and durations and not answered:
+        return None
+    return sorted(found.values(), key=lambda r: (r.country_id, r.service, r.hours))
+
+
+async def fetch_catalog(provider: SmsProvider, durations: list[int]) -> CatalogData:
+    """Ask the provider for countries, services, prices and rent offers."""
+    provided = await provider.countries()
+    listed = await provider.services()
+    prices = await provider.prices()
+    if not provided or not listed or not prices:
+        raise CatalogIncomplete("the provider listed no countries, services or prices")
+    countries = {
+        c.id: Country(
+            c.id,
+            c.name,
+            static_iso(c.id, c.name),
+            c.visible,
+            c.rent,
+            getattr(c, "retry", None),  # the port's Country may not carry it
+        )
+        for c in provided
+    }
+    services = {s.code: ServiceRow(s.code, s.name) for s in listed}
+    offers = {
+        (o.country_id, o.service): Offer(o.country_id, o.service, Decimal(o.cost_usd), o.count)
+        for o in prices
+        if o.cost_usd >= 0
+    }
+    rent_countries = [c.id for c in countries.values() if c.rent]
+    rent = await fetch_rent(provider, rent_countries, durations)
+    return CatalogData(
+        countries=sorted(countries.values(), key=lambda c: c.id),
+        services=sorted(services.values(), key=lambda s: s.code),
+        offers=sorted(offers.values(), key=lambda o: (o.country_id, o.service)),
+        rent=rent,
+    )
+
+
+async def refresh_catalog(
+    pool: asyncpg.Pool, provider: SmsProvider, settings: Settings, *, wait: bool = False
+) -> dict[str, int | None] | None:
+    """Refresh the catalog tables; returns the counts, or None if another refresh is running."""
+    async with pool.acquire() as lock_conn:
+        if wait:
+            await lock_conn.execute(Q.catalog_lock, LOCK_KEY)
+        elif not await lock_conn.fetchval(Q.catalog_try_lock, LOCK_KEY):
+            log.info("a catalog refresh is already running elsewhere")
+            return None
+        try:
+            data = await fetch_catalog(provider, settings.rent_durations())
+            counts = data.counts()
+            async with transaction(pool) as conn:
+                await replace(conn, data)
+                await conn.execute(
+                    Q.refresh_job_ok, CATALOG_JOB, counts, settings.catalog_refresh_seconds
+                )
+        finally:
+            await lock_conn.execute(Q.catalog_unlock, LOCK_KEY)
+    log.info("catalog refreshed: %s", json.dumps(counts))
+    return counts
+
+
+async def refresh_fx(
+    pool: asyncpg.Pool, session: aiohttp.ClientSession, url: str, interval: float = 0.0
+) -> Decimal:
+    """Fetch the BTC/USD rate and cache it in PostgreSQL (next periodic run in `interval`)."""
+    rate = await fx.fetch_rate(session, url)
+    await fx.store_rate(pool, rate, urlsplit(url).netloc or url)
+    await pool.execute(Q.refresh_job_ok, FX_JOB, {"rate": str(rate)}, interval)
+    log.info("BTC/USD rate refreshed")
+    return rate
+
+
+async def run_if_due(
+    pool: asyncpg.Pool, name: str, interval: float, job: Callable[[], Awaitable[object]]
+) -> bool:
+    """Run a job if this replica claims it as due; a failure is logged and retried soon."""
+    if await pool.fetchval(Q.refresh_job_claim, name, interval) is None:
+        return False
+    try:
+        await job()
+    except Exception as exc:
+        # Provider or rate source down: the stored rows stay as they are.
+        log.warning("%s refresh failed: %s", name, type(exc).__name__)
+        await pool.execute(
+            Q.refresh_job_failed, name, f"{type(exc).__name__}: {exc}"[:500], RETRY_SECONDS
+        )
+    return True
+
+
+async def refresh_forever(
+    pool: asyncpg.Pool,
+    provider: SmsProvider,
+    settings: Settings,
+    stop: asyncio.Event,
+    tick: float = TICK_SECONDS,
+) -> None:
+    """Run the catalog and rate jobs whenever they are due, until stop."""
+    async with aiohttp.ClientSession() as session:
+        while not stop.is_set():
+            try:
+                await run_if_due(
+                    pool,
+                    CATALOG_JOB,
+                    settings.catalog_refresh_seconds,
+                    lambda: refresh_catalog(pool, provider, settings),
+                )
+                await run_if_due(
+                    pool,
+                    FX_JOB,
+                    settings.fx_refresh_seconds,
+                    lambda: refresh_fx(pool, session, settings.fx_url, settings.fx_refresh_seconds),
+                )
+            except Exception:
+                log.exception("catalog job tick failed")
+            try:
+                await asyncio.wait_for(stop.wait(), tick)
+            except TimeoutError:
+                pass
+
+
+async def refresh_once(settings: Settings) -> int:
+    """The on-demand refresh: catalog (waiting for a running one) and rate; prints counts."""
+    pool = await db.create_pool(settings.database_url, min_size=2, max_size=2)
+    provider = HeroSmsClient(settings.provider_url, settings.provider_api_key)
+    status = 0
+    try:
+        try:
+            counts = await refresh_catalog(pool, provider, settings, wait=True)
+            print("catalog: " + ", ".join(f"{k}={v}" for k, v in (counts or {}).items()))
+        except (ProviderError, CatalogIncomplete) as exc:
+            print(f"catalog: refresh failed ({exc}); the stored catalog is unchanged")
+            status = 1
+        try:
+            async with aiohttp.ClientSession() as session:
+                rate = await refresh_fx(pool, session, settings.fx_url, settings.fx_refresh_seconds)
+            print(f"fx: {fx.PAIR}={rate}")
+        except fx.FxSourceError as exc:
+            print(f"fx: refresh failed ({exc}); the stored rate is unchanged")
+            status = 1
+    finally:
+        await provider.close()
+        await pool.close()
+    return status
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: `refresh` loads the catalog and the rate now."""
+    parser = argparse.ArgumentParser(prog="python -m services.scheduler.catalog")
+    parser.add_argument("command", choices=["refresh"], help="refresh: load catalog and rate now")
+    parser.parse_args(argv)
+    settings = load_settings()
+    setup_logging("catalog", settings.log_level)
+    sys.exit(asyncio.run(refresh_once(settings)))
+
+
+if __name__ == "__main__":
+    main()
