@@ -29,6 +29,10 @@ class Settings:
 
     provider_url: str = "http://127.0.0.1:8090"
     provider_api_key: str = field(default="sim-key", repr=False)
+    # Client-side pacing of provider calls (the upstream blocks an account for bursts over
+    # about 50 req/s) and the timeout of each call.
+    provider_rate_per_second: float = 40.0
+    provider_timeout_seconds: float = 10.0
 
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080

@@ -11,6 +11,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import Sequence
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from aiohttp import web
@@ -43,6 +44,42 @@ def _non_negative(raw: str) -> float:
     return value
 
 
+def _rate_limit(raw: str) -> int | None:
+    if raw.strip().lower() in ("off", "none", "disabled", "0", ""):
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected requests per second or 'off'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return value
+
+
+def _hours(raw: str) -> tuple[int, ...]:
+    try:
+        hours = tuple(sorted({int(h) for h in raw.split(",") if h.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected comma-separated hours, e.g. 4,12,24") from None
+    if not hours or min(hours) <= 0:
+        raise argparse.ArgumentTypeError("expected positive hours")
+    return hours
+
+
+def _positive_decimal(raw: str) -> Decimal:
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError("expected a number") from None
+    if not value.is_finite() or value <= 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"SMSSIM_{name}", default)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse the simulator's command line."""
     parser = argparse.ArgumentParser(
@@ -58,6 +95,47 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--lifetime-seconds", type=_non_negative, default=1200.0, help="activation lifetime"
+    )
+    parser.add_argument(
+        "--rent-hours",
+        type=_hours,
+        default=_env("RENT_HOURS", "2,4,12,24,72,168"),
+        help="offered rent durations (env SMSSIM_RENT_HOURS)",
+    )
+    parser.add_argument(
+        "--webhook-url",
+        default=_env("WEBHOOK_URL", "") or None,
+        help="rent webhook for rentals without url (env SMSSIM_WEBHOOK_URL)",
+    )
+    parser.add_argument(
+        "--webhook-tries",
+        type=int,
+        default=int(_env("WEBHOOK_TRIES", "7")),
+        help="webhook attempts until a 200 (env SMSSIM_WEBHOOK_TRIES)",
+    )
+    parser.add_argument(
+        "--webhook-retry-seconds",
+        type=_non_negative,
+        default=_env("WEBHOOK_RETRY_SECONDS", "20"),
+        help="pause between webhook attempts (env SMSSIM_WEBHOOK_RETRY_SECONDS)",
+    )
+    parser.add_argument(
+        "--rate-limit",
+        type=_rate_limit,
+        default=_env("RATE_LIMIT", "50"),
+        help="requests/s per API key before a block, or 'off' (env SMSSIM_RATE_LIMIT)",
+    )
+    parser.add_argument(
+        "--rate-block-seconds",
+        type=_non_negative,
+        default=_env("RATE_BLOCK_SECONDS", "10"),
+        help="how long a burst over the limit blocks the key (env SMSSIM_RATE_BLOCK_SECONDS)",
+    )
+    parser.add_argument(
+        "--btc-usd",
+        type=_positive_decimal,
+        default=_env("BTC_USD", "100000"),
+        help="BTC/USD served at /api/v3/simple/price (env SMSSIM_BTC_USD)",
     )
     parser.add_argument("--seed", type=int, default=None, help="seed phones and codes")
     parser.add_argument("--ready-file", type=Path, default=None, help='write {"url": ...} here')
@@ -86,6 +164,15 @@ async def serve(args: argparse.Namespace) -> None:
         early_cancel_seconds=args.early_cancel_seconds,
         auto_sms_delay=args.auto_sms_delay,
         lifetime_seconds=args.lifetime_seconds,
+        rent_hours=args.rent_hours,
+        webhook_url=args.webhook_url,
+        # The secret only from the environment: command lines are visible to every user.
+        webhook_secret=os.environ.get("SMSSIM_WEBHOOK_SECRET") or None,
+        webhook_tries=max(1, args.webhook_tries),
+        webhook_retry_seconds=args.webhook_retry_seconds,
+        rate_limit_per_second=args.rate_limit,
+        rate_block_seconds=args.rate_block_seconds,
+        btc_usd=args.btc_usd,
     )
     app = build_app(SimState(settings, seed=args.seed))
     runner = web.AppRunner(app, access_log=None, handle_signals=False)

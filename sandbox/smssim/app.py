@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -14,15 +15,21 @@ from sandbox.smssim.catalog import COUNTRIES, COUNTRIES_BY_ID, SERVICES, SERVICE
 from sandbox.smssim.state import (
     CANCEL,
     ERROR_STYLES,
+    FAULT_MODES,
+    FINISHED,
+    WAIT_CODE,
     WAIT_RETRY,
     WAITING_STATES,
     Fault,
     SimActivation,
     SimError,
+    SimRental,
     SimState,
     err_bad_action,
+    err_no_balance,
     fmt_time,
 )
+from sandbox.smssim.webhooks import WebhookPusher
 
 log = logging.getLogger("sandbox.smssim")
 
@@ -33,10 +40,32 @@ USD_CURRENCY = 840
 class AutoSms:
     """Schedules automatic SMS delivery for waiting activations."""
 
-    def __init__(self, state: SimState) -> None:
-        """Bind to the simulator state."""
+    def __init__(self, state: SimState, pusher: WebhookPusher) -> None:
+        """Bind to the simulator state and the webhook pusher for rental SMS."""
         self.state = state
+        self.pusher = pusher
         self._handles: dict[int, asyncio.TimerHandle] = {}
+        self._rent_handles: dict[int, asyncio.TimerHandle] = {}
+
+    def schedule_rent(self, rental: SimRental) -> None:
+        """One SMS for a new rental after the configured delay (if auto mode is on)."""
+        delay = self.state.settings.auto_sms_delay
+        if delay is None:
+            return
+        loop = asyncio.get_running_loop()
+        self._rent_handles[rental.id] = loop.call_later(max(delay, 0.0), self._fire_rent, rental.id)
+
+    def _fire_rent(self, rent_id: int) -> None:
+        self._rent_handles.pop(rent_id, None)
+        rental = self.state.rentals.get(rent_id)
+        if rental is None:
+            return
+        try:
+            sms = self.state.deliver_rent_sms(rental)
+        except SimError:
+            return  # ended meanwhile
+        self.pusher.push(rental, sms)
+        log.info("auto SMS delivered to rental %s", rent_id)
 
     def schedule(self, activation: SimActivation) -> None:
         """Deliver an SMS to the activation after the configured delay (if auto mode is on)."""
@@ -65,9 +94,10 @@ class AutoSms:
 
     def cancel_all(self) -> None:
         """Drop every pending delivery."""
-        for handle in self._handles.values():
+        for handle in [*self._handles.values(), *self._rent_handles.values()]:
             handle.cancel()
         self._handles.clear()
+        self._rent_handles.clear()
 
     def reschedule(self) -> None:
         """Re-plan deliveries for all waiting activations after a delay change."""
@@ -80,6 +110,27 @@ class AutoSms:
 
 STATE_KEY = web.AppKey("smssim_state", SimState)
 AUTO_KEY = web.AppKey("smssim_auto", AutoSms)
+PUSHER_KEY = web.AppKey("smssim_pusher", WebhookPusher)
+RENT_ACTIONS = frozenset(
+    {
+        "getRentServicesAndCountries",
+        "getRentNumber",
+        "getRentStatus",
+        "setRentStatus",
+        "continueRentNumber",
+    }
+)
+RATE_ACTION = "simple/price"
+
+GARBAGE: dict[str, tuple[str, str]] = {
+    "html": (
+        "<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body>"
+        "<center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>",
+        "text/html",
+    ),
+    "truncated": ('{"activationId": "3100000', "application/json"),
+    "empty": ("", "text/plain"),
+}
 
 
 # --------------------------------------------------------------------------- rendering
@@ -89,7 +140,10 @@ def _text(body: str) -> web.Response:
     return web.Response(text=body, content_type="text/plain")
 
 
-def _render_error(state: SimState, err: SimError) -> web.Response:
+def _render_error(state: SimState, err: SimError, action: str = "") -> web.Response:
+    if state.settings.error_style == "smsactivate" and action in RENT_ACTIONS:
+        # SMS-Activate's rent actions answer JSON even for errors.
+        return web.json_response({"status": "error", "message": err.text})
     if state.settings.error_style == "smsactivate" or err.http_status == 200:
         return _text(err.text)
     return web.json_response(
@@ -189,6 +243,91 @@ async def _params(request: web.Request) -> dict[str, str]:
     return params
 
 
+def _rate_limited(state: SimState, seconds: float) -> web.Response:
+    """The answer to a request of a blocked key, in the configured style."""
+    wait = math.ceil(seconds)
+    if state.settings.error_style == "smsactivate":
+        return _text(f"BANNED:{fmt_time(state.clock() + wait)}")
+    return web.json_response(
+        {
+            "title": "TOO_MANY_REQUESTS",
+            "details": "Too many requests, the API key is blocked for a while",
+            "info": {"retryAfter": wait},
+        },
+        status=429,
+        headers={"Retry-After": str(wait)},
+    )
+
+
+async def _apply_fault(state: SimState, action: str) -> web.Response | None:
+    """Play the fault matching the action: an answer to send, or None to go on normally."""
+    fault = state.take_fault(action)
+    if fault is None:
+        return None
+    if fault.delay_seconds > 0:
+        await asyncio.sleep(fault.delay_seconds)
+    if fault.mode == "delay":
+        return None
+    if fault.mode == "no_balance":
+        raise err_no_balance()
+    headers = {}
+    if fault.retry_after is not None:
+        headers["Retry-After"] = f"{fault.retry_after:g}"
+    return web.Response(
+        status=fault.status, text=fault.body, content_type=fault.content_type, headers=headers
+    )
+
+
+def _rent_phone(rental: SimRental) -> dict[str, Any]:
+    return {"id": rental.id, "endDate": fmt_time(rental.ends_at), "number": rental.phone}
+
+
+def _rent_status(state: SimState, rental: SimRental) -> web.Response:
+    """getRentStatus: the messages, or STATUS_WAIT_CODE / STATUS_FINISH / STATUS_CANCEL."""
+    if rental.status == WAIT_CODE and rental.sms:
+        values = {
+            str(i): {
+                "phoneFrom": m.phone_from,
+                "text": m.text,
+                "service": m.service,
+                "date": fmt_time(m.at),
+            }
+            for i, m in enumerate(reversed(rental.sms))  # newest first, as the provider does
+        }
+        return web.json_response(
+            {"status": "success", "quantity": str(len(values)), "values": values}
+        )
+    if rental.status == WAIT_CODE:
+        code = "STATUS_WAIT_CODE"
+    else:
+        code = "STATUS_FINISH" if rental.status == FINISHED else "STATUS_CANCEL"
+    if state.settings.error_style == "smsactivate":
+        return _text(code)
+    return web.json_response({"status": "error", "message": code})
+
+
+async def _rent_action(
+    request: web.Request, state: SimState, action: str, params: dict[str, str]
+) -> web.Response:
+    """The rent actions of handler_api."""
+    if action == "getRentServicesAndCountries":
+        return web.json_response(state.rent_catalog(params.get("rent_time"), params.get("country")))
+    if action == "getRentNumber":
+        rental = state.rent(
+            params.get("service"), params.get("country"), params.get("rent_time"), params.get("url")
+        )
+        request.app[AUTO_KEY].schedule_rent(rental)
+        return web.json_response({"status": "success", "phone": _rent_phone(rental)})
+    rental = state.get_rental(params.get("id"))
+    if action == "getRentStatus":
+        return _rent_status(state, rental)
+    if action == "setRentStatus":
+        state.set_rent_status(rental, (params.get("status") or "").strip())
+        return web.json_response({"status": "success"})
+    state.continue_rent(rental, params.get("rent_time"))
+    return web.json_response({"status": "success", "phone": _rent_phone(rental)})
+
+
 async def handler_api(request: web.Request) -> web.Response:
     """The SMS-Activate compatible endpoint: dispatches on ?action=."""
     state = request.app[STATE_KEY]
@@ -198,18 +337,13 @@ async def handler_api(request: web.Request) -> web.Response:
     state.stats[action or "<none>"] += 1
     log.debug("handler_api action=%s", action)
 
-    fault = state.take_fault(action)
-    if fault is not None:
-        if fault.delay_seconds > 0:
-            await asyncio.sleep(fault.delay_seconds)
-        headers = {}
-        if fault.retry_after is not None:
-            headers["Retry-After"] = f"{fault.retry_after:g}"
-        return web.Response(
-            status=fault.status, text=fault.body, content_type=fault.content_type, headers=headers
-        )
-
+    blocked = state.rate_check(params.get("api_key") or "")
+    if blocked is not None:
+        return _rate_limited(state, blocked)
     try:
+        faulty = await _apply_fault(state, action)
+        if faulty is not None:
+            return faulty
         state.check_key(params.get("api_key"))
         if action == "getBalance":
             return _text(f"ACCESS_BALANCE:{state.balance:.2f}")
@@ -217,6 +351,12 @@ async def handler_api(request: web.Request) -> web.Response:
             act = state.buy(params.get("service"), params.get("country"), params.get("maxPrice"))
             auto.schedule(act)
             if action == "getNumber":
+                return _text(f"ACCESS_NUMBER:{act.id}:{act.phone}")
+            return web.json_response(_number_v2(state, act))
+        if action in ("reactivate", "getExtraActivation"):
+            act = state.reactivate(params.get("activationId") or params.get("id"))
+            auto.schedule(act)
+            if action == "getExtraActivation":
                 return _text(f"ACCESS_NUMBER:{act.id}:{act.phone}")
             return web.json_response(_number_v2(state, act))
         if action == "getStatus":
@@ -241,9 +381,38 @@ async def handler_api(request: web.Request) -> web.Response:
         if action == "getServicesList":
             services = [{"code": s.code, "name": s.name} for s in SERVICES]
             return web.json_response({"status": "success", "services": services})
+        if action in RENT_ACTIONS:
+            return await _rent_action(request, state, action, params)
         raise err_bad_action()
     except SimError as err:
-        return _render_error(state, err)
+        return _render_error(state, err, action)
+
+
+async def simple_price(request: web.Request) -> web.Response:
+    """GET /api/v3/simple/price?ids=bitcoin&vs_currencies=usd: CoinGecko's shape."""
+    state = request.app[STATE_KEY]
+    state.stats[RATE_ACTION] += 1
+    try:
+        faulty = await _apply_fault(state, RATE_ACTION)
+    except SimError:
+        faulty = None  # no_balance means nothing for a price feed
+    if faulty is not None:
+        return faulty
+    ids = {i.strip().lower() for i in request.query.get("ids", "").split(",") if i.strip()}
+    currencies = {
+        c.strip().lower() for c in request.query.get("vs_currencies", "").split(",") if c.strip()
+    }
+    if not ids or not currencies:
+        return web.json_response({"error": "Missing parameter ids or vs_currencies"}, status=400)
+    body: dict[str, Any] = {}
+    if "bitcoin" in ids:
+        price: dict[str, Any] = {}
+        if "usd" in currencies:
+            price["usd"] = float(state.settings.btc_usd)
+        if request.query.get("include_last_updated_at", "").lower() == "true":
+            price["last_updated_at"] = int(state.rate_updated_at)
+        body["bitcoin"] = price
+    return web.json_response(body)
 
 
 # --------------------------------------------------------------------------- control API
@@ -374,7 +543,69 @@ def _config_json(state: SimState) -> dict[str, Any]:
         "activationLifetimeSeconds": s.lifetime_seconds,
         "bannedUntil": s.banned_until,
         "balance": float(state.balance),
+        "rentHours": list(s.rent_hours),
+        "rentCancelSeconds": s.rent_cancel_seconds,
+        "webhookUrl": s.webhook_url,
+        "webhookSecretSet": bool(s.webhook_secret),
+        "webhookTries": s.webhook_tries,
+        "webhookRetrySeconds": s.webhook_retry_seconds,
+        "webhookTimeoutSeconds": s.webhook_timeout_seconds,
+        "rateLimitPerSecond": s.rate_limit_per_second,
+        "rateBlockSeconds": s.rate_block_seconds,
+        "btcUsd": float(s.btc_usd),
     }
+
+
+def _apply_config(state: SimState, body: dict[str, Any]) -> str | None:
+    """Apply the rent, webhook, rate-limit and BTC/USD settings; return an error or None."""
+    s = state.settings
+    if "rentHours" in body:
+        hours = body["rentHours"]
+        if (
+            not isinstance(hours, list)
+            or not hours
+            or not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hours)
+        ):
+            return "rentHours must be a non-empty list of positive integers"
+        s.rent_hours = tuple(sorted(set(hours)))
+    for key in ("rentCancelSeconds", "webhookRetrySeconds", "webhookTimeoutSeconds"):
+        if key in body and _seconds(body[key]) is None:
+            return f"{key} must be a number >= 0"
+    if "rentCancelSeconds" in body:
+        s.rent_cancel_seconds = float(body["rentCancelSeconds"])
+    if "webhookRetrySeconds" in body:
+        s.webhook_retry_seconds = float(body["webhookRetrySeconds"])
+    if "webhookTimeoutSeconds" in body:
+        s.webhook_timeout_seconds = float(body["webhookTimeoutSeconds"])
+    for key in ("webhookUrl", "webhookSecret"):
+        if key in body and body[key] is not None and not isinstance(body[key], str):
+            return f"{key} must be a string or null"
+    if "webhookUrl" in body:
+        s.webhook_url = body["webhookUrl"] or None
+    if "webhookSecret" in body:
+        s.webhook_secret = body["webhookSecret"] or None
+    if "webhookTries" in body:
+        tries = body["webhookTries"]
+        if isinstance(tries, bool) or not isinstance(tries, int) or tries < 1:
+            return "webhookTries must be an integer >= 1"
+        s.webhook_tries = tries
+    if "rateLimitPerSecond" in body:
+        limit = body["rateLimitPerSecond"]
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+            return "rateLimitPerSecond must be an integer or null (off)"
+        s.rate_limit_per_second = limit if limit else None
+    if "rateBlockSeconds" in body:
+        block = _seconds(body["rateBlockSeconds"])
+        if block is None:
+            return "rateBlockSeconds must be a number >= 0"
+        s.rate_block_seconds = block
+    if "btcUsd" in body:
+        rate = _decimal(body["btcUsd"])
+        if rate is None or rate == 0:
+            return "btcUsd must be a positive number"
+        s.btc_usd = rate
+        state.rate_updated_at = state.clock()
+    return None
 
 
 async def sim_config(request: web.Request) -> web.Response:
@@ -405,6 +636,9 @@ async def sim_config(request: web.Request) -> web.Response:
         if until is not None and not isinstance(until, str):
             return _control_error(400, "BAD_BAN", "bannedUntil must be a string or null")
         s.banned_until = until or None
+    problem = _apply_config(state, body)
+    if problem is not None:
+        return _control_error(400, "BAD_CONFIG", problem)
     if "autoSmsDelaySeconds" in body:
         raw = body["autoSmsDelaySeconds"]
         delay = None if raw is None else _seconds(raw)
@@ -419,6 +653,7 @@ async def sim_reset(request: web.Request) -> web.Response:
     """POST /sim/reset: clear activations, stats and faults; restore stock and balance."""
     request.app[AUTO_KEY].cancel_all()
     request.app[STATE_KEY].reset()
+    request.app[PUSHER_KEY].clear()
     return web.json_response({"ok": True})
 
 
@@ -428,41 +663,112 @@ async def sim_stats(request: web.Request) -> web.Response:
     return web.json_response({"actions": dict(stats), "total": sum(stats.values())})
 
 
+def _fault_from_body(body: dict[str, Any]) -> Fault | str:
+    """Build a Fault from a POST /sim/faults body, or return what is wrong with it."""
+    mode = body.get("mode", "custom")
+    if mode not in FAULT_MODES:
+        return f"mode must be one of {', '.join(FAULT_MODES)}"
+    raw_actions = body.get("actions", [body["action"]] if body.get("action") else [])
+    if not isinstance(raw_actions, list) or not all(isinstance(a, str) for a in raw_actions):
+        return "actions must be a list of action names (action: one name)"
+    times = body.get("times", None if mode == "no_balance" else 1)
+    if times is not None and (isinstance(times, bool) or not isinstance(times, int) or times < 1):
+        return "times must be an integer >= 1 or null (until cleared)"
+    probability = body.get("probability", 1.0)
+    if isinstance(probability, bool) or not isinstance(probability, int | float):
+        return "probability must be a number in (0, 1]"
+    if not 0 < probability <= 1:
+        return "probability must be a number in (0, 1]"
+    delay = _seconds(body.get("seconds", body.get("delaySeconds", 0)))
+    if delay is None:
+        return "seconds must be a number >= 0"
+    if mode == "delay" and delay <= 0:
+        return "a delay fault needs seconds > 0"
+    status = body.get("status", 503 if mode in ("custom", "error") else 200)
+    if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+        return "status must be an HTTP status code"
+    content = str(body.get("body", ""))
+    content_type = str(body.get("contentType", "text/plain"))
+    if mode == "error":
+        code = body.get("code")
+        if code is not None:
+            if not isinstance(code, str) or not code:
+                return "code must be a provider error string such as ERROR_SQL"
+            content, status = code, body.get("status", 200)
+        elif "body" not in body:
+            content = "Service Temporarily Unavailable"
+    elif mode == "garbage":
+        kind = body.get("kind", "html")
+        if kind not in GARBAGE:
+            return f"kind must be one of {', '.join(GARBAGE)}"
+        content, content_type = GARBAGE[kind]
+    return Fault(
+        mode=mode,
+        actions=frozenset(raw_actions),
+        status=status,
+        body=content,
+        content_type=content_type,
+        times=times,
+        retry_after=_seconds(body.get("retryAfter")),
+        delay_seconds=delay,
+        probability=float(probability),
+    )
+
+
 async def sim_faults(request: web.Request) -> web.Response:
     """POST /sim/faults adds an injected failure; DELETE clears them; GET lists them."""
     state = request.app[STATE_KEY]
     if request.method == "DELETE":
         state.faults.clear()
     elif request.method == "POST":
-        body = await _json_body(request)
-        status = body.get("status", 503)
-        times = body.get("times", 1)
-        action = body.get("action")
-        if not isinstance(status, int) or not 100 <= status <= 599:
-            return _control_error(400, "BAD_FAULT", "status must be an HTTP status code")
-        if not isinstance(times, int) or times < 1:
-            return _control_error(400, "BAD_FAULT", "times must be an integer >= 1")
-        if action is not None and not isinstance(action, str):
-            return _control_error(400, "BAD_FAULT", "action must be a string or null")
-        retry_after = _seconds(body.get("retryAfter"))
-        delay = _seconds(body.get("delaySeconds", 0)) or 0.0
-        state.faults.append(
-            Fault(
-                action=action,
-                status=status,
-                body=str(body.get("body", "")),
-                content_type=str(body.get("contentType", "text/plain")),
-                times=times,
-                retry_after=retry_after,
-                delay_seconds=delay,
-            )
-        )
-    return web.json_response(
-        [
-            {"action": f.action, "status": f.status, "times": f.times, "body": f.body}
-            for f in state.faults
-        ]
-    )
+        fault = _fault_from_body(await _json_body(request))
+        if isinstance(fault, str):
+            return _control_error(400, "BAD_FAULT", fault)
+        state.faults.append(fault)
+    return web.json_response([f.to_json() for f in state.faults])
+
+
+async def sim_rent_sms(request: web.Request) -> web.Response:
+    """POST /sim/rent-sms {"rentId", "text"?, "phoneFrom"?, "service"?}: an SMS for a rental
+    arrives now (and is pushed to its webhook)."""
+    state = request.app[STATE_KEY]
+    body = await _json_body(request)
+    fields = [body.get(k) for k in ("text", "phoneFrom", "service")]
+    if any(v is not None and not isinstance(v, str) for v in fields):
+        return _control_error(400, "BAD_SMS", "text, phoneFrom and service must be strings")
+    text, phone_from, service = (v if isinstance(v, str) else None for v in fields)
+    try:
+        rental = state.get_rental(str(body.get("rentId", "")))
+        sms = state.deliver_rent_sms(rental, text=text, phone_from=phone_from, service=service)
+    except SimError as err:
+        status = 409 if err.title == "ACTIVATION_NOT_ACTIVE" else 404
+        return _control_error(status, err.title, err.details)
+    delivery = request.app[PUSHER_KEY].push(rental, sms)
+    return web.json_response({**rental.to_json(), "webhook": delivery is not None})
+
+
+async def sim_list_rentals(request: web.Request) -> web.Response:
+    """GET /sim/rentals."""
+    state = request.app[STATE_KEY]
+    rentals = [state.get_rental(str(i)) for i in sorted(state.rentals)]
+    return web.json_response([r.to_json() for r in rentals])
+
+
+async def sim_get_rental(request: web.Request) -> web.Response:
+    """GET /sim/rentals/{id}."""
+    try:
+        rental = request.app[STATE_KEY].get_rental(request.match_info["rent_id"])
+    except SimError as err:
+        return _control_error(404, err.title, err.details)
+    return web.json_response(rental.to_json())
+
+
+async def sim_webhooks(request: web.Request) -> web.Response:
+    """GET /sim/webhooks: every rent webhook push with its attempts; DELETE forgets them."""
+    pusher = request.app[PUSHER_KEY]
+    if request.method == "DELETE":
+        pusher.clear()
+    return web.json_response([d.to_json() for d in pusher.deliveries])
 
 
 async def sim_health(request: web.Request) -> web.Response:
@@ -472,13 +778,15 @@ async def sim_health(request: web.Request) -> web.Response:
 
 async def _on_cleanup(app: web.Application) -> None:
     app[AUTO_KEY].cancel_all()
+    await app[PUSHER_KEY].close()
 
 
 def build_app(state: SimState | None = None) -> web.Application:
     """Build the simulator's aiohttp application around a (possibly fresh) state."""
     app = web.Application()
     app[STATE_KEY] = state or SimState()
-    app[AUTO_KEY] = AutoSms(app[STATE_KEY])
+    app[PUSHER_KEY] = WebhookPusher(app[STATE_KEY].settings)
+    app[AUTO_KEY] = AutoSms(app[STATE_KEY], app[PUSHER_KEY])
     app.router.add_get(HANDLER_PATH, handler_api)
     app.router.add_post(HANDLER_PATH, handler_api)
     app.router.add_post("/sim/stock", sim_stock)
@@ -494,5 +802,11 @@ def build_app(state: SimState | None = None) -> web.Application:
     app.router.add_post("/sim/faults", sim_faults)
     app.router.add_delete("/sim/faults", sim_faults)
     app.router.add_get("/sim/health", sim_health)
+    app.router.add_post("/sim/rent-sms", sim_rent_sms)
+    app.router.add_get("/sim/rentals", sim_list_rentals)
+    app.router.add_get("/sim/rentals/{rent_id}", sim_get_rental)
+    app.router.add_get("/sim/webhooks", sim_webhooks)
+    app.router.add_delete("/sim/webhooks", sim_webhooks)
+    app.router.add_get("/api/v3/simple/price", simple_price)
     app.on_cleanup.append(_on_cleanup)
     return app

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import re
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,6 +37,7 @@ ACTIVE_STATES = frozenset({WAIT_CODE, WAIT_RETRY, OK})
 WAITING_STATES = frozenset({WAIT_CODE, WAIT_RETRY})
 
 FIRST_ACTIVATION_ID = 3_100_000_001
+FIRST_RENT_ID = 7_200_000_001
 
 
 def fmt_time(epoch: float) -> str:
@@ -151,6 +152,44 @@ def err_otp_received() -> SimError:
     return SimError("OTP_RECEIVED", 409, "BAD_STATUS", "A code was already received")
 
 
+def err_bad_time() -> SimError:
+    """Rent duration not offered."""
+    return SimError("BAD_TIME", 400, "BAD_TIME", "This rent duration is not offered")
+
+
+def err_no_rent() -> SimError:
+    """Rent id unknown."""
+    return SimError("NOT_FOUND", 404, "NO_ID_RENT", "Rental not found")
+
+
+def err_rent_over(status: str) -> SimError:
+    """setRentStatus on a rental that already ended."""
+    code = "ALREADY_FINISH" if status == FINISHED else "ALREADY_CANCEL"
+    return SimError(code, 409, code, "The rental has already ended")
+
+
+def err_cant_cancel(seconds: int) -> SimError:
+    """Rental cancel refused after its refund window."""
+    return SimError(
+        "CANT_CANCEL", 409, "CANT_CANCEL", f"A rental can be cancelled in its first {seconds} s"
+    )
+
+
+def err_no_reactivation() -> SimError:
+    """Reactivation refused: only a finished activation that received a code qualifies."""
+    return SimError(
+        "RENEW_ACTIVATION_NOT_AVAILABLE",
+        409,
+        "RENEW_ACTIVATION_NOT_AVAILABLE",
+        "Only a finished activation that received a code can be reactivated",
+    )
+
+
+DEFAULT_RENT_HOURS: tuple[int, ...] = (2, 4, 12, 24, 72, 168)
+DEFAULT_RENT_STOCK = 20
+DEFAULT_BTC_USD = Decimal("100000")
+
+
 @dataclass
 class Settings:
     """Runtime-changeable simulator settings."""
@@ -162,6 +201,19 @@ class Settings:
     lifetime_seconds: float = 1200.0
     banned_until: str | None = None
     initial_balance: Decimal = DEFAULT_BALANCE
+    rent_hours: tuple[int, ...] = DEFAULT_RENT_HOURS
+    # A rental may be cancelled (and refunded) only this long after it started.
+    rent_cancel_seconds: float = 1200.0
+    # Where rental SMS are pushed when the rental named no `url` (None: nowhere).
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    webhook_tries: int = 7
+    webhook_retry_seconds: float = 20.0
+    webhook_timeout_seconds: float = 3.0
+    # Upstream rate limit per API key (None: off) and how long a burst over it blocks the key.
+    rate_limit_per_second: int | None = 50
+    rate_block_seconds: float = 10.0
+    btc_usd: Decimal = DEFAULT_BTC_USD
 
 
 @dataclass
@@ -219,16 +271,104 @@ class SimActivation:
 
 
 @dataclass
-class Fault:
-    """An injected failure returned instead of the next matching handler_api call(s)."""
+class RentSms:
+    """One SMS received by a rented number."""
 
-    action: str | None
+    phone_from: str
+    text: str
+    service: str
+    at: float
+
+
+@dataclass
+class SimRental:
+    """One rented number."""
+
+    id: int
+    phone: str
+    country: int
+    service: str
+    hours: int
+    cost: Decimal
+    created_at: float
+    ends_at: float
+    url: str | None
+    status: str = WAIT_CODE
+    sms: list[RentSms] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """Control-API representation."""
+        return {
+            "rentId": str(self.id),
+            "phoneNumber": self.phone,
+            "country": self.country,
+            "service": self.service,
+            "hours": self.hours,
+            "status": self.status,
+            "url": self.url,
+            "messages": [
+                {"phoneFrom": m.phone_from, "text": m.text, "date": fmt_time(m.at)}
+                for m in self.sms
+            ],
+            "createdAt": iso_time(self.created_at),
+            "endsAt": iso_time(self.ends_at),
+            "cost": float(self.cost),
+        }
+
+
+FaultMode = Literal["custom", "error", "delay", "garbage", "no_balance"]
+FAULT_MODES: tuple[FaultMode, ...] = ("custom", "error", "delay", "garbage", "no_balance")
+# Actions that spend money: the ones a no_balance fault answers with NO_BALANCE by default.
+BUY_ACTIONS = frozenset(
+    {
+        "getNumber",
+        "getNumberV2",
+        "getRentNumber",
+        "continueRentNumber",
+        "reactivate",
+        "getExtraActivation",
+    }
+)
+
+
+@dataclass
+class Fault:
+    """An injected failure for matching calls: answered instead of (or, `delay`, before) them.
+
+    `actions` empty matches every handler_api action and the rate endpoint ("simple/price");
+    `times` None means until cleared; `probability` applies to each matching call.
+    """
+
+    mode: FaultMode
+    actions: frozenset[str]
     status: int
     body: str
     content_type: str
-    times: int
+    times: int | None
     retry_after: float | None
     delay_seconds: float
+    probability: float = 1.0
+
+    def matches(self, action: str) -> bool:
+        """Whether this fault is scoped to the action."""
+        if self.mode == "no_balance" and not self.actions:
+            return action in BUY_ACTIONS
+        return not self.actions or action in self.actions
+
+    def to_json(self) -> dict[str, Any]:
+        """Control-API representation."""
+        return {
+            "mode": self.mode,
+            "actions": sorted(self.actions),
+            "action": next(iter(self.actions)) if len(self.actions) == 1 else None,
+            "status": self.status,
+            "times": self.times,
+            "probability": self.probability,
+            "delaySeconds": self.delay_seconds,
+            "retryAfter": self.retry_after,
+            "body": self.body,
+            "contentType": self.content_type,
+        }
 
 
 def default_stock() -> dict[tuple[int, str], Pair]:
@@ -238,6 +378,18 @@ def default_stock() -> dict[tuple[int, str], Pair]:
         for c in COUNTRIES
         for s in SERVICES
     }
+
+
+def default_rent_stock() -> dict[tuple[int, str], int]:
+    """Rentable numbers per country/service: only in countries that offer rent."""
+    return {(c.id, s.code): DEFAULT_RENT_STOCK for c in COUNTRIES if c.rent for s in SERVICES}
+
+
+def rent_cost(country_id: int, service: str, hours: int) -> Decimal:
+    """Deterministic rent price: the activation price scaled by duration, cheaper per hour."""
+    base = default_cost(country_id, service)
+    factor = Decimal(hours) ** Decimal("0.75")
+    return (base * 4 * factor).quantize(Decimal("0.01"))
 
 
 def parse_decimal(raw: str | None) -> Decimal | None:
@@ -271,26 +423,62 @@ class SimState:
         self.next_id = FIRST_ACTIVATION_ID
         self.stats: Counter[str] = Counter()
         self.faults: list[Fault] = []
+        self.rent_stock = default_rent_stock()
+        self.rentals: dict[int, SimRental] = {}
+        self.next_rent_id = FIRST_RENT_ID
+        self.rate_updated_at = self.clock()
+        # Per API key: recent request times (one-second window) and the end of a block.
+        self._recent: dict[str, deque[float]] = {}
+        self._blocked_until: dict[str, float] = {}
 
     def reset(self) -> None:
-        """Clear activations, stats and faults; restore default stock and balance."""
+        """Clear activations, rentals, stats, faults and blocks; restore stock and balance."""
         self.balance = self.settings.initial_balance
         self.stock = default_stock()
         self.activations.clear()
         self.stats.clear()
         self.faults.clear()
+        self.rent_stock = default_rent_stock()
+        self.rentals.clear()
+        self._recent.clear()
+        self._blocked_until.clear()
 
     # ----------------------------------------------------------------- faults
 
     def take_fault(self, action: str) -> Fault | None:
-        """Pop (or count down) the first fault matching the action."""
-        for fault in self.faults:
-            if fault.action in (None, action):
-                if fault.times > 0:
-                    fault.times -= 1
-                    if fault.times == 0:
-                        self.faults.remove(fault)
-                return fault
+        """The first fault matching the action (drawn by its probability), counted down."""
+        for fault in list(self.faults):
+            if not fault.matches(action):
+                continue
+            if fault.probability < 1.0 and self.rng.random() >= fault.probability:
+                continue
+            if fault.times is not None:
+                fault.times -= 1
+                if fault.times <= 0:
+                    self.faults.remove(fault)
+            return fault
+        return None
+
+    # ------------------------------------------------------------- rate limit
+
+    def rate_check(self, api_key: str) -> float | None:
+        """Count one request for the key; seconds left in its block if it is (now) blocked."""
+        limit = self.settings.rate_limit_per_second
+        if limit is None:
+            return None
+        now = self.clock()
+        until = self._blocked_until.get(api_key, 0.0)
+        if now < until:
+            return until - now
+        window = self._recent.setdefault(api_key, deque())
+        window.append(now)
+        while window and window[0] <= now - 1.0:
+            window.popleft()
+        if len(window) > limit:
+            window.clear()
+            block = self.settings.rate_block_seconds
+            self._blocked_until[api_key] = now + block
+            return block
         return None
 
     # ------------------------------------------------------------------ auth
@@ -432,3 +620,175 @@ class SimState:
                 "count": pair.count,
             }
         return result
+
+    # ----------------------------------------------------------- reactivation
+
+    def reactivate(self, raw_id: str | None) -> SimActivation:
+        """A new activation on the number of a finished one that received a code."""
+        if self.settings.banned_until:
+            raise err_banned(self.settings.banned_until)
+        old = self.get(raw_id)
+        if old.status != FINISHED or not old.sms:
+            raise err_no_reactivation()
+        pair = self.stock.get((old.country, old.service))
+        cost = pair.cost if pair is not None else old.cost
+        if self.balance < cost:
+            raise err_no_balance()
+        self.balance -= cost
+        now = self.clock()
+        activation = SimActivation(
+            id=self.next_id,
+            phone=old.phone,
+            country=old.country,
+            service=old.service,
+            cost=cost,
+            operator=old.operator,
+            created_at=now,
+            ends_at=now + self.settings.lifetime_seconds,
+        )
+        self.next_id += 1
+        self.activations[activation.id] = activation
+        return activation
+
+    # ---------------------------------------------------------------- rentals
+
+    def _rent_hours(self, raw: str | None) -> int:
+        try:
+            hours = int(raw) if raw not in (None, "") else 4
+        except ValueError:
+            raise err_bad_time() from None
+        if hours not in self.settings.rent_hours:
+            raise err_bad_time()
+        return hours
+
+    def rent_countries(self) -> list[int]:
+        """Ids of the countries that rent numbers."""
+        return [c.id for c in COUNTRIES if c.rent]
+
+    def rent_catalog(self, hours_raw: str | None, country_raw: str | None) -> dict[str, Any]:
+        """getRentServicesAndCountries body for one duration and country (default: the first)."""
+        hours = self._rent_hours(hours_raw)
+        countries = self.rent_countries()
+        try:
+            country_id = int(country_raw) if country_raw not in (None, "") else countries[0]
+        except ValueError:
+            country_id = -1
+        services: dict[str, Any] = {}
+        for (cid, code), count in sorted(self.rent_stock.items()):
+            if cid == country_id:
+                services[code] = {"cost": float(rent_cost(cid, code, hours)), "quant": count}
+        return {
+            "countries": {str(i): cid for i, cid in enumerate(countries)},
+            "operators": {"0": "any"},
+            "services": services,
+            "currency": 840,
+        }
+
+    def rent(
+        self,
+        service: str | None,
+        country_raw: str | None,
+        hours_raw: str | None,
+        url: str | None,
+    ) -> SimRental:
+        """Rent a number, applying ban, service, duration, stock and balance rules."""
+        if self.settings.banned_until:
+            raise err_banned(self.settings.banned_until)
+        if not service or service not in SERVICES_BY_CODE:
+            raise err_bad_service()
+        hours = self._rent_hours(hours_raw)
+        try:
+            country_id = int(country_raw) if country_raw not in (None, "") else 0
+        except ValueError:
+            raise err_no_numbers() from None
+        country = COUNTRIES_BY_ID.get(country_id)
+        count = self.rent_stock.get((country_id, service), 0)
+        if country is None or count <= 0:
+            raise err_no_numbers()
+        cost = rent_cost(country_id, service, hours)
+        if self.balance < cost:
+            raise err_no_balance()
+        self.rent_stock[(country_id, service)] = count - 1
+        self.balance -= cost
+        now = self.clock()
+        rental = SimRental(
+            id=self.next_rent_id,
+            phone=make_phone(country, self.rng),
+            country=country_id,
+            service=service,
+            hours=hours,
+            cost=cost,
+            created_at=now,
+            ends_at=now + hours * 3600,
+            url=url or None,
+        )
+        self.next_rent_id += 1
+        self.rentals[rental.id] = rental
+        return rental
+
+    def get_rental(self, raw_id: str | None) -> SimRental:
+        """Look up a rental by its (string) id, ending it if due."""
+        if not raw_id or not raw_id.strip().isdigit():
+            raise err_no_rent()
+        rental = self.rentals.get(int(raw_id))
+        if rental is None:
+            raise err_no_rent()
+        if rental.status == WAIT_CODE and self.clock() >= rental.ends_at:
+            rental.status = FINISHED
+        return rental
+
+    def set_rent_status(self, rental: SimRental, status_raw: str | None) -> None:
+        """setRentStatus: 1 finishes, 2 cancels (refunded, only early on)."""
+        if rental.status != WAIT_CODE:
+            raise err_rent_over(rental.status)
+        if status_raw == "1":
+            rental.status = FINISHED
+            return
+        if status_raw == "2":
+            window = self.settings.rent_cancel_seconds
+            if self.clock() - rental.created_at > window:
+                raise err_cant_cancel(int(window))
+            rental.status = CANCEL
+            self.balance += rental.cost
+            key = (rental.country, rental.service)
+            self.rent_stock[key] = self.rent_stock.get(key, 0) + 1
+            return
+        raise err_bad_status()
+
+    def continue_rent(self, rental: SimRental, hours_raw: str | None) -> SimRental:
+        """continueRentNumber: extend an active rental, charged like a new one."""
+        if rental.status != WAIT_CODE:
+            raise err_rent_over(rental.status)
+        hours = self._rent_hours(hours_raw)
+        cost = rent_cost(rental.country, rental.service, hours)
+        if self.balance < cost:
+            raise err_no_balance()
+        self.balance -= cost
+        rental.ends_at += hours * 3600
+        rental.hours += hours
+        return rental
+
+    def deliver_rent_sms(
+        self,
+        rental: SimRental,
+        *,
+        text: str | None = None,
+        phone_from: str | None = None,
+        service: str | None = None,
+    ) -> RentSms:
+        """An SMS arrives on an active rental (text generated when missing)."""
+        if rental.status == WAIT_CODE and self.clock() >= rental.ends_at:
+            rental.status = FINISHED
+        if rental.status != WAIT_CODE:
+            raise err_not_active()
+        info = SERVICES_BY_CODE.get(service or rental.service)
+        if text is None:
+            text = sms_text(service or rental.service, make_code(self.rng))
+        sms = RentSms(
+            phone_from=phone_from or (info.sender if info is not None else "Service"),
+            text=text,
+            service=service or rental.service,
+            at=self.clock(),
+        )
+        rental.sms.append(sms)
+        return sms

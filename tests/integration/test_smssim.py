@@ -268,10 +268,19 @@ async def test_faults_and_stats(client: HeroSmsClient, control: Control, sim_url
         await client.balance_usd()
     assert await client.balance_usd() == Decimal("100.50")
 
-    await control.post("/sim/faults", {"status": 429, "retryAfter": 10})
+    # A long Retry-After is not slept through: raised at once, and the client holds every
+    # call (without reaching the provider) until it is over.
+    await control.post("/sim/faults", {"status": 429, "retryAfter": 60})
     with pytest.raises(RateLimited) as limited:
         await client.countries()
-    assert limited.value.retry_after == 10
+    assert limited.value.retry_after == 60 and limited.value.transient
+    with pytest.raises(RateLimited):
+        await client.services()
+
+    # A short one pauses the client, then the call is retried and succeeds.
+    await control.post("/sim/faults", {"status": 429, "retryAfter": 0.2})
+    async with HeroSmsClient(sim_url, API_KEY) as patient:
+        assert len(await patient.countries()) > 0
 
     await control.post("/sim/faults", {"action": "getStatus", "delaySeconds": 1.0, "status": 200})
     async with HeroSmsClient(sim_url, API_KEY, timeout=0.3) as impatient:
@@ -279,8 +288,8 @@ async def test_faults_and_stats(client: HeroSmsClient, control: Control, sim_url
             await impatient.poll("1")
 
     stats = await control.get("/sim/stats")
-    assert stats["actions"] == {"getBalance": 2, "getCountries": 1, "getStatus": 1}
-    assert stats["total"] == 4
+    assert stats["actions"] == {"getBalance": 2, "getCountries": 3, "getStatus": 1}
+    assert stats["total"] == 6
     await control.post("/sim/reset")
     assert (await control.get("/sim/stats"))["total"] == 0
     assert await control.get("/sim/faults") == []

@@ -128,7 +128,8 @@ async def env() -> AsyncIterator[Env]:
     server = TestServer(app)
     await server.start_server()
     base_url = str(server.make_url("")).rstrip("/")
-    client = HeroSmsClient(base_url, API_KEY, timeout=2.0)
+    # No retries: each test sees the first answer's error (retries have their own tests).
+    client = HeroSmsClient(base_url, API_KEY, timeout=2.0, max_retries=0)
     try:
         yield Env(upstream, client, base_url)
     finally:
@@ -487,11 +488,12 @@ HEROSMS_ERRORS: list[ErrorCase] = [
         "RATE_LIMITED",
         {"retry_after": 10.0},
     ),
-    (hero("TOO_MANY_REQUESTS", 429), RateLimited, "TOO_MANY_REQUESTS", {"retry_after": None}),
+    # Without Retry-After the client's own first backoff step is reported.
+    (hero("TOO_MANY_REQUESTS", 429), RateLimited, "TOO_MANY_REQUESTS", {"retry_after": 0.5}),
     (Canned("", 500), ProviderUnavailable, "HTTP_500", {}),
     (Canned("<html>Bad Gateway</html>", 502), ProviderUnavailable, "HTTP_502", {}),
     (hero("ERROR_SQL", 503), ProviderUnavailable, "HTTP_503", {}),
-    (Canned("<html>Not Found</html>", 404), ProviderError, "HTTP_404", {}),
+    (Canned("<html>Not Found</html>", 404), ProviderUnavailable, "HTTP_404", {}),
     (Canned("Unauthorized", 401), BadKey, "HTTP_401", {}),
     (Canned("BAD_KEY", 401), BadKey, "BAD_KEY", {}),
 ]
@@ -586,7 +588,7 @@ async def test_timeout_is_unavailable(env: Env) -> None:
             await client.balance_usd()
     finally:
         await client.close()
-    assert info.value.code == "NETWORK_ERROR"
+    assert info.value.code == "TIMEOUT" and info.value.transient
 
 
 # ------------------------------------------------------------------------------ cancel semantics

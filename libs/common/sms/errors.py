@@ -234,4 +234,7 @@ ERROR_CLASSES: dict[str, type[ProviderError]] = {
     "RENEW_ACTIVATION_NOT_AVAILABLE": ReactivationNotAvailable,
     "BAD_TIME": BadRentTime,
     "INVALID_TIME": BadRentTime,
+    "ALREADY_FINISH": RentEnded,
+    "ALREADY_CANCEL": RentEnded,
+    "CANT_CANCEL": BadStatus,
 }

@@ -22,7 +22,17 @@ from libs.common.sms.errors import (
     RateLimited,
     TooEarlyToCancel,
 )
-from libs.common.sms.port import Activation, ActivationStatus, Country, Offer, Service
+from libs.common.sms.port import (
+    Activation,
+    ActivationStatus,
+    Country,
+    Offer,
+    Rental,
+    RentCatalog,
+    RentMessage,
+    RentOffer,
+    Service,
+)
 
 log = logging.getLogger("libs.common.sms")
 
@@ -177,11 +187,24 @@ def _retry_after(header: str | None) -> float | None:
     return seconds if seconds >= 0 else None
 
 
-def parse_reply(status: int, body: str, retry_after_header: str | None = None) -> Reply:
-    """Turn an HTTP status + body into a reply, raising the typed error for either error style."""
+def parse_reply(
+    status: int,
+    body: str,
+    retry_after_header: str | None = None,
+    *,
+    passthrough: frozenset[str] = frozenset(),
+) -> Reply:
+    """Turn an HTTP status + body into a reply, raising the typed error for either error style.
+
+    Codes in `passthrough` (e.g. STATUS_WAIT_CODE for getRentStatus, which answers it as an
+    error) come back as a TextReply whichever style carried them.
+    """
     text = body.strip()
     retry_after = _retry_after(retry_after_header)
     payload = _loads(text) if text[:1] in ("{", "[") else _NOT_JSON
+    passed = _passthrough(payload, passthrough)
+    if passed is not None and status < 500 and status != 429:
+        return passed
     if status == 429:
         err = _error_from_json(payload, retry_after)
         code = err.code if err is not None else "RATE_LIMITED"
@@ -195,9 +218,13 @@ def parse_reply(status: int, body: str, retry_after_header: str | None = None) -
             raise err
         if _TOKEN.fullmatch(key):
             raise _error(key, value=value if sep else None, retry_after=retry_after)
-        # No recognisable code (e.g. a proxy's HTML page): never guess NotFound from a bare 404.
-        by_status: dict[int, type[ProviderError]] = {401: BadKey, 402: InsufficientBalance}
-        raise by_status.get(status, ProviderError)(f"HTTP_{status}")
+        # No recognisable code (e.g. a proxy's HTML page): never guess NotFound from a bare 404;
+        # a page we cannot read is treated like any other garbage, as transient.
+        if status == 401:
+            raise BadKey(f"HTTP_{status}")
+        if status == 402:
+            raise InsufficientBalance(f"HTTP_{status}")
+        raise ProviderUnavailable(f"HTTP_{status}")
     if not text:
         raise ProviderUnavailable("EMPTY_REPLY")
     if text[:1] in ("{", "["):
@@ -212,6 +239,35 @@ def parse_reply(status: int, body: str, retry_after_header: str | None = None) -
     if key in ERROR_CLASSES:
         raise _error(key, value=value if sep else None, retry_after=retry_after)
     return TextReply(key, value if sep else None)
+
+
+def _passthrough(payload: Any, codes: frozenset[str]) -> TextReply | None:
+    """A JSON error whose code the caller wants as a plain reply (e.g. STATUS_WAIT_CODE)."""
+    if not codes or not isinstance(payload, dict):
+        return None
+    raw = payload.get("title")
+    if not isinstance(raw, str):
+        if str(payload.get("status", "")).lower() != "error":
+            return None
+        raw = payload.get("message") or payload.get("error") or payload.get("msg")
+    key, sep, value = str(raw or "").strip().partition(":")
+    return TextReply(key, value if sep else None) if key in codes else None
+
+
+def ban_wait_seconds(until: str | None, now: datetime, tz: tzinfo = UTC) -> float | None:
+    """Seconds until a `BANNED:<until>` ends: a provider time, an epoch, or a number of seconds."""
+    if until is None or not until.strip():
+        return None
+    number = _to_decimal(until)
+    if number is not None:
+        # Epoch timestamps are large; anything smaller is a duration.
+        if number > 1_000_000_000:
+            return max(0.0, float(number) - now.timestamp())
+        return max(0.0, float(number))
+    end = parse_provider_time(until, tz)
+    if end is None:
+        return None
+    return max(0.0, (end - now).total_seconds())
 
 
 def _unexpected(action: str, reply: Reply) -> ProviderError:
@@ -352,3 +408,84 @@ def parse_services(data: Any) -> list[Service]:
         if code:
             services.append(Service(code=code, name=name or code))
     return services
+
+
+def parse_rent_catalog(data: Any, *, hours: int, country: int | None) -> RentCatalog:
+    """Parse getRentServicesAndCountries: {"countries", "operators", "services": {code: {cost,
+    quant}}}; the services are those of `country` (or, without one, of the provider's default:
+    the first country listed)."""
+    if not isinstance(data, dict):
+        raise ProviderUnavailable("BAD_REPLY")
+    raw_countries = data.get("countries")
+    values: list[Any]
+    if isinstance(raw_countries, dict):
+        values = list(raw_countries.values())
+    elif isinstance(raw_countries, list):
+        values = raw_countries
+    else:
+        values = []
+    countries: list[int] = []
+    for value in values:
+        as_int = _to_int(value)
+        if as_int is not None and as_int not in countries:
+            countries.append(as_int)
+    offer_country = country if country is not None else (countries[0] if countries else 0)
+    services = data.get("services")
+    offers: list[RentOffer] = []
+    if isinstance(services, dict):
+        for code, entry in services.items():
+            if not isinstance(entry, dict):
+                continue
+            cost = _to_decimal(entry.get("cost", entry.get("retail_cost")))
+            count = _to_int(entry.get("quant", entry.get("count", 0)))
+            if cost is None or count is None:
+                continue
+            offers.append(RentOffer(offer_country, str(code), hours, cost, count))
+    offers.sort(key=lambda o: o.service)
+    return RentCatalog(countries=countries, offers=offers)
+
+
+def parse_rental(data: Any, *, tz: tzinfo = UTC) -> Rental:
+    """Parse getRentNumber: {"status": "success", "phone": {"id", "endDate", "number"}}."""
+    phone = data.get("phone") if isinstance(data, dict) else None
+    if not isinstance(phone, dict):
+        raise ProviderUnavailable("BAD_REPLY")
+    rent_id = _to_id(phone.get("id"))
+    number = re.sub(r"\D", "", str(phone.get("number") or ""))
+    ends_at = parse_provider_time(phone.get("endDate"), tz)
+    if rent_id is None or not number or ends_at is None:
+        raise ProviderUnavailable("BAD_REPLY")
+    return Rental(rent_id=rent_id, phone=number, ends_at=ends_at)
+
+
+def parse_rent_messages(data: Any, *, tz: tzinfo = UTC) -> list[RentMessage]:
+    """Parse getRentStatus: {"status": "success", "quantity", "values": {"0": {...}}} (or a
+    list), oldest first; rows without a text are skipped."""
+    values = data.get("values") if isinstance(data, dict) else None
+    if isinstance(values, dict):
+        keyed = sorted(values.items(), key=lambda kv: (_to_int(kv[0]) is None, _to_int(kv[0]) or 0))
+        items: list[Any] = [v for _, v in keyed]
+    elif isinstance(values, list):
+        items = values
+    elif values is None and isinstance(data, dict):
+        items = []
+    else:
+        raise ProviderUnavailable("BAD_REPLY")
+    messages: list[RentMessage] = []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        text = _to_str(item.get("text"))
+        received = parse_provider_time(item.get("date"), tz)
+        if text is None or received is None:
+            continue
+        messages.append(
+            RentMessage(
+                phone_from=_to_str(item.get("phoneFrom")) or "",
+                text=text,
+                received_at=received,
+                service=_to_str(item.get("service")) or None,
+            )
+        )
+    messages.sort(key=lambda m: m.received_at)
+    return messages
