@@ -47,7 +47,7 @@ async def discovery(request: web.Request) -> web.Response:
         {
             "name": "sms4sats",
             "protocol": "L402",
-            "orderTypes": [OrderType.RECEIVE_SMS.value],
+            "orderTypes": [t.value for t in OrderType],
             "openapi": "/v2/l402/openapi.json",
             "endpoints": {
                 "services": "GET /v2/l402/services",
@@ -55,6 +55,7 @@ async def discovery(request: web.Request) -> web.Response:
                 "createOrder": "POST /v2/l402/order",
                 "getOrder": "GET /v2/l402/order/{orderId}",
                 "cancelOrder": "POST /v2/l402/order/{orderId}/cancel",
+                "anotherSms": "POST /v2/l402/order/{orderId}/another-sms",
             },
             "auth": "Authorization: L402 <macaroon>:<preimage>",
         }
