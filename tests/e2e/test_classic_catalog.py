@@ -19,7 +19,8 @@ async def _get(http: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
 async def _catalog(http: aiohttp.ClientSession, gw: str, query: str = "") -> list[dict[str, Any]]:
     status, body = await _get(http, f"{gw}/v2/l402/catalog{query}")
     assert status == 200
-    offers: list[dict[str, Any]] = body["offers"]
+    # The numbers (receive-sms) only: the classic catalog quotes those.
+    offers: list[dict[str, Any]] = [o for o in body["offers"] if o["type"] == "receive-sms"]
     return offers
 
 

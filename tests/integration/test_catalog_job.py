@@ -121,7 +121,8 @@ async def test_refresh_loads_the_simulator_catalog(
     assert all(o.count == 50 for o in loaded.offers)
     # Rent offers come in only once the provider port can list them.
     if counts["rent_prices"] is not None:
-        assert len(loaded.rent) == counts["rent_prices"]
+        assert counts["rent_prices"] > 0 and len(loaded.rent) == counts["rent_prices"]
+        assert {r.hours for r in loaded.rent} <= {2, 4, 12, 24, 72, 168}
         assert {r.country_id for r in loaded.rent} <= {
             c.id for c in loaded.countries.all() if c.rent
         }
