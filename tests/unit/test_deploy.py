@@ -349,8 +349,22 @@ def test_compose_images_commands_env_ports_and_volumes() -> None:
         assert env["SMS4SATS_OPS_HOST"] == "0.0.0.0"
         port = env["SMS4SATS_OPS_PORT"]
         assert f"127.0.0.1:{port}/readyz" in " ".join(doc["services"][name]["healthcheck"]["test"])
-        assert env["SMS4SATS_LND_MACAROON_PATH"].startswith("/run/lnd/")
+        assert interpolation_default(env["SMS4SATS_LND_MACAROON_PATH"]).startswith("/run/lnd/")
         assert any(v.endswith(":/run/lnd:ro") for v in doc["services"][name]["volumes"])
+
+
+def test_compose_secrets_override_mounts_defined_secrets() -> None:
+    """deploy/compose/secrets.yml: existing services, defined secrets, Settings paths."""
+    doc = yaml.safe_load((ROOT / "deploy" / "compose" / "secrets.yml").read_text())
+    defined = set(doc["secrets"])
+    assert set(doc["services"]) <= set(compose()["services"])
+    for name, service in doc["services"].items():
+        assert set(service["secrets"]) <= defined, name
+        for var, value in service["environment"].items():
+            assert var in SETTINGS_VARS, var
+            assert value.removeprefix("/run/secrets/") in service["secrets"], var
+    for secret in doc["secrets"].values():
+        assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]+\}", secret["file"]), secret
 
 
 # ---------------------------------------------------------------- kubernetes
