@@ -616,6 +616,30 @@ def test_alert_rules_use_only_defined_metrics() -> None:
         assert needle in covered, needle
 
 
+def test_scrape_config_matches_the_alerts_and_the_services() -> None:
+    """deploy/prometheus/prometheus.yml loads alerts.yml, its jobs match the up{job=~} rule,
+    and its compose targets are the compose services' ops ports."""
+    doc = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    assert doc["rule_files"] == ["alerts.yml"]
+    (down,) = [r for r in alert_rules() if "up{" in r["expr"]]
+    pattern = re.search(r'job=~"([^"]+)"', down["expr"])
+    assert pattern
+    jobs = {j["job_name"]: j for j in doc["scrape_configs"]}
+    for job in jobs:
+        assert re.fullmatch(pattern.group(1), job), job
+    targets = set(jobs["sms4sats-compose"]["static_configs"][0]["targets"])
+    services = compose()["services"]
+    expected = {
+        f"{name}:{services[name]['environment']['SMS4SATS_OPS_PORT']}"
+        for name in ("gateway", "payments", "provider", "scheduler")
+    }
+    assert targets == expected
+    keep = jobs["sms4sats-kubernetes"]["relabel_configs"][0]
+    labels = by_kind(render("prod"), "Deployment")["gateway"]["spec"]["template"]["metadata"]
+    assert keep["source_labels"] == ["__meta_kubernetes_pod_label_app_kubernetes_io_name"]
+    assert labels["labels"]["app.kubernetes.io/name"] == keep["regex"]
+
+
 def test_promql_metric_extraction_finds_unknown_names() -> None:
     """The alert check would notice a misspelt metric."""
     assert promql_metrics('max by (consumer) (sms4sats_consumer_pendng{x="a"}[5m]) > 1') == {
