@@ -249,18 +249,22 @@ class Activations:
             await messages.record(
                 conn, order_id, Message(moved["sms_received_at"], text, code=code)
             )
-            if moved["payment_mode"] == "standard":
+            window = self._code_window(moved)
+            if window > 0:
                 # L402 orders keep the number open for a while: the customer may ask for
                 # another SMS on it. The window never outlives the order's deadline.
-                window = self._w.settings.another_sms_window_seconds
-                left = (moved["deadline_at"] - moved["sms_received_at"]).total_seconds()
                 await conn.execute(Q.order_stop_polling, order_id)
-                await store.set_timer(
-                    conn, order_id, Timer.CODE_WINDOW, max(0.0, min(window, left))
-                )
+                await store.set_timer(conn, order_id, Timer.CODE_WINDOW, window)
         log.info("code received", extra={"order_id": order_id})
-        if moved["payment_mode"] != "standard":
+        if window <= 0:
             await self.finish(order_id)
+
+    def _code_window(self, order: asyncpg.Record) -> float:
+        """How long a code_received order stays open for another SMS (0: finish now)."""
+        if order["payment_mode"] != "standard":
+            return 0.0  # classic orders have no way to ask for another SMS
+        left = (order["deadline_at"] - order["sms_received_at"]).total_seconds()
+        return max(0.0, min(self._w.settings.another_sms_window_seconds, left))
 
     async def request_another(self, order_id: str) -> None:
         """The customer asked for another SMS on the same number (setStatus 3)."""
@@ -292,8 +296,12 @@ class Activations:
             await messages.record(conn, order["id"], Message(datetime.now(UTC), text, code=code))
         log.info("another code received", extra={"order_id": order["id"]})
 
-    async def finish(self, order_id: str) -> None:
-        """Tell the provider the activation is done and complete the order."""
+    async def finish(self, order_id: str, *, redeliver: bool = False) -> None:
+        """Tell the provider the activation is done and complete the order.
+
+        A failure is retried by the poller, or with redeliver (the window's event, which has
+        no poller behind it) by redelivering the event, until the deadline.
+        """
         order = await store.get(self._w.pool, order_id)
         if order is None or order["status"] != Status.CODE_RECEIVED:
             return
@@ -302,7 +310,7 @@ class Activations:
         except (sms.ActivationNotActive, sms.NotFound):
             pass  # already finished at the provider
         except sms.ProviderError as exc:
-            if order["payment_mode"] != "standard":
+            if not redeliver:
                 log.info(
                     "finish failed (%s); the poller retries", exc.code, extra={"order_id": order_id}
                 )

@@ -103,7 +103,15 @@ async def settings(database_url: str, nats_url: str, stream_names: tuple[str, st
         await bus.bootstrap(nc.jetstream(), *stream_names)
     finally:
         await nc.drain()
-    return settings_for(database_url, nats_url, stream_names, sms_poll_interval_seconds=0.2)
+    # No another-SMS window: a delivered code finishes the activation at once (the window has
+    # its own tests in test_provider_types.py).
+    return settings_for(
+        database_url,
+        nats_url,
+        stream_names,
+        sms_poll_interval_seconds=0.2,
+        another_sms_window_seconds=0.0,
+    )
 
 
 @asynccontextmanager
