@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from libs.common import ops
 from libs.common.config import Settings
 from libs.common.db import Q, transaction
 from libs.common.events import Event, EventType
@@ -51,6 +52,7 @@ async def tick_forever(worker: Worker) -> None:
     loop = asyncio.get_running_loop()
     next_prune = next_rearm = loop.time()
     while not worker.stop.is_set():
+        ops.beat("scheduler-tick")
         try:
             while await fire_due(worker) > 0:
                 pass
@@ -67,6 +69,7 @@ async def tick_forever(worker: Worker) -> None:
             await asyncio.wait_for(worker.stop.wait(), tick)
         except TimeoutError:
             pass
+    ops.HEALTH.forget("scheduler-tick")
 
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:
