@@ -13,7 +13,8 @@ import asyncpg
 from aiohttp import web
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from libs.common import metrics
 from libs.common.db import Q
@@ -109,7 +110,8 @@ def ops_app(health: Health, registry: CollectorRegistry = REGISTRY) -> web.Appli
 
     async def prometheus(_request: web.Request) -> web.Response:
         resp = web.Response(body=generate_latest(registry))
-        resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        # The classic text format: every Prometheus (2.x and 3.x) scrapes it without options.
+        resp.headers["Content-Type"] = CONTENT_TYPE_PLAIN_0_0_4
         return resp
 
     app = web.Application()

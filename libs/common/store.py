@@ -80,8 +80,8 @@ async def transition(
 
 # Stages whose length is measured when an order leaves them: (from, to) -> (stage, started in).
 _STAGE_ENDS: Final = {
-    (Status.PENDING_PAYMENT, Status.PAID): ("payment", None),
-    (Status.ALLOCATING_NUMBER, Status.WAITING_FOR_SMS): ("allocation", None),
+    (Status.PENDING_PAYMENT, Status.PAID): ("payment", Status.PENDING_PAYMENT),
+    (Status.ALLOCATING_NUMBER, Status.WAITING_FOR_SMS): ("allocation", Status.PAID),
     (Status.WAITING_FOR_SMS, Status.CODE_RECEIVED): ("sms", Status.WAITING_FOR_SMS),
     (Status.REFUND_PENDING, Status.REFUNDED): ("refund", Status.REFUND_PENDING),
 }
@@ -96,12 +96,13 @@ async def _observe_stage(
         return
     name, started_in = stage
     seconds: float | None
+    # updated_at is the transition's now(); the columns that mark a stage's start save a query.
     if name == "payment":
-        seconds = (row["paid_at"] - row["created_at"]).total_seconds()
-    elif name == "allocation":
-        seconds = (row["updated_at"] - row["paid_at"]).total_seconds() if row["paid_at"] else None
+        seconds = (row["updated_at"] - row["created_at"]).total_seconds()
+    elif name == "allocation" and row["paid_at"] is not None:
+        seconds = (row["updated_at"] - row["paid_at"]).total_seconds()
     else:
-        # No column holds when these stages began; the trigger's status log does.
+        # No column holds when the stage began; the trigger's status log does.
         seconds = await conn.fetchval(Q.order_entered_status_seconds_ago, row["id"], started_in)
     if seconds is not None:
         metrics.STAGE_SECONDS.labels(name).observe(max(0.0, seconds))
