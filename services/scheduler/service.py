@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from libs.common import ops
+from libs.common import metrics, ops
 from libs.common.config import Settings
 from libs.common.db import Q, transaction
 from libs.common.events import Event, EventType
@@ -43,6 +43,8 @@ async def fire_due(worker: Worker, limit: int = 200) -> int:
                 log.error("unknown timer kind %s", kind, extra={"order_id": row["order_id"]})
         if rows:
             await conn.execute(Q.timers_mark_fired, [r["id"] for r in rows])
+    for row in rows:  # counted once committed
+        metrics.TIMERS_FIRED.labels(row["kind"]).inc()
     return len(rows)
 
 
