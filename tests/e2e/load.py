@@ -13,7 +13,14 @@ import asyncpg
 from prometheus_client.parser import text_string_to_metric_families
 
 from libs.common.lightning import LndClient
-from tests.e2e.test_l402_order import TERMINAL, _activations, _create, _pay, _refund_invoice
+from tests.e2e.test_l402_order import (
+    TERMINAL,
+    _activations,
+    _create,
+    _pay,
+    _refund_invoice,
+    _sim,
+)
 
 # Life of an order in these tests: completed, or refunded when no number could be bought.
 COMPLETED_PATH = [
@@ -31,6 +38,12 @@ NO_NUMBER_PATH = [
     ("allocating_number", "refund_pending"),
     ("refund_pending", "refunded"),
 ]
+
+
+async def stock_up(http: aiohttp.ClientSession, stack: dict[str, Any]) -> None:
+    """Enough US numbers and provider balance that only a test's own choices refuse an order."""
+    await _sim(http, stack, "/sim/stock", {"country": 187, "service": "tg", "count": 5000})
+    await _sim(http, stack, "/sim/config", {"balance": 1000000})
 
 
 async def quote(

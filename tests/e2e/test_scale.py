@@ -16,7 +16,7 @@ import pytest
 
 from libs.common.lightning import LndClient
 from tests.e2e.conftest import E2E_ENV, node_client, running_stack
-from tests.e2e.load import check_each_order_once, place_and_pay, quote, scrape, total
+from tests.e2e.load import check_each_order_once, place_and_pay, quote, scrape, stock_up, total
 from tests.e2e.test_l402_order import _pay, _sim
 
 pytestmark = pytest.mark.e2e
@@ -54,7 +54,7 @@ async def test_200_concurrent_orders_through_two_replicas_of_every_worker(
 ) -> None:
     stack = scaled_stack
     gate = asyncio.Semaphore(IN_FLIGHT)
-    await _sim(http, stack, "/sim/stock", {"country": 187, "service": "tg", "count": 1000})
+    await stock_up(http, stack)
     # A tenth of the orders are for Indonesia, whose numbers run out once they are placed:
     # those must be refunded, the rest completed.
     quotes = await asyncio.gather(
