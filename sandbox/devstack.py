@@ -36,6 +36,20 @@ DEFAULT_PORTS = {
     "nats": 4222,
     "nats_monitor": 8222,
 }
+# Ops servers (/livez, /readyz, /metrics) get consecutive ports from here, one per process.
+DEFAULT_OPS_PORT = 9101
+WORKERS = ("payments", "provider", "scheduler")
+
+
+def replica_counts(default: int, env: dict[str, str] | None = None) -> dict[str, int]:
+    """Processes per service: REPLICAS_<WORKER> overrides the default; one gateway."""
+    source = os.environ if env is None else env
+    counts = {"gateway": 1}
+    for name in WORKERS:
+        counts[name] = int(source.get(f"REPLICAS_{name.upper()}") or default)
+        if counts[name] < 1:
+            raise ValueError(f"REPLICAS_{name.upper()} must be at least 1")
+    return counts
 
 
 def free_port() -> int:
@@ -75,7 +89,9 @@ class Stack:
     pg: Any = None
     database_url: str = ""
     inherit_output: bool = False
-    replicas: int = 1
+    replicas: dict[str, int] = field(default_factory=lambda: replica_counts(1, {}))
+    auto_ports: bool = False
+    ops_urls: dict[str, str] = field(default_factory=dict)
 
     def spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         """Start one child process, logging to <dir>/logs/<name>.log."""
@@ -238,11 +254,19 @@ class Stack:
             sys.stderr.buffer.write(refresh.stdout + refresh.stderr)
             raise RuntimeError("the first catalog and rate refresh failed")
 
+        next_ops_port = int(os.environ.get("DEVSTACK_OPS_PORT", 0)) or DEFAULT_OPS_PORT
         for name in SERVICES:
-            count = 1 if name == "gateway" else self.replicas
+            count = self.replicas[name]
             for i in range(count):
                 label = name if count == 1 else f"{name}-{i + 1}"
-                self.spawn(label, [py, "-m", f"services.{name}"], env)
+                ops_port = free_port() if self.auto_ports else next_ops_port
+                next_ops_port += 1
+                self.ops_urls[label] = f"http://127.0.0.1:{ops_port}"
+                self.spawn(
+                    label,
+                    [py, "-m", f"services.{name}"],
+                    {**env, "SMS4SATS_OPS_PORT": str(ops_port)},
+                )
         gateway_url = f"http://127.0.0.1:{self.ports['gateway']}"
         wait_for(lambda: _healthy(gateway_url), "the gateway's /health", timeout=60)
 
@@ -256,9 +280,14 @@ class Stack:
             "nats_url": env["SMS4SATS_NATS_URL"],
             "payer_lnd": node(nodes["payer"]),
             "merchant_lnd": node(nodes["merchant"]),
-            "pids": {name: p.pid for name, p in self.procs.items()},
+            "pids": self.pids(),
+            "ops": dict(self.ops_urls),
             "logs_dir": str(self.root / "logs"),
         }
+
+    def pids(self) -> dict[str, int]:
+        """The current process id of every child (a restarted child has a new one)."""
+        return {name: p.pid for name, p in self.procs.items()}
 
     def stop(self, grace: float = 40.0) -> None:
         """Stop services first (they drain), then simulators and NATS, then PostgreSQL."""
@@ -294,6 +323,13 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def _write_json(path: Path, doc: dict[str, Any]) -> None:
+    """Replace a JSON file atomically, so a reader never sees half of it."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=2))
+    tmp.replace(path)
+
+
 def main() -> None:
     """Start the stack, print where it is, and wait for Ctrl-C."""
     parser = argparse.ArgumentParser(description="Run the whole sms4sats stack locally.")
@@ -304,8 +340,9 @@ def main() -> None:
     parser.add_argument(
         "--replicas",
         type=int,
-        default=int(os.environ.get("REPLICAS", "1")),
-        help="processes per worker (payments, provider, scheduler)",
+        default=int(os.environ.get("REPLICAS") or "1"),
+        help="processes per worker (payments, provider, scheduler); REPLICAS_<WORKER>=N "
+        "(e.g. REPLICAS_PROVIDER=3) overrides it for one worker",
     )
     parser.add_argument("--inherit-output", action="store_true", help="children log to this tty")
     args = parser.parse_args()
@@ -316,6 +353,11 @@ def main() -> None:
         ports[name] = int(os.environ.get(env_name, 0)) or (
             free_port() if args.auto_ports else default
         )
+    replicas = replica_counts(args.replicas)
+    if not args.auto_ports:
+        base = int(os.environ.get("DEVSTACK_OPS_PORT", 0)) or DEFAULT_OPS_PORT
+        for i in range(sum(replicas.values())):
+            ports[f"ops{i}"] = base + i
     busy = [f"{name} ({port})" for name, port in ports.items() if port_open(port)]
     if busy:
         sys.exit(
@@ -323,7 +365,11 @@ def main() -> None:
             "DEVSTACK_<NAME>_PORT (e.g. DEVSTACK_GATEWAY_PORT=9080) or pass --auto-ports."
         )
     stack = Stack(
-        Path(args.dir).resolve(), ports, inherit_output=args.inherit_output, replicas=args.replicas
+        Path(args.dir).resolve(),
+        ports,
+        inherit_output=args.inherit_output,
+        replicas=replicas,
+        auto_ports=args.auto_ports,
     )
     stop = started = False
 
@@ -340,9 +386,7 @@ def main() -> None:
     try:
         info = stack.start()
         started = True
-        tmp = stack_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(info, indent=2))
-        tmp.replace(stack_file)
+        _write_json(stack_file, info)
         print(
             f"\nsms4sats dev stack is up (state in {stack.root})\n"
             f"  gateway        {info['gateway_url']}\n"
@@ -351,14 +395,20 @@ def main() -> None:
             f"  payer LND      {info['payer_lnd']['rest_url']}\n"
             f"  NATS           {info['nats_url']}\n"
             f"  PostgreSQL     {info['database_url']}\n"
+            f"  ops endpoints  {', '.join(f'{k} {v}' for k, v in info['ops'].items())}\n"
             f"  stack file     {stack_file}\n"
             f"  logs           {info['logs_dir']}/*.log\n"
             "Press Ctrl-C to stop.",
             flush=True,
         )
         while not stop:
-            for name in stack.restart_dead():
+            restarted = stack.restart_dead()
+            for name in restarted:
                 print(f"!! {name} died; restarted it (see its log)", flush=True)
+            if restarted:
+                # Tests that signal processes read the current pids from here.
+                info["pids"] = stack.pids()
+                _write_json(stack_file, info)
             time.sleep(0.2)
     finally:
         print("stopping...", flush=True)

@@ -17,6 +17,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
+from libs.common import metrics, ops
 from libs.common.db import Q
 from libs.common.events import CONSUMERS, Event, dead_letter_subject, subjects
 from libs.common.logs import LOG_CONTEXT
@@ -122,10 +123,18 @@ class Consumer:
         self._handler = handler
 
     async def run(self, stop: asyncio.Event, *, batch: int = 16) -> None:
-        """Fetch and handle messages until stop is set; in-flight messages finish first."""
+        """Fetch and handle messages until stop is set; in-flight messages finish first.
+
+        Each turn of the loop beats the `consumer:<durable>` heartbeat behind /livez. If the
+        shutdown grace runs out and the task is cancelled, unfinished messages are nak'ed so
+        another replica takes them at once instead of after the ack wait.
+        """
+        heart = f"consumer:{self._durable}"
+        ops.beat(heart)
         sub = await self._js.pull_subscribe_bind(durable=self._durable, stream=self._stream)
         try:
             while not stop.is_set():
+                ops.beat(heart)
                 try:
                     msgs = await sub.fetch(batch, timeout=1.0)
                 except (TimeoutError, nats.errors.TimeoutError):
@@ -136,24 +145,39 @@ class Consumer:
                     continue
                 await asyncio.gather(*(self._handle(m) for m in msgs))
         finally:
+            ops.HEALTH.forget(heart)
             # nats-py's drain() waits forever on a pull subscription's queue; leave it first.
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
     async def _handle(self, msg: Msg) -> None:
-        """Run the handler on one message and settle it with the broker."""
-        delivered = msg.metadata.num_delivered or 1
+        """Run the handler on one message, settle it with the broker and count the outcome."""
         try:
             event = Event.decode(msg.data, msg.headers)
         except ValueError as exc:
             log.error("poison message on %s: %s", msg.subject, exc)
+            metrics.EVENTS_HANDLED.labels(self._durable, "unknown", "poison").inc()
             await self._dead_letter(msg, str(exc))
             return
         LOG_CONTEXT.set({"order_id": event.order_id, "correlation_id": event.correlation_id})
         try:
+            outcome = await self._settle(msg, event)
+        except asyncio.CancelledError:
+            # Shutdown ran out of grace mid-handler: hand the message back now; the handler's
+            # writes are guarded transitions, so whoever runs it next finishes the job.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(msg.nak())
+            metrics.EVENTS_HANDLED.labels(self._durable, event.type.value, "interrupted").inc()
+            raise
+        metrics.EVENTS_HANDLED.labels(self._durable, event.type.value, outcome).inc()
+
+    async def _settle(self, msg: Msg, event: Event) -> str:
+        """Run the handler and ack, nak or term the message; returns the outcome's label."""
+        delivered = msg.metadata.num_delivered or 1
+        try:
             if await self._pool.fetchval(Q.inbox_seen, self._durable, event.id):
                 await msg.ack()
-                return
+                return "duplicate"
             await self._handler(event)
             await self._pool.execute(Q.inbox_record, self._durable, event.id)
         except Retry as retry:
@@ -167,7 +191,7 @@ class Consumer:
                     extra={"order_id": event.order_id},
                 )
                 await self._dead_letter(msg, f"retries exhausted: {retry}")
-                return
+                return "dead_letter"
             log.info(
                 "retrying %s for order %s in %.1fs: %s",
                 event.type,
@@ -177,12 +201,12 @@ class Consumer:
                 extra={"order_id": event.order_id, "correlation_id": event.correlation_id},
             )
             await msg.nak(delay=retry.delay)
-            return
+            return "retry"
         except Exception as exc:
             if delivered >= MAX_DELIVER:
                 log.exception("giving up on %s for order %s", event.type, event.order_id)
                 await self._dead_letter(msg, repr(exc))
-                return
+                return "dead_letter"
             log.exception(
                 "handler failed on %s for order %s (delivery %d)",
                 event.type,
@@ -191,8 +215,9 @@ class Consumer:
                 extra={"order_id": event.order_id, "correlation_id": event.correlation_id},
             )
             await msg.nak(delay=_backoff(delivered))
-            return
+            return "error"
         await msg.ack()
+        return "ok"
 
     async def _dead_letter(self, msg: Msg, reason: str) -> None:
         """Park a message on the dead-letter subject and stop its redelivery."""

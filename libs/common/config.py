@@ -104,6 +104,9 @@ class Settings:
     ops_port: int = 0
     # On SIGTERM: how long in-flight work may take before it is abandoned (JetStream redelivers).
     shutdown_grace_seconds: float = 20.0
+    # /livez answers 503 once a worker loop has not beaten its heartbeat for this long (longer
+    # than the slowest handler, which the ack wait already bounds).
+    liveness_stale_seconds: float = 150.0
 
     def webhook_url(self) -> str | None:
         """Where the provider should POST rental SMS, or None for polling only."""

@@ -43,3 +43,4 @@ EVENTS_HANDLED = Counter(
     "sms4sats_events_handled_total", "Bus events handled", ["consumer", "type", "outcome"]
 )
 HTTP_REQUESTS = Counter("sms4sats_http_requests_total", "Gateway requests", ["route", "status"])
+TIMERS_FIRED = Counter("sms4sats_timers_fired_total", "Durable timers fired", ["kind"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import uuid
@@ -13,12 +14,20 @@ from nats.js import JetStreamContext
 
 from libs.common.db import Q
 from libs.common.events import Event
+from libs.common.logs import LOG_CONTEXT
 
 log = logging.getLogger(__name__)
 
 
 async def enqueue(conn: asyncpg.Connection, event: Event, *, prefix: str) -> None:
-    """Write an event in the caller's transaction; it is published only if that commits."""
+    """Write an event in the caller's transaction; it is published only if that commits.
+
+    Without a correlation id of its own, the event carries the one of the request or event
+    being handled (LOG_CONTEXT), so a chain of events can be followed across services.
+    """
+    correlation_id = (LOG_CONTEXT.get() or {}).get("correlation_id")
+    if not event.correlation_id and correlation_id:
+        event = dataclasses.replace(event, correlation_id=correlation_id)
     await conn.execute(
         Q.outbox_insert,
         uuid.UUID(event.id),

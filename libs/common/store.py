@@ -7,6 +7,7 @@ from typing import Any, Final
 
 import asyncpg
 
+from libs.common import metrics
 from libs.common.db import Q
 from libs.common.events import Event, EventType
 from libs.common.orders import Status, check_transition, is_terminal
@@ -68,7 +69,43 @@ async def transition(
     if is_terminal(target):
         sets.append("finished_at = now()")
     sql = f"UPDATE orders SET {', '.join(sets)} WHERE id = $1 AND status = $2 RETURNING *"
-    return await conn.fetchrow(sql, *args)
+    row = await conn.fetchrow(sql, *args)
+    if row is not None:
+        # Counted when the statement succeeds; a transaction rolled back afterwards still
+        # counts, which only ever overstates the rate of a transition that is retried.
+        metrics.TRANSITIONS.labels(expected.value, target.value).inc()
+        await _observe_stage(conn, row, expected, target)
+    return row
+
+
+# Stages whose length is measured when an order leaves them: (from, to) -> (stage, started in).
+_STAGE_ENDS: Final = {
+    (Status.PENDING_PAYMENT, Status.PAID): ("payment", Status.PENDING_PAYMENT),
+    (Status.ALLOCATING_NUMBER, Status.WAITING_FOR_SMS): ("allocation", Status.PAID),
+    (Status.WAITING_FOR_SMS, Status.CODE_RECEIVED): ("sms", Status.WAITING_FOR_SMS),
+    (Status.REFUND_PENDING, Status.REFUNDED): ("refund", Status.REFUND_PENDING),
+}
+
+
+async def _observe_stage(
+    conn: asyncpg.Connection, row: asyncpg.Record, expected: Status, target: Status
+) -> None:
+    """Record how long the order spent in the stage this transition ends, if it ends one."""
+    stage = _STAGE_ENDS.get((expected, target))
+    if stage is None:
+        return
+    name, started_in = stage
+    seconds: float | None
+    # updated_at is the transition's now(); the columns that mark a stage's start save a query.
+    if name == "payment":
+        seconds = (row["updated_at"] - row["created_at"]).total_seconds()
+    elif name == "allocation" and row["paid_at"] is not None:
+        seconds = (row["updated_at"] - row["paid_at"]).total_seconds()
+    else:
+        # No column holds when the stage began; the trigger's status log does.
+        seconds = await conn.fetchval(Q.order_entered_status_seconds_ago, row["id"], started_in)
+    if seconds is not None:
+        metrics.STAGE_SECONDS.labels(name).observe(max(0.0, seconds))
 
 
 async def get(conn: asyncpg.Connection | asyncpg.Pool, order_id: str) -> asyncpg.Record | None:

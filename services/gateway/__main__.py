@@ -7,17 +7,25 @@ import asyncio
 from aiohttp import web
 
 from libs.common.config import Settings
-from libs.common.runtime import run
+from libs.common.runtime import close_reserve, run
 from services.gateway.app import init_app
 
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:
-    """Serve the API until stop."""
+    """Serve the API until stop (the ops server on its own port is started by `run`)."""
     app = init_app(settings, stop)
     # Headers up to 16 KiB reach our code, which answers oversized credentials with JSON.
     runner = web.AppRunner(app, access_log=None, handle_signals=False, max_field_size=16384)
     await runner.setup()
-    site = web.TCPSite(runner, settings.gateway_host, settings.gateway_port, reuse_address=True)
+    grace = settings.shutdown_grace_seconds
+    # In-flight requests get the grace, less what closing the connections afterwards needs.
+    site = web.TCPSite(
+        runner,
+        settings.gateway_host,
+        settings.gateway_port,
+        reuse_address=True,
+        shutdown_timeout=max(1.0, grace - 2 * close_reserve(grace)),
+    )
     await site.start()
     await stop.wait()
     await runner.cleanup()

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from libs.common import bus, db
+from libs.common import bus, db, metrics
 from libs.common.config import Settings
+from libs.common.events import CORRELATION_HEADER
 from libs.common.invoices import currency_for_network
 from libs.common.lightning import LndClient
-from libs.common.outbox import OutboxRelay
-from libs.common.runtime import close_nats
+from libs.common.logs import LOG_CONTEXT
+from libs.common.runtime import close_all, start_background
 from libs.common.sms import HeroSmsClient
 from services.gateway import classic, classic_catalog, discovery, views, webhooks
 from services.gateway.errors import error_middleware
@@ -20,6 +23,31 @@ from services.gateway.keys import JS_CONN, LND, NETWORK, POOL, PROVIDER, SETTING
 from services.gateway.limits import rate_limit_middleware
 
 MAX_BODY_BYTES = 16 * 1024
+# A caller's correlation id is taken as is only if it is short and plain (it goes into logs).
+_CORRELATION_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+@web.middleware
+async def observe_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Give the request a correlation id (logs, events it causes) and count it by route."""
+    given = request.headers.get(CORRELATION_HEADER, "")
+    correlation_id = given if _CORRELATION_ID.match(given) else uuid.uuid4().hex
+    LOG_CONTEXT.set({"correlation_id": correlation_id})
+    # The route's template, never the raw path, so the label set stays bounded.
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    try:
+        resp = await handler(request)
+    except web.HTTPException as exc:  # redirects and the like pass through the error middleware
+        metrics.HTTP_REQUESTS.labels(route, str(exc.status)).inc()
+        exc.headers[CORRELATION_HEADER] = correlation_id
+        raise
+    metrics.HTTP_REQUESTS.labels(route, str(resp.status)).inc()
+    if not resp.prepared:
+        resp.headers[CORRELATION_HEADER] = correlation_id
+    return resp
 
 
 def setup_routes(app: web.Application) -> None:
@@ -52,7 +80,7 @@ def setup_routes(app: web.Application) -> None:
 def init_app(settings: Settings, stop: asyncio.Event) -> web.Application:
     """Build the application; connections open on startup and close on cleanup."""
     app = web.Application(
-        middlewares=[error_middleware, rate_limit_middleware(settings)],
+        middlewares=[observe_middleware, error_middleware, rate_limit_middleware(settings)],
         client_max_size=MAX_BODY_BYTES,
     )
     app[SETTINGS] = settings
@@ -67,16 +95,12 @@ def init_app(settings: Settings, stop: asyncio.Event) -> web.Application:
         )
         provider = HeroSmsClient(settings.provider_url, settings.provider_api_key)
         app[POOL], app[JS_CONN], app[LND], app[PROVIDER] = pool, nc, lnd, provider
-        relay = asyncio.create_task(
-            OutboxRelay(pool, nc.jetstream(), tick=settings.outbox_tick_seconds).run(stop)
-        )
+        background = start_background(pool, nc, settings, stop)
         yield
         stop.set()
-        await asyncio.wait([relay], timeout=10)
         await provider.close()
         await lnd.close()
-        await close_nats(nc)
-        await pool.close()
+        await close_all(background, nc, pool, stop, settings.shutdown_grace_seconds)
 
     app.cleanup_ctx.append(resources)
     setup_routes(app)

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 
-from libs.common import store
+from libs.common import metrics, ops, store
 from libs.common.db import Q, transaction
 from libs.common.events import Event, EventType
 from libs.common.faults import crash_point
@@ -172,6 +172,7 @@ class RefundPayer:
             await enqueue(
                 conn, Event(EventType.REFUNDED, order_id), prefix=self._w.settings.subject_prefix
             )
+        metrics.REFUNDS.labels("paid").inc()
         log.info("refund paid", extra={"order_id": order_id})
 
     async def _retry(
@@ -186,6 +187,7 @@ class RefundPayer:
             return
         delay = min(settings.refund_retry_base_seconds * 2 ** (attempts - 1), 600.0)
         await self._w.pool.execute(Q.refund_retry_later, order_id, claim, reason, delay)
+        metrics.REFUNDS.labels("retried").inc()
         log.warning(
             "refund attempt %d did not pay (%s); retrying in %.1fs",
             attempts,
@@ -217,6 +219,7 @@ class RefundPayer:
                 Event(EventType.REFUND_FAILED, order_id),
                 prefix=self._w.settings.subject_prefix,
             )
+        metrics.REFUNDS.labels("failed").inc()
         log.error(
             "refund failed for good after %d attempts: %s",
             attempts,
@@ -227,6 +230,7 @@ class RefundPayer:
     async def retry_due(self) -> None:
         """Periodically start refunds that are due or whose worker died mid-payment."""
         while not self._w.stop.is_set():
+            ops.beat("refund-retry")
             try:
                 for row in await self._w.pool.fetch(Q.refunds_due, 100):
                     self.start(row["order_id"])
@@ -236,6 +240,7 @@ class RefundPayer:
                 await asyncio.wait_for(self._w.stop.wait(), 1.0)
             except TimeoutError:
                 pass
+        ops.HEALTH.forget("refund-retry")
         # Let attempts in progress record what the node said before the process exits.
         if self._running:
             await asyncio.wait(list(self._running.values()), timeout=self._wait)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from libs.common import metrics, ops
 from libs.common.config import Settings
 from libs.common.db import Q, transaction
 from libs.common.events import Event, EventType
@@ -47,6 +48,8 @@ async def fire_due(worker: Worker, limit: int = 200) -> int:
                 log.error("unknown timer kind %s", kind, extra={"order_id": row["order_id"]})
         if rows:
             await conn.execute(Q.timers_mark_fired, [r["id"] for r in rows])
+    for row in rows:  # counted once committed
+        metrics.TIMERS_FIRED.labels(row["kind"]).inc()
     return len(rows)
 
 
@@ -56,6 +59,7 @@ async def tick_forever(worker: Worker) -> None:
     loop = asyncio.get_running_loop()
     next_prune = next_rearm = loop.time()
     while not worker.stop.is_set():
+        ops.beat("scheduler-tick")
         try:
             while await fire_due(worker) > 0:
                 pass
@@ -72,6 +76,7 @@ async def tick_forever(worker: Worker) -> None:
             await asyncio.wait_for(worker.stop.wait(), tick)
         except TimeoutError:
             pass
+    ops.HEALTH.forget("scheduler-tick")
 
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:
