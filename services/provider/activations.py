@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from libs.common import messages, sms, store
+from libs.common import messages, ops, sms, store
 from libs.common.bus import Retry
 from libs.common.db import Q, transaction
 from libs.common.events import Event, EventType
@@ -263,7 +263,7 @@ class Activations:
         """How long a code_received order stays open for another SMS (0: finish now)."""
         if order["payment_mode"] != "standard":
             return 0.0  # classic orders have no way to ask for another SMS
-        left = (order["deadline_at"] - order["sms_received_at"]).total_seconds()
+        left: float = (order["deadline_at"] - order["sms_received_at"]).total_seconds()
         return max(0.0, min(self._w.settings.another_sms_window_seconds, left))
 
     async def request_another(self, order_id: str) -> None:
@@ -413,6 +413,7 @@ class Activations:
         """Claim due orders and poll them at the provider until stop."""
         interval = self._w.settings.sms_poll_interval_seconds
         while not self._w.stop.is_set():
+            ops.beat("sms-poller")
             try:
                 orders = await self._w.pool.fetch(Q.orders_claim_sms_poll, 50, interval)
                 await asyncio.gather(*(self.check(o) for o in orders))

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from libs.common import messages, sms, store
+from libs.common import messages, ops, sms, store
 from libs.common.bus import Retry
 from libs.common.db import Q, transaction
 from libs.common.messages import Message
@@ -72,6 +72,7 @@ class Rentals:
         """Claim due rentals and poll them at the provider until stop."""
         interval = self._w.settings.rent_poll_interval_seconds
         while not self._w.stop.is_set():
+            ops.beat("rent-poller")
             try:
                 orders = await self._w.pool.fetch(Q.orders_claim_rent_poll, 50, interval)
                 results = await asyncio.gather(
