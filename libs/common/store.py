@@ -36,6 +36,7 @@ _WRITABLE: Final = frozenset(
         "next_poll_at",
         "amt_paid_msat",
         "htlc_expiry_height",
+        "rent_ends_at",
     }
 )
 

@@ -1,0 +1,356 @@
+"""Rentals, reactivations, another SMS and provider faults in the provider worker, against the
+simulator and real PostgreSQL/NATS."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import pytest
+
+from libs.common import messages, store
+from libs.common.bus import Retry
+from libs.common.config import Settings
+from libs.common.db import Q, transaction
+from libs.common.metrics import PROVIDER_NO_BALANCE
+from libs.common.orders import Status
+from libs.common.runtime import Worker, open_worker
+from libs.common.sms import HeroSmsClient
+from libs.common.store import Alarm
+from services.provider.activations import Activations
+from services.provider.rentals import Rentals
+from tests.integration.helpers import insert_order
+from tests.integration.test_provider_stage import (  # noqa: F401  (fixtures)
+    API_KEY,
+    Sim,
+    assert_each_status_entered_once,
+    claim_for_poll,
+    get,
+    settings,
+    sim,
+    smssim_url,
+    timers,
+)
+
+pytestmark = pytest.mark.integration
+S = Status
+
+
+class Stage:
+    """A provider worker's Activations and Rentals talking to the simulator."""
+
+    def __init__(self, worker: Worker, acts: Activations, rentals: Rentals) -> None:
+        self.worker = worker
+        self.pool = worker.pool
+        self.acts = acts
+        self.rentals = rentals
+
+
+@pytest.fixture
+async def stage(settings: Settings, smssim_url: str) -> AsyncIterator[Stage]:  # noqa: F811
+    """The worker with a 60 s another-SMS window and a short provider timeout."""
+    tuned = replace(settings, another_sms_window_seconds=60.0, balance_check_seconds=0.1)
+    provider = HeroSmsClient(smssim_url, API_KEY, timeout=1.0, max_wait=0.5, max_retries=0)
+    try:
+        async with open_worker("provider", tuned, asyncio.Event()) as worker:
+            yield Stage(worker, Activations(worker, provider), Rentals(worker, provider))
+    finally:
+        await provider.close()
+
+
+async def paid(stage: Stage, **kind: Any) -> str:
+    """An order of the given kind, made paid as the invoice watcher does."""
+    order_id = await insert_order(stage.pool, **kind)
+    async with transaction(stage.pool) as conn:
+        assert await store.mark_paid(
+            conn,
+            order_id,
+            deadline=stage.worker.settings.order_timeout_seconds,
+            prefix=stage.worker.settings.subject_prefix,
+        )
+    return order_id
+
+
+async def completed_receive_sms(stage: Stage, sim: Sim) -> asyncpg.Record:  # noqa: F811
+    """A receive-sms order whose code came and whose window closed."""
+    order_id = await paid(stage)
+    await stage.acts.allocate(order_id)
+    order = await get(stage.pool, order_id)
+    await sim.deliver(order["activation_id"], "11111")
+    await stage.acts.check(await claim_for_poll(stage.pool, order_id))
+    await stage.acts.finish(order_id, redeliver=True)
+    order = await get(stage.pool, order_id)
+    assert order["status"] == S.COMPLETED
+    return order
+
+
+async def refund_rows(pool: asyncpg.Pool, order_id: str) -> int:
+    return int(await pool.fetchval("SELECT count(*) FROM refunds WHERE order_id = $1", order_id))
+
+
+# ----------------------------------------------------------------------------- rentals
+
+
+async def test_a_rental_collects_each_sms_once_and_completes_at_its_end(
+    stage: Stage,
+    sim: Sim,  # noqa: F811
+) -> None:
+    order_id = await paid(stage, order_type="rent-number", rent_hours=4)
+
+    await stage.acts.allocate(order_id)
+    await stage.acts.allocate(order_id)  # a redelivered paid event rents nothing more
+
+    order = await get(stage.pool, order_id)
+    assert order["status"] == S.RENT_ACTIVE
+    rentals = await sim.request("GET", "/sim/rentals")
+    assert len(rentals) == 1
+    assert order["activation_id"] == rentals[0]["rentId"]
+    assert order["phone_number"] == rentals[0]["phoneNumber"] and rentals[0]["hours"] == 4
+    hours = (order["rent_ends_at"] - datetime.now(UTC)).total_seconds() / 3600
+    assert 3.9 < hours <= 4.0
+    assert order["deadline_at"] == order["rent_ends_at"]
+    armed = await timers(stage.pool, order_id)
+    assert "sms_timeout" not in armed and armed["rent_end"]["in_seconds"] > 3.9 * 3600
+
+    for text in ("Your code is 4711", "Your code is 4712"):
+        await sim.request("POST", "/sim/rent-sms", {"rentId": order["activation_id"], "text": text})
+    # Polled twice (and the webhook would add the same again): each SMS is stored once.
+    for _ in range(2):
+        assert await stage.rentals.collect(await get(stage.pool, order_id))
+    stored = await messages.for_order(stage.pool, order_id)
+    # Both arrived within one second: their order between themselves is not defined.
+    assert sorted((m.text, m.code) for m in stored) == [
+        ("Your code is 4711", "4711"),
+        ("Your code is 4712", "4712"),
+    ]
+
+    # Before its end a (stale) end event changes nothing; after it, the order completes.
+    await stage.rentals.end(order_id)
+    assert (await get(stage.pool, order_id))["status"] == S.RENT_ACTIVE
+    await stage.pool.execute(
+        "UPDATE orders SET rent_ends_at = now() - interval '1 second' WHERE id = $1", order_id
+    )
+    await stage.rentals.end(order_id)
+    assert (await get(stage.pool, order_id))["status"] == S.COMPLETED
+    assert "purge_code" in await timers(stage.pool, order_id)
+    assert await refund_rows(stage.pool, order_id) == 0
+    await stage.pool.execute(Q.messages_purge, order_id)
+    assert all(
+        m.text is None and m.code is None for m in await messages.for_order(stage.pool, order_id)
+    )
+    assert await assert_each_status_entered_once(stage.pool, order_id) == [
+        "pending_payment",
+        "paid",
+        "allocating_number",
+        "rent_active",
+        "completed",
+    ]
+
+
+async def test_a_rental_that_cannot_be_allocated_is_refunded(
+    stage: Stage,
+    sim: Sim,  # noqa: F811
+) -> None:
+    await sim.request(
+        "POST", "/sim/faults", {"mode": "error", "code": "NO_NUMBERS", "actions": ["getRentNumber"]}
+    )
+    order_id = await paid(stage, order_type="rent-number", rent_hours=4)
+
+    await stage.acts.allocate(order_id)
+
+    assert (await get(stage.pool, order_id))["status"] == S.REFUND_PENDING
+    assert await refund_rows(stage.pool, order_id) == 1
+    assert await sim.request("GET", "/sim/rentals") == []
+
+
+# ----------------------------------------------------------------------------- reactivation
+
+
+async def test_a_reactivation_reuses_the_number_and_is_not_refunded_without_sms(
+    stage: Stage,
+    sim: Sim,  # noqa: F811
+) -> None:
+    earlier = await completed_receive_sms(stage, sim)
+    order_id = await paid(stage, order_type="receive-sms-reactivate", reactivates=earlier["id"])
+
+    await stage.acts.allocate(order_id)
+
+    order = await get(stage.pool, order_id)
+    assert order["status"] == S.WAITING_FOR_SMS
+    assert order["phone_number"] == earlier["phone_number"]
+    assert order["activation_id"] != earlier["activation_id"]
+    assert (await sim.activation(order["activation_id"]))["phoneNumber"] == earlier["phone_number"]
+
+    # The SMS deadline passes without a code: cancelled at the provider, not refunded.
+    await stage.acts.cancel(order_id, "no SMS before the deadline")
+    assert (await get(stage.pool, order_id))["status"] == S.FAILED
+    assert await refund_rows(stage.pool, order_id) == 0
+    assert (await sim.activation(order["activation_id"]))["status"] == "CANCEL"
+
+
+async def test_a_reactivation_the_provider_refuses_is_refunded(
+    stage: Stage,
+    sim: Sim,  # noqa: F811
+) -> None:
+    earlier = await completed_receive_sms(stage, sim)
+    await sim.request(
+        "POST",
+        "/sim/faults",
+        {"mode": "error", "code": "NO_NUMBERS", "actions": ["reactivate", "getExtraActivation"]},
+    )
+    order_id = await paid(stage, order_type="receive-sms-reactivate", reactivates=earlier["id"])
+
+    await stage.acts.allocate(order_id)
+
+    assert (await get(stage.pool, order_id))["status"] == S.REFUND_PENDING
+    assert await refund_rows(stage.pool, order_id) == 1
+
+
+# ----------------------------------------------------------------------------- another SMS
+
+
+async def test_another_sms_on_the_same_number_shows_the_new_code(
+    stage: Stage,
+    sim: Sim,  # noqa: F811
+) -> None:
+    order_id = await paid(stage)
+    await stage.acts.allocate(order_id)
+    activation_id = (await get(stage.pool, order_id))["activation_id"]
+    await sim.deliver(activation_id, "22222")
+    await stage.acts.check(await claim_for_poll(stage.pool, order_id))
+
+    order = await get(stage.pool, order_id)
+    assert order["status"] == S.CODE_RECEIVED and order["code"] == "22222"
+    assert order["next_poll_at"] is None  # nothing to poll until another SMS is asked for
+    window = (await timers(stage.pool, order_id))["code_window"]["in_seconds"]
+    assert 55 < window <= 60
+
+    await stage.acts.request_another(order_id)
+    assert (await sim.activation(activation_id))["status"] == "WAIT_RETRY"
+    claimed = await claim_for_poll(stage.pool, order_id)
+    await stage.acts.check(claimed)  # still the first code: nothing changes
+    assert (await get(stage.pool, order_id))["code"] == "22222"
+
+    await sim.deliver(activation_id, "33333")
+    await stage.acts.check(await claim_for_poll(stage.pool, order_id))
+    order = await get(stage.pool, order_id)
+    assert order["status"] == S.CODE_RECEIVED and order["code"] == "33333"
+    assert [m.code for m in await messages.for_order(stage.pool, order_id)] == ["22222", "33333"]
+
+    # The window's end finishes the activation and completes the order.
+    await stage.acts.finish(order_id, redeliver=True)
+    assert (await get(stage.pool, order_id))["status"] == S.COMPLETED
+    assert (await sim.activation(activation_id))["status"] == "FINISHED"
+    assert await refund_rows(stage.pool, order_id) == 0
+
+
+async def test_a_finish_the_provider_fails_is_redelivered_until_the_deadline(
+    stage: Stage,
+    sim: Sim,  # noqa: F811
+) -> None:
+    order_id = await paid(stage)
+    await stage.acts.allocate(order_id)
+    await sim.deliver((await get(stage.pool, order_id))["activation_id"], "44444")
+    await stage.acts.check(await claim_for_poll(stage.pool, order_id))
+    await sim.request(
+        "POST", "/sim/faults", {"mode": "error", "actions": ["setStatus"], "times": None}
+    )
+
+    with pytest.raises(Retry):
+        await stage.acts.finish(order_id, redeliver=True)
+    assert (await get(stage.pool, order_id))["status"] == S.CODE_RECEIVED
+
+    # Past the deadline the code was delivered all the same: complete without the provider.
+    await stage.pool.execute(
+        "UPDATE orders SET deadline_at = now() - interval '1 second' WHERE id = $1", order_id
+    )
+    await stage.acts.finish(order_id, redeliver=True)
+    assert (await get(stage.pool, order_id))["status"] == S.COMPLETED
+
+
+# ----------------------------------------------------------------------------- provider faults
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"mode": "error", "status": 503},
+        {"mode": "error", "code": "ERROR_SQL"},
+        {"mode": "garbage", "kind": "html"},
+        {"mode": "delay", "seconds": 3},  # longer than the client's 1 s timeout
+    ],
+    ids=["http-503", "error-sql", "garbage", "slow"],
+)
+async def test_a_failing_provider_is_retried_until_the_allocation_deadline_then_refunded(
+    stage: Stage,
+    sim: Sim,  # noqa: F811
+    fault: dict[str, Any],
+) -> None:
+    await sim.request("POST", "/sim/faults", {**fault, "actions": ["getNumberV2"], "times": None})
+    order_id = await paid(stage)
+
+    with pytest.raises(Retry) as retry:
+        await stage.acts.allocate(order_id)
+    assert retry.value.delay >= 1.0  # never a hot loop
+    assert (await get(stage.pool, order_id))["status"] == S.ALLOCATING_NUMBER
+
+    await stage.pool.execute(
+        "UPDATE orders SET paid_at = now() - interval '1 hour' WHERE id = $1", order_id
+    )
+    await stage.acts.allocate(order_id)
+    assert (await get(stage.pool, order_id))["status"] == S.REFUND_PENDING
+    assert await refund_rows(stage.pool, order_id) == 1
+
+
+async def test_an_unreachable_provider_delays_a_refund_only_until_past_the_deadline(
+    stage: Stage,
+    sim: Sim,  # noqa: F811
+) -> None:
+    order_id = await paid(stage)
+    await stage.acts.allocate(order_id)
+    await sim.request("POST", "/sim/faults", {"mode": "error", "status": 503, "times": None})
+
+    with pytest.raises(Retry):
+        await stage.acts.cancel(order_id, "no SMS before the deadline")
+    assert (await get(stage.pool, order_id))["status"] == S.WAITING_FOR_SMS
+
+    giveup = stage.worker.settings.provider_giveup_seconds
+    await stage.pool.execute(
+        "UPDATE orders SET deadline_at = now() - make_interval(secs => $2) WHERE id = $1",
+        order_id,
+        giveup + 1,
+    )
+    await stage.acts.cancel(order_id, "no SMS before the deadline")
+    assert (await get(stage.pool, order_id))["status"] == S.REFUND_PENDING
+
+
+async def test_no_balance_refunds_raises_the_alarm_and_lifts_it_when_topped_up(
+    stage: Stage,
+    sim: Sim,  # noqa: F811
+) -> None:
+    await sim.request("POST", "/sim/faults", {"mode": "no_balance"})
+    order_id = await paid(stage)
+
+    await stage.acts.allocate(order_id)
+
+    assert (await get(stage.pool, order_id))["status"] == S.REFUND_PENDING
+    assert await stage.pool.fetchrow(Q.alarm_active, Alarm.NO_BALANCE) is not None
+    assert PROVIDER_NO_BALANCE._value.get() == 1
+
+    # Topped up: the balance watcher lifts the alarm.
+    await sim.request("DELETE", "/sim/faults")
+    watcher = asyncio.create_task(stage.acts.watch_balance())
+    try:
+        for _ in range(100):
+            if await stage.pool.fetchrow(Q.alarm_active, Alarm.NO_BALANCE) is None:
+                break
+            await asyncio.sleep(0.05)
+        assert await stage.pool.fetchrow(Q.alarm_active, Alarm.NO_BALANCE) is None
+        assert PROVIDER_NO_BALANCE._value.get() == 0
+    finally:
+        stage.worker.stop.set()
+        await watcher
