@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -23,7 +24,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 
@@ -189,7 +190,24 @@ class Stack:
         env.setdefault("SMS4SATS_PROVIDER_API_KEY", "sim-key")
         # The provider simulator also serves the BTC/USD rate (CoinGecko's simple/price shape).
         env.setdefault("SMS4SATS_FX_URL", f"{provider_url.rstrip('/')}/api/v3/simple/price")
+        # Rental SMS come back by webhook, authenticated by a secret kept with the stack's data
+        # (rentals outlive a restart; a stale token only leaves them to polling).
+        if not env.get("SMS4SATS_WEBHOOK_SECRET"):
+            env["SMS4SATS_WEBHOOK_SECRET"] = self.webhook_secret()
+        token = quote(env["SMS4SATS_WEBHOOK_SECRET"], safe="")
+        env.setdefault(
+            "SMS4SATS_RENT_WEBHOOK_URL",
+            f"http://127.0.0.1:{self.ports['gateway']}/v2/l402/webhooks/rent?token={token}",
+        )
         return env
+
+    def webhook_secret(self) -> str:
+        """The stack's webhook secret, made once and kept in its directory."""
+        path = self.root / "webhook-secret"
+        if not path.exists():
+            path.write_text(secrets.token_urlsafe(24))
+            path.chmod(0o600)
+        return path.read_text().strip()
 
     def start(self) -> dict[str, Any]:
         """Bring the whole stack up and return the stack.json document."""
