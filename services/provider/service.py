@@ -13,7 +13,7 @@ from services.provider.activations import Activations
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:
     """Run the provider worker until stop."""
-    provider = HeroSmsClient(settings.provider_url, settings.provider_api_key)
+    provider = HeroSmsClient.from_settings(settings)
     try:
         async with open_worker("provider", settings, stop) as worker:
             activations = Activations(worker, provider)
