@@ -292,7 +292,7 @@ def _rent_status(state: SimState, rental: SimRental) -> web.Response:
                 "service": m.service,
                 "date": fmt_time(m.at),
             }
-            for i, m in enumerate(reversed(rental.sms))  # newest first, as the provider does
+            for i, m in enumerate(rental.sms)  # in arrival order: dates have whole seconds
         }
         return web.json_response(
             {"status": "success", "quantity": str(len(values)), "values": values}
@@ -339,6 +339,7 @@ async def handler_api(request: web.Request) -> web.Response:
 
     blocked = state.rate_check(params.get("api_key") or "")
     if blocked is not None:
+        state.rate_limited += 1
         return _rate_limited(state, blocked)
     try:
         faulty = await _apply_fault(state, action)
@@ -408,7 +409,8 @@ async def simple_price(request: web.Request) -> web.Response:
     if "bitcoin" in ids:
         price: dict[str, Any] = {}
         if "usd" in currencies:
-            price["usd"] = float(state.settings.btc_usd)
+            rate = state.settings.btc_usd
+            price["usd"] = int(rate) if rate == rate.to_integral_value() else float(rate)
         if request.query.get("include_last_updated_at", "").lower() == "true":
             price["last_updated_at"] = int(state.rate_updated_at)
         body["bitcoin"] = price
@@ -659,8 +661,11 @@ async def sim_reset(request: web.Request) -> web.Response:
 
 async def sim_stats(request: web.Request) -> web.Response:
     """GET /sim/stats: handler_api calls per action."""
-    stats = request.app[STATE_KEY].stats
-    return web.json_response({"actions": dict(stats), "total": sum(stats.values())})
+    state = request.app[STATE_KEY]
+    stats = state.stats
+    return web.json_response(
+        {"actions": dict(stats), "total": sum(stats.values()), "rateLimited": state.rate_limited}
+    )
 
 
 def _fault_from_body(body: dict[str, Any]) -> Fault | str:

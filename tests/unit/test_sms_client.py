@@ -1016,7 +1016,7 @@ class FakeClock:
 async def test_limiter_paces_after_the_burst() -> None:
     clock = FakeClock()
     limiter = ProviderLimiter(40, clock=clock, sleep=clock.sleep)
-    for _ in range(10):  # the burst: a quarter second's worth
+    for _ in range(4):  # the burst: a tenth of a second's worth
         await limiter.acquire()
     assert clock.sleeps == []
     for _ in range(40):

@@ -30,7 +30,7 @@ class ProviderLimiter:
     ) -> None:
         """Configure the bucket; rate <= 0 disables pacing (pauses still apply)."""
         self.rate = rate
-        self.burst = burst if burst is not None else max(1.0, rate / 4)
+        self.burst = burst if burst is not None else max(1.0, rate / 10)
         self.max_wait = max_wait
         self._clock = clock
         self._sleep = sleep
