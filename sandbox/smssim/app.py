@@ -247,7 +247,8 @@ def _rate_limited(state: SimState, seconds: float) -> web.Response:
     """The answer to a request of a blocked key, in the configured style."""
     wait = math.ceil(seconds)
     if state.settings.error_style == "smsactivate":
-        return _text(f"BANNED:{fmt_time(state.clock() + wait)}")
+        # Whole seconds, rounded up: the block is surely over at the time named.
+        return _text(f"BANNED:{fmt_time(math.ceil(state.clock() + seconds))}")
     return web.json_response(
         {
             "title": "TOO_MANY_REQUESTS",

@@ -361,8 +361,11 @@ async def test_rate_limit_blocks_a_burst(control: Control) -> None:
     assert (await control.get("/sim/stats"))["rateLimited"] >= len(blocked) + 1
 
 
-async def test_client_waits_out_a_short_block(sim_url: str, control: Control) -> None:
-    await control.post("/sim/config", {"rateLimitPerSecond": 5, "rateBlockSeconds": 1})
+@pytest.mark.parametrize("style", STYLES)
+async def test_client_waits_out_a_short_block(sim_url: str, control: Control, style: str) -> None:
+    await control.post(
+        "/sim/config", {"errorStyle": style, "rateLimitPerSecond": 5, "rateBlockSeconds": 1}
+    )
     # A client paced faster than the upstream allows runs into the block and rides it out.
     async with HeroSmsClient(sim_url, API_KEY, rate_per_second=1000) as hasty:
         balances = await asyncio.gather(*(hasty.balance_usd() for _ in range(12)))

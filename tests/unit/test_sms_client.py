@@ -1061,6 +1061,13 @@ async def test_429_with_short_retry_after_is_retried(env: Env) -> None:
     assert env.upstream.calls("getBalance") == 2
 
 
+async def test_429_retry_after_from_the_body(env: Env) -> None:
+    env.upstream.on("getBalance", recorded("too_many_requests_herosms.json", 429))
+    with pytest.raises(RateLimited) as info:
+        await env.client.balance_usd()
+    assert info.value.retry_after == 10
+
+
 async def test_long_retry_after_stops_every_call_without_asking(env: Env) -> None:
     too_many = recorded("too_many_requests_herosms.json", 429)
     too_many.headers["Retry-After"] = "120"
