@@ -247,7 +247,8 @@ def _rate_limited(state: SimState, seconds: float) -> web.Response:
     """The answer to a request of a blocked key, in the configured style."""
     wait = math.ceil(seconds)
     if state.settings.error_style == "smsactivate":
-        return _text(f"BANNED:{fmt_time(state.clock() + wait)}")
+        # Whole seconds, rounded up: the block is surely over at the time named.
+        return _text(f"BANNED:{fmt_time(math.ceil(state.clock() + seconds))}")
     return web.json_response(
         {
             "title": "TOO_MANY_REQUESTS",
@@ -292,7 +293,7 @@ def _rent_status(state: SimState, rental: SimRental) -> web.Response:
                 "service": m.service,
                 "date": fmt_time(m.at),
             }
-            for i, m in enumerate(reversed(rental.sms))  # newest first, as the provider does
+            for i, m in enumerate(rental.sms)  # in arrival order: dates have whole seconds
         }
         return web.json_response(
             {"status": "success", "quantity": str(len(values)), "values": values}
@@ -339,6 +340,7 @@ async def handler_api(request: web.Request) -> web.Response:
 
     blocked = state.rate_check(params.get("api_key") or "")
     if blocked is not None:
+        state.rate_limited += 1
         return _rate_limited(state, blocked)
     try:
         faulty = await _apply_fault(state, action)
@@ -408,7 +410,8 @@ async def simple_price(request: web.Request) -> web.Response:
     if "bitcoin" in ids:
         price: dict[str, Any] = {}
         if "usd" in currencies:
-            price["usd"] = float(state.settings.btc_usd)
+            rate = state.settings.btc_usd
+            price["usd"] = int(rate) if rate == rate.to_integral_value() else float(rate)
         if request.query.get("include_last_updated_at", "").lower() == "true":
             price["last_updated_at"] = int(state.rate_updated_at)
         body["bitcoin"] = price
@@ -659,8 +662,11 @@ async def sim_reset(request: web.Request) -> web.Response:
 
 async def sim_stats(request: web.Request) -> web.Response:
     """GET /sim/stats: handler_api calls per action."""
-    stats = request.app[STATE_KEY].stats
-    return web.json_response({"actions": dict(stats), "total": sum(stats.values())})
+    state = request.app[STATE_KEY]
+    stats = state.stats
+    return web.json_response(
+        {"actions": dict(stats), "total": sum(stats.values()), "rateLimited": state.rate_limited}
+    )
 
 
 def _fault_from_body(body: dict[str, Any]) -> Fault | str:

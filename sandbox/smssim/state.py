@@ -430,6 +430,7 @@ class SimState:
         # Per API key: recent request times (one-second window) and the end of a block.
         self._recent: dict[str, deque[float]] = {}
         self._blocked_until: dict[str, float] = {}
+        self.rate_limited = 0
 
     def reset(self) -> None:
         """Clear activations, rentals, stats, faults and blocks; restore stock and balance."""
@@ -442,6 +443,7 @@ class SimState:
         self.rentals.clear()
         self._recent.clear()
         self._blocked_until.clear()
+        self.rate_limited = 0
 
     # ----------------------------------------------------------------- faults
 

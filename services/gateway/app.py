@@ -93,7 +93,7 @@ def init_app(settings: Settings, stop: asyncio.Event) -> web.Application:
         lnd = LndClient(
             settings.lnd_rest_url, settings.macaroon_hex(), settings.lnd_tls_cert_path or None
         )
-        provider = HeroSmsClient(settings.provider_url, settings.provider_api_key)
+        provider = HeroSmsClient.from_settings(settings)
         app[POOL], app[JS_CONN], app[LND], app[PROVIDER] = pool, nc, lnd, provider
         background = start_background(pool, nc, settings, stop)
         yield

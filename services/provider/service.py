@@ -14,7 +14,7 @@ from services.provider.rentals import Rentals
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:
     """Run the provider worker until stop."""
-    provider = HeroSmsClient(settings.provider_url, settings.provider_api_key)
+    provider = HeroSmsClient.from_settings(settings)
     try:
         async with open_worker("provider", settings, stop) as worker:
             activations = Activations(worker, provider)

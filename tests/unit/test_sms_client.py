@@ -9,18 +9,23 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from prometheus_client import REGISTRY
 
+from libs.common.config import Settings
+from libs.common.metrics import PROVIDER_ERRORS
 from libs.common.sms import (
     Activation,
     ActivationNotActive,
     ActivationStatus,
     BadAction,
     BadKey,
+    BadRentTime,
     BadService,
     BadStatus,
     Banned,
@@ -38,15 +43,23 @@ from libs.common.sms import (
     ProviderUnavailable,
     RateLimited,
     ReactivationNotAvailable,
+    Rental,
+    RentCatalog,
+    RentEnded,
+    RentMessage,
+    RentOffer,
     Service,
     SmsProvider,
     TextReply,
     TooEarlyToCancel,
+    ban_wait_seconds,
+    metric_code,
     parse_countries,
     parse_provider_time,
     parse_reply,
     parse_status_v2,
 )
+from libs.common.sms.limiter import ProviderLimiter
 
 API_KEY = "unit-secret-key-123"
 
@@ -349,6 +362,8 @@ def test_parse_status_v2(reply: TextReply | JsonReply, expected: ActivationStatu
         ("request_another", "3", "ACCESS_RETRY_GET"),
         ("finish", "6", "ACCESS_ACTIVATION"),
         ("cancel", "8", "ACCESS_CANCEL"),
+        # HeroSMS has no ban action: a bad number is given back by cancelling it.
+        ("report_bad", "8", "ACCESS_CANCEL"),
     ],
 )
 async def test_set_status_success(env: Env, method: str, status: str, reply: str) -> None:
@@ -668,3 +683,464 @@ async def test_key_and_code_never_leak(env: Env, caplog: pytest.LogCaptureFixtur
     assert "918273" not in caplog.text
     assert all(API_KEY not in q for q in env.upstream.query_strings)
     assert "getBalance" in caplog.text  # logging does happen, just without secrets
+
+
+# ------------------------------------------------------------------------- recorded bodies
+
+DATA = Path(__file__).parent / "data" / "provider"
+
+
+def recorded(name: str, status: int = 200) -> Canned:
+    """A reply body recorded from a provider, stored under tests/unit/data/provider."""
+    suffix = name.rsplit(".", 1)[-1]
+    content_type = {"json": "application/json", "html": "text/html"}.get(suffix, "text/plain")
+    return Canned((DATA / name).read_text(), status, content_type=content_type)
+
+
+# ---------------------------------------------------------------------------------- rentals
+
+
+async def test_rent_offers_coerces_and_skips_malformed(env: Env) -> None:
+    env.upstream.on("getRentServicesAndCountries", recorded("getRentServicesAndCountries.json"))
+    catalog = await env.client.rent_offers(24, country=187)
+    assert env.upstream.requests[0]["rent_time"] == "24"
+    assert env.upstream.requests[0]["country"] == "187"
+    assert catalog == RentCatalog(
+        countries=[0, 16, 43, 187],
+        offers=[
+            RentOffer(187, "full", 24, Decimal("42.93"), 20),
+            RentOffer(187, "tg", 24, Decimal("1.5"), 20),
+            RentOffer(187, "wa", 24, Decimal("2.25"), 0),
+        ],
+    )
+
+
+async def test_rent_offers_without_country_are_the_first_country(env: Env) -> None:
+    env.upstream.on("getRentServicesAndCountries", recorded("getRentServicesAndCountries.json"))
+    catalog = await env.client.rent_offers(4)
+    assert "country" not in env.upstream.requests[0]
+    assert {o.country for o in catalog.offers} == {0}
+    assert {o.hours for o in catalog.offers} == {4}
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        recorded("rent_bad_time_herosms.json", 400),
+        js({"status": "error", "message": "BAD_TIME"}),
+        Canned("INVALID_TIME"),
+    ],
+    ids=["herosms", "json", "text"],
+)
+async def test_rent_offers_bad_time(env: Env, reply: Canned) -> None:
+    env.upstream.on("getRentServicesAndCountries", reply)
+    with pytest.raises(BadRentTime) as info:
+        await env.client.rent_offers(5)
+    assert not info.value.transient
+
+
+async def test_rent_hours_must_be_positive_without_asking(env: Env) -> None:
+    with pytest.raises(BadRentTime):
+        await env.client.rent_offers(0)
+    with pytest.raises(BadRentTime):
+        await env.client.rent(service="tg", country=187, hours=-1)
+    assert env.upstream.requests == []
+
+
+async def test_rent_number(env: Env) -> None:
+    env.upstream.on("getRentNumber", recorded("getRentNumber.json"))
+    rental = await env.client.rent(
+        service="tg", country=187, hours=4, webhook_url="https://example.test/hook?t=1"
+    )
+    assert rental == Rental(
+        rent_id="7200000123",
+        phone="14155550134",
+        ends_at=datetime(2026, 11, 23, 10, 15, tzinfo=UTC),
+    )
+    sent = env.upstream.requests[0]
+    assert (sent["service"], sent["country"], sent["rent_time"]) == ("tg", "187", "4")
+    assert sent["url"] == "https://example.test/hook?t=1"
+
+
+async def test_rent_number_without_webhook_sends_no_url(env: Env) -> None:
+    env.upstream.on("getRentNumber", recorded("getRentNumber.json"))
+    await env.client.rent(service="tg", country=187, hours=4)
+    assert "url" not in env.upstream.requests[0]
+
+
+@pytest.mark.parametrize(
+    ("reply", "exc_type"),
+    [
+        (js({"status": "error", "message": "NO_NUMBERS"}), NoNumbers),
+        (Canned("NO_NUMBERS"), NoNumbers),
+        (hero("NO_BALANCE", 402), InsufficientBalance),
+        (js({"status": "success", "phone": {"id": 1, "number": "1"}}), ProviderUnavailable),
+    ],
+    ids=["json", "text", "herosms", "no-end-date"],
+)
+async def test_rent_number_errors(env: Env, reply: Canned, exc_type: type[ProviderError]) -> None:
+    env.upstream.on("getRentNumber", reply)
+    with pytest.raises(exc_type):
+        await env.client.rent(service="tg", country=187, hours=4)
+
+
+async def test_rent_messages_oldest_first(env: Env) -> None:
+    env.upstream.on("getRentStatus", recorded("getRentStatus_two.json"))
+    messages = await env.client.rent_messages("7200000123")
+    assert env.upstream.requests[0]["id"] == "7200000123"
+    assert messages == [
+        RentMessage(
+            phone_from="+447700900123",
+            text="Your code is 4410",
+            received_at=datetime(2026, 11, 22, 10, 19, 55, tzinfo=UTC),
+            service=None,
+        ),
+        RentMessage(
+            phone_from="Telegram",
+            text="Telegram code 77812",
+            received_at=datetime(2026, 11, 22, 10, 21, 7, tzinfo=UTC),
+            service="tg",
+        ),
+    ]
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        recorded("getRentStatus_wait.json"),
+        Canned("STATUS_WAIT_CODE"),
+        hero("STATUS_WAIT_CODE", 400),
+    ],
+    ids=["json", "text", "herosms"],
+)
+async def test_rent_messages_none_yet(env: Env, reply: Canned) -> None:
+    env.upstream.on("getRentStatus", reply)
+    assert await env.client.rent_messages("1") == []
+
+
+@pytest.mark.parametrize(
+    ("reply", "code"),
+    [
+        (recorded("getRentStatus_finish.json"), "STATUS_FINISH"),
+        (Canned("STATUS_FINISH"), "STATUS_FINISH"),
+        (Canned("STATUS_CANCEL"), "STATUS_CANCEL"),
+        (js({"status": "error", "message": "STATUS_CANCEL"}), "STATUS_CANCEL"),
+    ],
+)
+async def test_rent_messages_after_the_end(env: Env, reply: Canned, code: str) -> None:
+    env.upstream.on("getRentStatus", reply)
+    with pytest.raises(RentEnded) as info:
+        await env.client.rent_messages("1")
+    assert info.value.code == code and not info.value.transient
+
+
+@pytest.mark.parametrize(("method", "status"), [("finish_rent", "1"), ("cancel_rent", "2")])
+async def test_set_rent_status(env: Env, method: str, status: str) -> None:
+    env.upstream.on("setRentStatus", recorded("setRentStatus_success.json"))
+    await getattr(env.client, method)("55")
+    assert env.upstream.requests[0]["id"] == "55"
+    assert env.upstream.requests[0]["status"] == status
+
+
+async def test_finish_rent_already_over(env: Env) -> None:
+    env.upstream.on("setRentStatus", recorded("setRentStatus_already_finish.json"))
+    with pytest.raises(RentEnded) as info:
+        await env.client.finish_rent("55")
+    assert info.value.code == "ALREADY_FINISH"
+
+
+async def test_set_rent_status_unexpected(env: Env) -> None:
+    env.upstream.on("setRentStatus", js({"status": "maybe"}))
+    with pytest.raises(ProviderUnavailable):
+        await env.client.cancel_rent("55")
+
+
+# ----------------------------------------------------------------------------- reactivation
+
+
+async def test_reactivate(env: Env) -> None:
+    env.upstream.on("reactivate", recorded("reactivate.json"))
+    act = await env.client.reactivate("3100000100")
+    assert env.upstream.requests[0]["id"] == "3100000100"
+    assert act == Activation(
+        id="3100000457",
+        phone="14155550134",
+        cost_usd=Decimal("0.21"),
+        country_id=187,
+        ends_at=datetime(2026, 11, 22, 10, 20, tzinfo=UTC),
+    )
+
+
+async def test_reactivate_refused(env: Env) -> None:
+    env.upstream.on("reactivate", recorded("reactivate_not_available.json", 409))
+    with pytest.raises(ReactivationNotAvailable) as info:
+        await env.client.reactivate("3100000100")
+    assert not info.value.transient
+
+
+# ---------------------------------------------------------------------------------- garbage
+
+
+@pytest.mark.parametrize(
+    ("reply", "code"),
+    [
+        (recorded("nginx_502.html", 200), "GARBAGE_REPLY"),
+        (recorded("nginx_502.html", 502), "HTTP_502"),
+        (recorded("cloudflare_403.html", 403), "HTTP_403"),
+        (recorded("getNumberV2_truncated.json"), "BAD_JSON"),
+        (Canned(""), "EMPTY_REPLY"),
+        (Canned("   \n"), "EMPTY_REPLY"),
+        (js([1, 2, 3]), "BAD_REPLY"),
+        (js({"activationId": "1"}), "BAD_REPLY"),
+    ],
+)
+async def test_garbage_is_transient(env: Env, reply: Canned, code: str) -> None:
+    env.upstream.on("getNumberV2", reply)
+    with pytest.raises(ProviderUnavailable) as info:
+        await env.client.buy(service="tg", country_id=187)
+    assert info.value.code == code and info.value.transient
+
+
+# --------------------------------------------------------------------- every reference code
+
+# Each code of the reference (§1, §2) with its class and whether retrying may help.
+REFERENCE_CODES: list[tuple[str, type[ProviderError], bool]] = [
+    ("NO_NUMBERS", NoNumbers, False),
+    ("NO_BALANCE", InsufficientBalance, False),
+    ("BAD_KEY", BadKey, False),
+    ("NO_KEY", BadKey, False),
+    ("BAD_ACTION", BadAction, False),
+    ("BAD_SERVICE", BadService, False),
+    ("BAD_STATUS", BadStatus, False),
+    ("NO_ACTIVATION", NotFound, False),
+    ("WRONG_ACTIVATION_ID", NotFound, False),
+    ("EARLY_CANCEL_DENIED", TooEarlyToCancel, True),
+    ("WRONG_MAX_PRICE:0.35", PriceTooLow, False),
+    ("BANNED:2099-01-01 00:00:00", Banned, True),
+    ("CHANNELS_LIMIT", Banned, True),
+    ("ACCOUNT_INACTIVE", Banned, False),
+    ("ERROR_SQL", ProviderUnavailable, True),
+    ("ORDER_ALREADY_EXISTS", OrderAlreadyExists, False),
+    ("RENEW_ACTIVATION_NOT_AVAILABLE", ReactivationNotAvailable, False),
+    ("SERVICE_NOT_AVAILABLE", BadService, False),
+    ("OTP_RECEIVED", CodeAlreadyReceived, False),
+    ("ACTIVATION_NOT_ACTIVE", ActivationNotActive, False),
+    ("NOT_FOUND", NotFound, False),
+]
+
+
+@pytest.mark.parametrize(("raw", "exc_type", "transient"), REFERENCE_CODES)
+@pytest.mark.parametrize("style", ["text", "herosms"])
+def test_every_reference_code(
+    raw: str, exc_type: type[ProviderError], transient: bool, style: str
+) -> None:
+    code, _, value = raw.partition(":")
+    if style == "text":
+        status, body = 200, raw
+    else:
+        info: dict[str, Any] = {"min": value} if code == "WRONG_MAX_PRICE" else {}
+        if code == "BANNED":
+            info = {"endDate": value}
+        status, body = 403, json.dumps({"title": code, "details": "d", "info": info})
+    with pytest.raises(ProviderError) as caught:
+        parse_reply(status, body)
+    err = caught.value
+    assert type(err) is exc_type
+    assert err.code == code
+    assert err.transient is transient
+    assert metric_code(err.code) == code  # a known code is its own metric label
+
+
+def test_unknown_codes_share_one_metric_label() -> None:
+    assert metric_code("SOMETHING_NEW_42") == "OTHER"
+    assert metric_code("HTTP_503") == "HTTP_503"
+    assert metric_code("HTTP_5030") == "OTHER"
+
+
+def _errors_counted(code: str) -> float:
+    PROVIDER_ERRORS.labels(code)  # make the sample exist before the first error
+    value = REGISTRY.get_sample_value("sms4sats_provider_errors_total", {"code": code})
+    assert value is not None
+    return value
+
+
+async def test_errors_are_counted_once(env: Env) -> None:
+    before = _errors_counted("NO_NUMBERS")
+    env.upstream.on("getNumberV2", "NO_NUMBERS")
+    with pytest.raises(NoNumbers):
+        await env.client.buy(service="tg", country_id=187)
+    assert _errors_counted("NO_NUMBERS") == before + 1
+
+
+async def test_refined_cancel_error_is_counted_once(env: Env) -> None:
+    before = _errors_counted("NO_ACTIVATION")
+    env.upstream.on("setStatus", "NO_ACTIVATION")
+    env.upstream.on("getStatus", "STATUS_CANCEL")
+    with pytest.raises(ActivationNotActive):
+        await env.client.report_bad("7")
+    assert _errors_counted("NO_ACTIVATION") == before + 1
+
+
+async def test_network_errors_are_counted() -> None:
+    before = _errors_counted("NETWORK_ERROR")
+    client = HeroSmsClient("http://127.0.0.1:9", API_KEY, timeout=2.0)
+    try:
+        with pytest.raises(ProviderUnavailable):
+            await client.balance_usd()
+    finally:
+        await client.close()
+    assert _errors_counted("NETWORK_ERROR") == before + 1
+
+
+# ------------------------------------------------------------------- rate limits and bans
+
+
+class FakeClock:
+    """Monotonic time that only moves when the code under test sleeps."""
+
+    def __init__(self) -> None:
+        """Start at 1000 s."""
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        """Current time."""
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        """Advance instead of waiting."""
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+async def test_limiter_paces_after_the_burst() -> None:
+    clock = FakeClock()
+    limiter = ProviderLimiter(40, clock=clock, sleep=clock.sleep)
+    for _ in range(4):  # the burst: a tenth of a second's worth
+        await limiter.acquire()
+    assert clock.sleeps == []
+    for _ in range(40):
+        await limiter.acquire()
+    # 40 more calls need 40 new tokens: one second at 40/s, never a burst over 50 in a second.
+    assert sum(clock.sleeps) == pytest.approx(1.0)
+
+
+async def test_limiter_pause_holds_every_call() -> None:
+    clock = FakeClock()
+    limiter = ProviderLimiter(0, clock=clock, sleep=clock.sleep)
+    limiter.pause(5)
+    await limiter.acquire()
+    assert clock.sleeps == [5]
+
+
+async def test_limiter_refuses_a_pause_longer_than_max_wait() -> None:
+    clock = FakeClock()
+    limiter = ProviderLimiter(40, max_wait=30, clock=clock, sleep=clock.sleep)
+    limiter.pause(120, lambda left: Banned("BANNED", retry_after=left, transient=True))
+    with pytest.raises(Banned) as info:
+        await limiter.acquire()
+    assert info.value.retry_after == 120 and info.value.transient
+    assert clock.sleeps == []
+    clock.now += 91  # 29 s left: now it is worth waiting
+    await limiter.acquire()
+    assert clock.sleeps == [pytest.approx(29)]
+
+
+async def test_429_with_short_retry_after_is_retried(env: Env) -> None:
+    env.upstream.on(
+        "getBalance",
+        recorded("too_many_requests_herosms.json", 429),
+        "ACCESS_BALANCE:3.50",
+    )
+    env.upstream.replies["getBalance"][0].headers["Retry-After"] = "0.05"
+    client = HeroSmsClient(env.base_url, API_KEY)
+    try:
+        assert await client.balance_usd() == Decimal("3.50")
+    finally:
+        await client.close()
+    assert env.upstream.calls("getBalance") == 2
+
+
+async def test_429_retry_after_from_the_body(env: Env) -> None:
+    env.upstream.on("getBalance", recorded("too_many_requests_herosms.json", 429))
+    with pytest.raises(RateLimited) as info:
+        await env.client.balance_usd()
+    assert info.value.retry_after == 10
+
+
+async def test_long_retry_after_stops_every_call_without_asking(env: Env) -> None:
+    too_many = recorded("too_many_requests_herosms.json", 429)
+    too_many.headers["Retry-After"] = "120"
+    env.upstream.on("getBalance", too_many)
+    client = HeroSmsClient(env.base_url, API_KEY)
+    try:
+        with pytest.raises(RateLimited) as first:
+            await client.balance_usd()
+        assert first.value.retry_after == 120 and first.value.transient
+        with pytest.raises(RateLimited) as second:
+            await client.countries()
+        assert second.value.retry_after is not None and second.value.retry_after > 100
+    finally:
+        await client.close()
+    assert len(env.upstream.requests) == 1  # the paused call never reached the provider
+
+
+async def test_banned_until_soon_is_waited_out(env: Env) -> None:
+    soon = (datetime.now(UTC) + timedelta(seconds=1)).strftime("%Y-%m-%d %H:%M:%S")
+    env.upstream.on("getPrices", f"BANNED:{soon}", js({"187": {"tg": {"cost": 0.1, "count": 1}}}))
+    client = HeroSmsClient(env.base_url, API_KEY)
+    try:
+        assert len(await client.prices()) == 1
+    finally:
+        await client.close()
+
+
+async def test_long_ban_is_raised_and_pauses_the_client(env: Env) -> None:
+    later = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%d %H:%M:%S")
+    env.upstream.on("getNumberV2", f"BANNED:{later}")
+    client = HeroSmsClient(env.base_url, API_KEY)
+    try:
+        with pytest.raises(Banned) as info:
+            await client.buy(service="tg", country_id=187)
+        assert info.value.until == later and info.value.transient
+        assert info.value.retry_after is not None and 3500 < info.value.retry_after <= 3600
+        with pytest.raises(Banned):
+            await client.balance_usd()
+    finally:
+        await client.close()
+    assert len(env.upstream.requests) == 1
+
+
+async def test_account_inactive_is_not_a_pause(env: Env) -> None:
+    env.upstream.on("getNumberV2", "ACCOUNT_INACTIVE")
+    env.upstream.on("getBalance", "ACCESS_BALANCE:1")
+    with pytest.raises(Banned) as info:
+        await env.client.buy(service="tg", country_id=187)
+    assert not info.value.transient
+    assert await env.client.balance_usd() == Decimal("1")
+
+
+@pytest.mark.parametrize(
+    ("until", "expected"),
+    [
+        ("2026-11-22 10:00:30", 30.0),
+        ("2026-11-22T10:01:00+00:00", 60.0),
+        ("45", 45.0),
+        (str(int(datetime(2026, 11, 22, 10, 2, tzinfo=UTC).timestamp())), 120.0),
+        ("2026-11-22 09:00:00", 0.0),
+        ("soon", None),
+        (None, None),
+    ],
+)
+def test_ban_wait_seconds(until: str | None, expected: float | None) -> None:
+    now = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+    assert ban_wait_seconds(until, now) == expected
+
+
+def test_client_from_settings() -> None:
+    settings = Settings(
+        provider_url="http://sms.test", provider_rate_per_second=7.5, provider_timeout_seconds=3
+    )
+    client = HeroSmsClient.from_settings(settings)
+    assert client.limiter.rate == 7.5
+    assert repr(client) == "HeroSmsClient('http://sms.test/stubs/handler_api.php')"

@@ -24,6 +24,7 @@ class ProviderError(Exception):
         self.code: str = code or self.default_code
         self.detail = detail
         self.transient: bool = self.default_transient if transient is None else transient
+        self.counted = False  # set once sms4sats_provider_errors_total has counted it
         super().__init__(f"{self.code}: {self.description}")
 
 

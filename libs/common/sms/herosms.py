@@ -101,9 +101,9 @@ def metric_code(code: str) -> str:
 
 def record_error(err: ProviderError) -> None:
     """Count a provider error once in sms4sats_provider_errors_total."""
-    if getattr(err, "_counted", False):
+    if err.counted:
         return
-    err._counted = True  # type: ignore[attr-defined]
+    err.counted = True
     PROVIDER_ERRORS.labels(metric_code(err.code)).inc()
 
 
@@ -244,7 +244,9 @@ class HeroSmsClient:
         if err.code != "BANNED":
             return None
         if err.retry_after is None:
-            err.retry_after = ban_wait_seconds(err.until, datetime.now(UTC), self._tz)
+            wait = ban_wait_seconds(err.until, datetime.now(UTC), self._tz)
+            # Ban ends have whole seconds: never retry sooner than a second after the last try.
+            err.retry_after = None if wait is None else max(wait, 1.0)
             err.transient = err.retry_after is not None or err.until is not None
         return err.retry_after
 

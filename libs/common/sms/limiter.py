@@ -30,7 +30,7 @@ class ProviderLimiter:
     ) -> None:
         """Configure the bucket; rate <= 0 disables pacing (pauses still apply)."""
         self.rate = rate
-        self.burst = burst if burst is not None else max(1.0, rate / 4)
+        self.burst = burst if burst is not None else max(1.0, rate / 10)
         self.max_wait = max_wait
         self._clock = clock
         self._sleep = sleep
@@ -66,8 +66,9 @@ class ProviderLimiter:
                 now = self._clock()
                 self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
                 self._updated = now
-                if self._tokens >= 1.0:
-                    self._tokens -= 1.0
+                # The tolerance stops float rounding from asking for sleeps too short to count.
+                if self._tokens >= 1.0 - 1e-9:
+                    self._tokens = max(0.0, self._tokens - 1.0)
                     return
                 await _call_sleep(self._sleep, (1.0 - self._tokens) / self.rate)
 

@@ -206,6 +206,11 @@ def parse_reply(
     if passed is not None and status < 500 and status != 429:
         return passed
     if status == 429:
+        if retry_after is None and isinstance(payload, dict):
+            info = payload.get("info")
+            if isinstance(info, dict):
+                seconds = _to_decimal(info.get("retryAfter"))
+                retry_after = float(seconds) if seconds is not None and seconds >= 0 else None
         err = _error_from_json(payload, retry_after)
         code = err.code if err is not None else "RATE_LIMITED"
         raise RateLimited(code, retry_after=retry_after)
