@@ -22,16 +22,6 @@ from libs.common.store import NOW, Alarm, Timer
 
 log = logging.getLogger(__name__)
 
-# Errors after which buying again cannot help: the order is paid back at once.
-_PERMANENT = (
-    sms.NoNumbers,
-    sms.BadService,
-    sms.PriceTooLow,
-    sms.InsufficientBalance,
-    sms.BadKey,
-    sms.Banned,
-)
-
 
 class Activations:
     """Drives orders through allocating_number, waiting_for_sms and code_received."""
@@ -74,13 +64,8 @@ class Activations:
             return
         try:
             activation = await self._obtain(order)
-        except _PERMANENT as exc:
-            if isinstance(exc, sms.InsufficientBalance):
-                await self.raise_no_balance(exc)
-            await self._allocation_failed(order, exc.code)
-            return
         except sms.ProviderError as exc:
-            await self._retry_allocation(order, exc)
+            await self._allocation_error(order, exc)
             return
         crash_point("provider.number_bought")
         async with transaction(self._w.pool) as conn:
@@ -117,8 +102,17 @@ class Activations:
             max_price_usd=order["provider_cost_usd"] * self._w.settings.price_multiplier,
         )
 
-    async def _retry_allocation(self, order: asyncpg.Record, exc: sms.ProviderError) -> None:
-        """A transient provider failure: retry later, or refund once the deadline passed."""
+    async def _allocation_error(self, order: asyncpg.Record, exc: sms.ProviderError) -> None:
+        """A failed purchase: a transient error is retried until the deadline, others refund.
+
+        Permanent errors (no stock, a price over our quote, a bad key, no balance, ...) cannot
+        be helped by buying again; a temporary ban or an outage can.
+        """
+        if isinstance(exc, sms.InsufficientBalance):
+            await self.raise_no_balance(exc)
+        if not exc.transient:
+            await self._allocation_failed(order, exc.code)
+            return
         paid_at: datetime = order["paid_at"]
         deadline = paid_at + timedelta(seconds=self._w.settings.allocation_deadline_seconds)
         if datetime.now(UTC) >= deadline:
@@ -136,13 +130,8 @@ class Activations:
                 hours=order["rent_hours"],
                 webhook_url=self._w.settings.webhook_url(),
             )
-        except (*_PERMANENT, sms.BadRentTime) as exc:
-            if isinstance(exc, sms.InsufficientBalance):
-                await self.raise_no_balance(exc)
-            await self._allocation_failed(order, exc.code)
-            return
         except sms.ProviderError as exc:
-            await self._retry_allocation(order, exc)
+            await self._allocation_error(order, exc)
             return
         crash_point("provider.number_bought")
         seconds = max(0.0, (rental.ends_at - datetime.now(UTC)).total_seconds())

@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from libs.common.lightning import LndClient
-from tests.e2e.conftest import E2E_ENV, node_client, running_stack
+from tests.e2e.conftest import E2E_ENV, UNMETERED_PROVIDER, node_client, running_stack
 from tests.e2e.load import check_each_order_once, place_and_pay, quote, scrape, stock_up, total
 from tests.e2e.test_l402_order import _pay, _sim
 
@@ -33,6 +33,7 @@ def scaled_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
     schedulers have timers to share."""
     env = {
         **E2E_ENV,
+        **UNMETERED_PROVIDER,
         "REPLICAS": "2",
         "SMS4SATS_ORDER_TIMEOUT_SECONDS": "90",
         "SMS4SATS_CODE_RETENTION_SECONDS": "1",

@@ -23,7 +23,7 @@ import asyncpg
 import pytest
 
 from libs.common.lightning import LndClient
-from tests.e2e.conftest import E2E_ENV, node_client, running_stack
+from tests.e2e.conftest import E2E_ENV, UNMETERED_PROVIDER, node_client, running_stack
 from tests.e2e.load import check_each_order_once, place_and_pay, quote, stock_up
 from tests.e2e.test_l402_order import _pay, _sim
 
@@ -37,7 +37,12 @@ IN_FLIGHT = 6
 @pytest.fixture(scope="module")
 def twin_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Two processes of every worker, so one keeps working while the other restarts."""
-    env = {**E2E_ENV, "REPLICAS": "2", "SMS4SATS_ORDER_TIMEOUT_SECONDS": "90"}
+    env = {
+        **E2E_ENV,
+        **UNMETERED_PROVIDER,
+        "REPLICAS": "2",
+        "SMS4SATS_ORDER_TIMEOUT_SECONDS": "90",
+    }
     with running_stack(tmp_path_factory.mktemp("shutdown-stack"), env) as info:
         yield info
 
