@@ -133,7 +133,7 @@ async def start_ops_server(host: str, port: int, health: Health = HEALTH) -> web
 
 
 async def sample_database(pool: asyncpg.Pool) -> None:
-    """Set the gauges sampled from PostgreSQL: orders, invoices, paid orders past deadline."""
+    """Set the gauges sampled from PostgreSQL: orders, invoices, stuck orders, the rate's age."""
     orders = await pool.fetch(Q.metrics_orders_by_status)
     invoices = await pool.fetch(Q.metrics_invoices_by_state)
     stuck = await pool.fetchval(Q.metrics_paid_past_deadline, STUCK_GRACE_SECONDS)
@@ -145,6 +145,10 @@ async def sample_database(pool: asyncpg.Pool) -> None:
     for row in invoices:
         metrics.INVOICES.labels(row["kind"], row["state"]).set(row["n"])
     metrics.PAID_ORDERS_PAST_DEADLINE.set(stuck)
+    # Every process reports the rate's age, so the alert works without order traffic.
+    fx_age = await pool.fetchval(Q.metrics_fx_rate_age)
+    if fx_age is not None:
+        metrics.FX_RATE_AGE.set(fx_age)
 
 
 async def sample_consumers(js: JetStreamContext, stream: str) -> None:

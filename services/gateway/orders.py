@@ -184,6 +184,15 @@ def check_reactivation(earlier: asyncpg.Record | None, req: OrderRequest) -> Non
         raise _bad("orderId", "only a completed receive-sms order can be reactivated")
 
 
+def credential_lifetime(settings: Settings, rent_hours: int | None) -> int:
+    """Seconds a new order's macaroon stays valid: the TTL, or a rental's whole life."""
+    if rent_hours is None:
+        return settings.macaroon_ttl_seconds
+    # A rental's messages must stay readable until it ends and its SMS are purged.
+    rental = settings.invoice_expiry_seconds + rent_hours * 3600 + settings.code_retention_seconds
+    return max(settings.macaroon_ttl_seconds, rental)
+
+
 def price_for(cost_usd: Decimal, btc_usd: Decimal, settings: Settings) -> int:
     """The customer's price in sats for a provider cost in USD at a BTC/USD rate."""
     return quote_sats(

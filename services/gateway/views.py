@@ -41,6 +41,7 @@ from services.gateway.orders import (
     OrderRequest,
     best_offer,
     check_reactivation,
+    credential_lifetime,
     order_json,
     parse_order_request,
     price_for,
@@ -149,7 +150,7 @@ async def create_order(request: web.Request) -> web.Response:
         root_key=root_key,
         identifier=identifier,
         order_id=order_id,
-        valid_until=now + settings.macaroon_ttl_seconds,
+        valid_until=now + credential_lifetime(settings, req.rent_hours),
     )
     expires_at = datetime.now(UTC) + timedelta(seconds=settings.invoice_expiry_seconds)
     try:

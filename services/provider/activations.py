@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import asyncpg
 
@@ -21,6 +22,14 @@ from libs.common.runtime import Worker
 from libs.common.store import NOW, Alarm, Timer
 
 log = logging.getLogger(__name__)
+
+
+def _needed(detail: str) -> Decimal:
+    """The USD amount a NO_BALANCE alarm waits for (any money at all if it is unknown)."""
+    try:
+        return max(Decimal(detail), Decimal("0.01"))
+    except ArithmeticError:
+        return Decimal("0.01")
 
 
 class Activations:
@@ -109,7 +118,7 @@ class Activations:
         be helped by buying again; a temporary ban or an outage can.
         """
         if isinstance(exc, sms.InsufficientBalance):
-            await self.raise_no_balance(exc)
+            await self.raise_no_balance(order["provider_cost_usd"])
         if not exc.transient:
             await self._allocation_failed(order, exc.code)
             return
@@ -160,24 +169,29 @@ class Activations:
             return
         log.info("number rented", extra={"order_id": order_id})
 
-    async def raise_no_balance(self, exc: sms.ProviderError) -> None:
-        """Our provider account is empty: stop selling and tell the operator (once)."""
+    async def raise_no_balance(self, needed_usd: Decimal) -> None:
+        """Our provider account is empty: stop selling and tell the operator (once).
+
+        The alarm keeps what the refused purchase needed: it lifts only once the balance
+        covers that, so an account a few cents short does not flap between the two.
+        """
         PROVIDER_NO_BALANCE.set(1)
-        since = await self._w.pool.fetchval(Q.alarm_raise, Alarm.NO_BALANCE, exc.code)
+        since = await self._w.pool.fetchval(Q.alarm_raise, Alarm.NO_BALANCE, str(needed_usd))
         if since is not None:
             log.error(
-                "ALARM: the provider account has no balance (%s); new orders are refused "
-                "with UNAVAILABLE until it is topped up",
-                exc.code,
+                "ALARM: the provider account has no balance (a purchase of %s USD was refused); "
+                "new orders are refused with UNAVAILABLE until it is topped up",
+                needed_usd,
             )
 
     async def watch_balance(self) -> None:
         """While the NO_BALANCE alarm is up, lift it as soon as the account has money again."""
         while not self._w.stop.is_set():
             try:
-                if await self._w.pool.fetchrow(Q.alarm_active, Alarm.NO_BALANCE) is None:
+                alarm = await self._w.pool.fetchrow(Q.alarm_active, Alarm.NO_BALANCE)
+                if alarm is None:
                     PROVIDER_NO_BALANCE.set(0)
-                elif await self._provider.balance_usd() > 0:
+                elif await self._provider.balance_usd() >= _needed(alarm["detail"]):
                     if await self._w.pool.fetchval(Q.alarm_clear, Alarm.NO_BALANCE) is not None:
                         log.warning("provider balance restored; selling again")
                     PROVIDER_NO_BALANCE.set(0)
@@ -285,11 +299,12 @@ class Activations:
             await messages.record(conn, order["id"], Message(datetime.now(UTC), text, code=code))
         log.info("another code received", extra={"order_id": order["id"]})
 
-    async def finish(self, order_id: str, *, redeliver: bool = False) -> None:
+    async def finish(self, order_id: str, *, window_closed: bool = False) -> None:
         """Tell the provider the activation is done and complete the order.
 
-        A failure is retried by the poller, or with redeliver (the window's event, which has
-        no poller behind it) by redelivering the event, until the deadline.
+        From the poller a failed finish is tried again at the next poll. When the another-SMS
+        window closed (no poller behind it) the order completes anyway: the code was delivered
+        and the provider closes an unfinished activation itself.
         """
         order = await store.get(self._w.pool, order_id)
         if order is None or order["status"] != Status.CODE_RECEIVED:
@@ -299,15 +314,14 @@ class Activations:
         except (sms.ActivationNotActive, sms.NotFound):
             pass  # already finished at the provider
         except sms.ProviderError as exc:
-            if not redeliver:
+            if not window_closed:
                 log.info(
                     "finish failed (%s); the poller retries", exc.code, extra={"order_id": order_id}
                 )
                 return
-            if datetime.now(UTC) < order["deadline_at"]:
-                raise Retry(f"provider error {exc.code}", delay=5.0) from exc
-            # The code was delivered and the provider ends the activation on its own.
-            log.warning("finish failed (%s); completing anyway", exc.code)
+            log.warning(
+                "finish failed (%s); completing anyway", exc.code, extra={"order_id": order_id}
+            )
         crash_point("provider.activation_finished")
         async with transaction(self._w.pool) as conn:
             if order["payment_mode"] == "hold":

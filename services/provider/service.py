@@ -30,7 +30,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
                 elif event.type is EventType.ANOTHER_SMS_REQUESTED:
                     await activations.request_another(event.order_id)
                 elif event.type is EventType.CODE_WINDOW_ENDED:
-                    await activations.finish(event.order_id, redeliver=True)
+                    await activations.finish(event.order_id, window_closed=True)
                 elif event.type is EventType.RENT_ENDED:
                     await rentals.end(event.order_id)
 

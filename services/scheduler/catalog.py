@@ -254,7 +254,7 @@ async def refresh_forever(
 async def refresh_once(settings: Settings) -> int:
     """The on-demand refresh: catalog (waiting for a running one) and rate; prints counts."""
     pool = await db.create_pool(settings.database_url, min_size=2, max_size=2)
-    provider = HeroSmsClient(settings.provider_url, settings.provider_api_key)
+    provider = HeroSmsClient.from_settings(settings)
     status = 0
     try:
         try:

@@ -82,7 +82,7 @@ async def tick_forever(worker: Worker) -> None:
 async def main(settings: Settings, stop: asyncio.Event) -> None:
     """Run the scheduler until stop."""
     async with open_worker("scheduler", settings, stop) as worker:
-        provider = HeroSmsClient(settings.provider_url, settings.provider_api_key)
+        provider = HeroSmsClient.from_settings(settings)
         try:
             await run_loops(
                 stop,

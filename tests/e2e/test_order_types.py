@@ -198,15 +198,18 @@ async def test_a_provider_that_keeps_failing_refunds_the_order(api: Api) -> None
 
 
 async def test_no_balance_stops_sales_until_the_account_is_topped_up(api: Api) -> None:
-    await api.sim("POST", "/sim/faults", {"mode": "no_balance"})
-    order_id, auth = await api.buy({"country": "US", "service": "tg"})
-    order = await api.poll(order_id, auth, TERMINAL)
-    assert order["status"] == "refunded", order
+    balance = (await api.sim("GET", "/sim/config"))["balance"]
+    await api.sim("POST", "/sim/config", {"balance": 0})
+    try:
+        order_id, auth = await api.buy({"country": "US", "service": "tg"})
+        order = await api.poll(order_id, auth, TERMINAL)
+        assert order["status"] == "refunded", order
 
-    status, refused = await api.create({"country": "US", "service": "tg"})
-    assert status == 503 and refused["error"]["code"] == "UNAVAILABLE"
-
-    await api.sim("DELETE", "/sim/faults")
+        await asyncio.sleep(1.5)  # several balance checks: still empty, still refused
+        status, refused = await api.create({"country": "US", "service": "tg"})
+        assert status == 503 and refused["error"]["code"] == "UNAVAILABLE"
+    finally:
+        await api.sim("POST", "/sim/config", {"balance": balance})
     deadline = time.monotonic() + 20
     while status != 402:
         assert time.monotonic() < deadline, refused

@@ -43,8 +43,11 @@ S = Status
 class Stage:
     """A provider worker's Activations and Rentals talking to the simulator."""
 
-    def __init__(self, worker: Worker, acts: Activations, rentals: Rentals) -> None:
+    def __init__(
+        self, worker: Worker, provider: HeroSmsClient, acts: Activations, rentals: Rentals
+    ) -> None:
         self.worker = worker
+        self.provider = provider
         self.pool = worker.pool
         self.acts = acts
         self.rentals = rentals
@@ -57,7 +60,7 @@ async def stage(settings: Settings, smssim_url: str) -> AsyncIterator[Stage]:  #
     provider = HeroSmsClient(smssim_url, API_KEY, timeout=1.0, max_wait=0.5, max_retries=0)
     try:
         async with open_worker("provider", tuned, asyncio.Event()) as worker:
-            yield Stage(worker, Activations(worker, provider), Rentals(worker, provider))
+            yield Stage(worker, provider, Activations(worker, provider), Rentals(worker, provider))
     finally:
         await provider.close()
 
@@ -82,7 +85,7 @@ async def completed_receive_sms(stage: Stage, sim: Sim) -> asyncpg.Record:  # no
     order = await get(stage.pool, order_id)
     await sim.deliver(order["activation_id"], "11111")
     await stage.acts.check(await claim_for_poll(stage.pool, order_id))
-    await stage.acts.finish(order_id, redeliver=True)
+    await stage.acts.finish(order_id, window_closed=True)
     order = await get(stage.pool, order_id)
     assert order["status"] == S.COMPLETED
     return order
@@ -128,8 +131,10 @@ async def test_a_rental_collects_each_sms_once_and_completes_at_its_end(
         ("Your code is 4712", "4712"),
     ]
 
-    # Before its end a (stale) end event changes nothing; after it, the order completes.
-    await stage.rentals.end(order_id)
+    # An end event ahead of this worker's clock is tried again later; after it, it completes.
+    with pytest.raises(Retry) as early:
+        await stage.rentals.end(order_id)
+    assert early.value.delay == 60.0
     assert (await get(stage.pool, order_id))["status"] == S.RENT_ACTIVE
     await stage.pool.execute(
         "UPDATE orders SET rent_ends_at = now() - interval '1 second' WHERE id = $1", order_id
@@ -149,6 +154,27 @@ async def test_a_rental_collects_each_sms_once_and_completes_at_its_end(
         "rent_active",
         "completed",
     ]
+
+
+async def test_a_rental_the_provider_ends_early_completes_at_once(
+    stage: Stage,
+    sim: Sim,  # noqa: F811
+) -> None:
+    order_id = await paid(stage, order_type="rent-number", rent_hours=4)
+    await stage.acts.allocate(order_id)
+    rent_id = (await get(stage.pool, order_id))["activation_id"]
+    await stage.provider.cancel_rent(rent_id)  # ended at the provider (e.g. by its support)
+
+    poller = asyncio.create_task(stage.rentals.poll_forever())
+    try:
+        for _ in range(100):
+            if (await get(stage.pool, order_id))["status"] == S.COMPLETED:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        stage.worker.stop.set()
+        await poller
+    assert (await get(stage.pool, order_id))["status"] == S.COMPLETED
 
 
 async def test_a_rental_that_cannot_be_allocated_is_refunded(
@@ -242,34 +268,28 @@ async def test_another_sms_on_the_same_number_shows_the_new_code(
     assert [m.code for m in await messages.for_order(stage.pool, order_id)] == ["22222", "33333"]
 
     # The window's end finishes the activation and completes the order.
-    await stage.acts.finish(order_id, redeliver=True)
+    await stage.acts.finish(order_id, window_closed=True)
     assert (await get(stage.pool, order_id))["status"] == S.COMPLETED
     assert (await sim.activation(activation_id))["status"] == "FINISHED"
     assert await refund_rows(stage.pool, order_id) == 0
 
 
-async def test_a_finish_the_provider_fails_is_redelivered_until_the_deadline(
+async def test_a_finish_the_provider_fails_still_completes_when_the_window_closes(
     stage: Stage,
     sim: Sim,  # noqa: F811
 ) -> None:
     order_id = await paid(stage)
     await stage.acts.allocate(order_id)
-    await sim.deliver((await get(stage.pool, order_id))["activation_id"], "44444")
+    activation_id = (await get(stage.pool, order_id))["activation_id"]
+    await sim.deliver(activation_id, "44444")
     await stage.acts.check(await claim_for_poll(stage.pool, order_id))
-    await sim.request(
-        "POST", "/sim/faults", {"mode": "error", "actions": ["setStatus"], "times": None}
-    )
+    fault = {"mode": "error", "actions": ["setStatus"], "times": None}
+    await sim.request("POST", "/sim/faults", fault)
 
-    with pytest.raises(Retry):
-        await stage.acts.finish(order_id, redeliver=True)
-    assert (await get(stage.pool, order_id))["status"] == S.CODE_RECEIVED
-
-    # Past the deadline the code was delivered all the same: complete without the provider.
-    await stage.pool.execute(
-        "UPDATE orders SET deadline_at = now() - interval '1 second' WHERE id = $1", order_id
-    )
-    await stage.acts.finish(order_id, redeliver=True)
+    # The code was delivered: an unreachable provider does not keep the order open.
+    await stage.acts.finish(order_id, window_closed=True)
     assert (await get(stage.pool, order_id))["status"] == S.COMPLETED
+    assert (await sim.activation(activation_id))["status"] != "FINISHED"
 
 
 # ----------------------------------------------------------------------------- provider faults
@@ -332,7 +352,7 @@ async def test_no_balance_refunds_raises_the_alarm_and_lifts_it_when_topped_up(
     stage: Stage,
     sim: Sim,  # noqa: F811
 ) -> None:
-    await sim.request("POST", "/sim/faults", {"mode": "no_balance"})
+    await sim.config(balance=0.01)  # a few cents: less than any number costs
     order_id = await paid(stage)
 
     await stage.acts.allocate(order_id)
@@ -341,10 +361,11 @@ async def test_no_balance_refunds_raises_the_alarm_and_lifts_it_when_topped_up(
     assert await stage.pool.fetchrow(Q.alarm_active, Alarm.NO_BALANCE) is not None
     assert PROVIDER_NO_BALANCE._value.get() == 1
 
-    # Topped up: the balance watcher lifts the alarm.
-    await sim.request("DELETE", "/sim/faults")
     watcher = asyncio.create_task(stage.acts.watch_balance())
     try:
+        await asyncio.sleep(0.5)  # several checks: a balance short of a purchase keeps it up
+        assert await stage.pool.fetchrow(Q.alarm_active, Alarm.NO_BALANCE) is not None
+        await sim.config(balance=50)  # topped up
         for _ in range(100):
             if await stage.pool.fetchrow(Q.alarm_active, Alarm.NO_BALANCE) is None:
                 break

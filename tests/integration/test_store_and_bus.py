@@ -196,3 +196,47 @@ async def test_overdue_paid_orders_get_their_deadline_fired_again(pool: asyncpg.
     rows = {r["order_id"]: r for r in await pool.fetch("SELECT * FROM timers")}
     assert rows[stuck]["fired_at"] is None  # fires again on the next scheduler tick
     assert rows[done]["fired_at"] is not None  # has its outcome: left alone
+
+
+async def test_a_lost_window_or_rental_end_fires_again_while_the_order_is_open(
+    pool: asyncpg.Pool,
+) -> None:
+    window_open, window_done = await insert_order(pool), await insert_order(pool)
+    rent_open = await insert_order(pool, order_type="rent-number", rent_hours=4)
+    walk = {
+        window_open: [
+            Status.PAID,
+            Status.ALLOCATING_NUMBER,
+            Status.WAITING_FOR_SMS,
+            Status.CODE_RECEIVED,
+        ],
+        window_done: [
+            Status.PAID,
+            Status.ALLOCATING_NUMBER,
+            Status.WAITING_FOR_SMS,
+            Status.CODE_RECEIVED,
+            Status.COMPLETED,
+        ],
+        rent_open: [Status.PAID, Status.ALLOCATING_NUMBER, Status.RENT_ACTIVE],
+    }
+    async with transaction(pool) as conn:
+        for order_id, path in walk.items():
+            current = Status.PENDING_PAYMENT
+            for target in path:
+                assert await store.transition(conn, order_id, current, target)
+                current = target
+        await store.set_timer(conn, window_open, Timer.CODE_WINDOW, 0)
+        await store.set_timer(conn, window_done, Timer.CODE_WINDOW, 0)
+        await store.set_timer(conn, rent_open, Timer.RENT_END, 0)
+        # The SMS deadline of an order that got its code is never fired again.
+        await store.set_timer(conn, window_open, Timer.SMS_TIMEOUT, 0)
+    await pool.execute(
+        "UPDATE timers SET fired_at = now() - interval '2 minutes',"
+        " due_at = now() - interval '3 minutes'"
+    )
+    await pool.execute(Q.orders_overdue_rearm, 60.0)
+    rows = {(r["order_id"], r["kind"]): r for r in await pool.fetch("SELECT * FROM timers")}
+    assert rows[(window_open, Timer.CODE_WINDOW)]["fired_at"] is None
+    assert rows[(rent_open, Timer.RENT_END)]["fired_at"] is None
+    assert rows[(window_done, Timer.CODE_WINDOW)]["fired_at"] is not None
+    assert rows[(window_open, Timer.SMS_TIMEOUT)]["fired_at"] is not None

@@ -12,11 +12,12 @@ SELECT country_id, service, hours, cost_usd, count
 FROM catalog_rent_prices ORDER BY country_id, service, hours;
 
 -- name: catalog_clear
--- Run in the same transaction as the inserts below: readers see the old or the new catalog.
-TRUNCATE catalog_countries, catalog_services, catalog_prices;
+-- Run in the same transaction as the inserts below: readers see the old or the new catalog
+-- (DELETE, not TRUNCATE, which is not MVCC-safe for readers with an older snapshot).
+DELETE FROM catalog_prices; DELETE FROM catalog_services; DELETE FROM catalog_countries;
 
 -- name: catalog_rent_clear
-TRUNCATE catalog_rent_prices;
+DELETE FROM catalog_rent_prices;
 
 -- name: catalog_countries_insert
 INSERT INTO catalog_countries (id, name, iso, visible, rent, retry)

@@ -37,3 +37,7 @@ WHERE paid_at IS NOT NULL
 -- How long ago the order last entered status $2 (from the trigger's status log).
 SELECT EXTRACT(EPOCH FROM now() - max(at))::float8 FROM order_transitions
 WHERE order_id = $1 AND to_status = $2;
+
+-- name: metrics_fx_rate_age
+-- Age of the cached BTC/USD rate by the database clock (NULL before the first fetch).
+SELECT EXTRACT(EPOCH FROM now() - max(fetched_at))::float8 FROM fx_rates;

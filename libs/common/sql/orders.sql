@@ -75,13 +75,15 @@ LEFT JOIN refunds r ON r.order_id = o.id
 WHERE t.key_id = $1;
 
 -- name: orders_overdue_rearm
--- Safety net: a paid order still short of an outcome after its SMS deadline has its timer
--- fired again (a lost or given-up message must not leave money hanging).
+-- Safety net: a paid order still short of an outcome after its timer fired has the timer
+-- fired again (a lost or given-up message must not leave money hanging or an order open).
 UPDATE timers t SET fired_at = NULL, due_at = now()
 FROM orders o
-WHERE t.order_id = o.id AND t.kind = 'sms_timeout'
+WHERE t.order_id = o.id
   AND t.fired_at < now() - make_interval(secs => $1)
-  AND o.status IN ('paid', 'allocating_number', 'waiting_for_sms');
+  AND ((t.kind = 'sms_timeout' AND o.status IN ('paid', 'allocating_number', 'waiting_for_sms'))
+       OR (t.kind = 'code_window' AND o.status = 'code_received')
+       OR (t.kind = 'rent_end' AND o.status = 'rent_active'));
 
 -- name: invariant_stuck_paid
 -- Paid orders still short of an outcome well past their deadline.

@@ -20,7 +20,7 @@ ALTER TABLE orders ADD CONSTRAINT rent_has_hours
     CHECK (type <> 'rent-number' OR rent_hours IS NOT NULL);
 ALTER TABLE orders ADD CONSTRAINT reactivation_has_origin
     CHECK (type <> 'receive-sms-reactivate' OR reactivates IS NOT NULL);
--- A completed order is reactivated at most once at a time; the gateway checks, this enforces.
+-- The gateway looks up reactivations in progress of an order through this index.
 CREATE INDEX orders_reactivates ON orders (reactivates) WHERE reactivates IS NOT NULL;
 
 -- Every SMS an order received: one for a verification, any number for a rental. Webhooks and
