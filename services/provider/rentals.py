@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import UTC, datetime
 
@@ -81,7 +82,11 @@ class Rentals:
                     *(self.collect(o) for o in orders), return_exceptions=True
                 )
                 for order, result in zip(orders, results, strict=True):
-                    if isinstance(result, sms.ProviderError):
+                    if result is False:
+                        # Over at the provider before its time: nothing more can arrive.
+                        with contextlib.suppress(Retry):  # its end timer tries again
+                            await self.end(order["id"], ended_at_provider=True)
+                    elif isinstance(result, sms.ProviderError):
                         log.info(
                             "rent poll failed: %s", result.code, extra={"order_id": order["id"]}
                         )
