@@ -11,6 +11,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 
+# One offer type for the provider port and the catalog alike.
+from libs.common.sms.port import Offer as Offer
+
 AUTO = "auto"
 
 
@@ -137,16 +140,6 @@ class CountryIndex:
         if len(text) == 2 and text.upper() in self._by_iso:
             return self._by_iso[text.upper()]
         return self._by_name.get(_key(text))  # also two-letter aliases such as "UK"
-
-
-@dataclass(frozen=True)
-class Offer:
-    """Price and stock of one country/service pair in the catalog."""
-
-    country_id: int
-    service: str
-    cost_usd: Decimal
-    count: int
 
 
 def auto_key(offer: Offer) -> tuple[Decimal, int, int, str]:

@@ -247,21 +247,13 @@ async def cancel_order(request: web.Request) -> web.Response:
             min_age=timedelta(seconds=settings.cancel_min_age_seconds),
         )
     except CancelRefused as exc:
-        status = 400 if exc.code == "VALIDATION_ERROR" else 409
-        raise ApiError(status, exc.code, exc.message) from exc
-    async with transaction(request.app[POOL]) as conn:
-        await enqueue(
-            conn, Event(EventType.CANCEL_REQUESTED, row["id"]), prefix=settings.subject_prefix
-        )
-    body = await order_body(request, row)
-    body["cancel"] = "requested"
-    return web.json_response(body, status=202)
+        raise _refused(exc) from exc
+    return await _requested(request, row, EventType.CANCEL_REQUESTED, "cancel")
 
 
 async def another_sms(request: web.Request) -> web.Response:
     """POST /v2/l402/order/{id}/another-sms: ask for another SMS on the same number."""
     row = await _authenticate(request, request.match_info["order_id"])
-    settings = request.app[SETTINGS]
     try:
         check_another_sms(
             order_type=OrderType(row["type"]),
@@ -269,14 +261,21 @@ async def another_sms(request: web.Request) -> web.Response:
             payment_mode=row["payment_mode"],
         )
     except CancelRefused as exc:
-        status = 400 if exc.code == "VALIDATION_ERROR" else 409
-        raise ApiError(status, exc.code, exc.message) from exc
+        raise _refused(exc) from exc
+    return await _requested(request, row, EventType.ANOTHER_SMS_REQUESTED, "anotherSms")
+
+
+def _refused(exc: CancelRefused) -> ApiError:
+    """The API error of a request the order's rules refuse."""
+    return ApiError(400 if exc.code == "VALIDATION_ERROR" else 409, exc.code, exc.message)
+
+
+async def _requested(request: web.Request, row: Any, kind: EventType, field: str) -> web.Response:
+    """Queue the customer's request for the workers; 202 with the order and `field`."""
     async with transaction(request.app[POOL]) as conn:
-        await enqueue(
-            conn, Event(EventType.ANOTHER_SMS_REQUESTED, row["id"]), prefix=settings.subject_prefix
-        )
+        await enqueue(conn, Event(kind, row["id"]), prefix=request.app[SETTINGS].subject_prefix)
     body = await order_body(request, row)
-    body["anotherSms"] = "requested"
+    body[field] = "requested"
     return web.json_response(body, status=202)
 
 
