@@ -6,6 +6,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 
@@ -30,7 +31,7 @@ class Message:
         # The code is left out: one source may report it and the other not.
         body = self.text if self.text is not None else (self.code or "")
         raw = f"{self.phone_from or ''}\x00{body}\x00{at}"
-        return hashlib.sha256(raw.encode()).hexdigest()
+        return hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def extract_code(text: str | None) -> str | None:
@@ -41,13 +42,34 @@ def extract_code(text: str | None) -> str | None:
     return re.sub(r"\D", "", found.group(1)) if found else None
 
 
+def storable(value: str | None) -> str | None:
+    """Provider text as PostgreSQL can store it: NULs dropped, lone surrogates replaced."""
+    if value is None:
+        return None
+    return value.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+
+
 async def record(conn: asyncpg.Connection | asyncpg.Pool, order_id: str, msg: Message) -> bool:
     """Store a message once; returns False when it was already there (a redelivery)."""
-    code = msg.code or extract_code(msg.text)
+    text, phone_from = storable(msg.text), storable(msg.phone_from)
+    code = storable(msg.code) or extract_code(text)
     inserted = await conn.fetchval(
-        Q.message_insert, order_id, msg.dedup_key(), msg.phone_from, msg.text, code, msg.received_at
+        Q.message_insert, order_id, msg.dedup_key(), phone_from, text, code, msg.received_at
     )
     return inserted is not None
+
+
+def from_json(items: list[dict[str, Any]] | None) -> list[Message]:
+    """The messages as order_by_token aggregates them (receivedAt in epoch seconds)."""
+    return [
+        Message(
+            received_at=datetime.fromtimestamp(float(m["receivedAt"]), UTC),
+            text=m["text"],
+            code=m["code"],
+            phone_from=m["phoneFrom"],
+        )
+        for m in items or []
+    ]
 
 
 async def for_order(conn: asyncpg.Connection | asyncpg.Pool, order_id: str) -> list[Message]:

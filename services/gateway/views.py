@@ -18,7 +18,6 @@ from libs.common.countries import Offer
 from libs.common.db import Q, transaction
 from libs.common.events import Event, EventType
 from libs.common.lightning import AddedInvoice, LndError
-from libs.common.messages import Message
 from libs.common.orders import (
     CancelRefused,
     OrderType,
@@ -221,10 +220,8 @@ def _challenge(
 
 
 async def order_body(request: web.Request, row: Any) -> dict[str, Any]:
-    """The order's JSON, with its messages read only when it can have any."""
-    received: list[Message] = []
-    if row["sms_received_at"] is not None or row["status"] == Status.RENT_ACTIVE:
-        received = await messages.for_order(request.app[POOL], row["id"])
+    """The order's JSON; its messages came with the row (order_by_token)."""
+    received = messages.from_json(row["messages"])
     return order_json(row, request.app[SETTINGS], await country_index(request), received)
 
 

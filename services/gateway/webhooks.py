@@ -37,7 +37,18 @@ def _text(value: Any, field: str, limit: int = 2000) -> str | None:
         value = str(value)
     if not isinstance(value, str) or len(value) > limit:
         raise ApiError(400, "VALIDATION_ERROR", f"{field}: must be a string")
-    return value
+    return value  # stored cleaned (messages.storable): the provider retries a refused push
+
+
+def _storable(value: str) -> bool:
+    """Whether PostgreSQL can store the string (no NUL, no lone surrogate)."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _provider_id(value: Any, field: str) -> str:
@@ -45,8 +56,8 @@ def _provider_id(value: Any, field: str) -> str:
     if isinstance(value, bool) or not isinstance(value, str | int) or not str(value).strip():
         raise ApiError(400, "VALIDATION_ERROR", f"{field}: must be an id")
     text = str(value).strip()
-    if len(text) > 64:
-        raise ApiError(400, "VALIDATION_ERROR", f"{field}: too long")
+    if len(text) > 64 or not _storable(text):
+        raise ApiError(400, "VALIDATION_ERROR", f"{field}: must be an id")
     return text
 
 

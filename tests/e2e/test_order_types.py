@@ -4,6 +4,7 @@ orders fare when the provider fails or runs out of money."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -215,3 +216,37 @@ async def test_no_balance_stops_sales_until_the_account_is_topped_up(api: Api) -
         assert time.monotonic() < deadline, refused
         await asyncio.sleep(0.5)
         status, refused = await api.create({"country": "US", "service": "tg"})
+
+
+async def test_the_rent_webhook_refuses_unstorable_ids_and_cleans_text(api: Api) -> None:
+    order_id, auth = await api.buy(
+        {"type": "rent-number", "country": "US", "service": "tg", "durationMinutes": 120}
+    )
+    order = await api.poll(order_id, auth, {"rent_active"} | TERMINAL)
+    rental = next(
+        r
+        for r in await api.sim("GET", "/sim/rentals")
+        if r["phoneNumber"] == order["phoneNumber"][1:]
+    )
+    url = f"{api.base}/v2/l402/webhooks/rent"
+    secret = {"X-Webhook-Secret": E2E_ENV["SMS4SATS_WEBHOOK_SECRET"]}
+    sms = {
+        "phoneFrom": "Tele\x00gram",
+        "text": "Code \udc80 97531\x00",
+        "date": "2026-11-22 10:00:00",
+    }
+    bad_id = {"rentId": "12\x0034", "sms": sms}
+    async with api.http.post(url, data=_json(bad_id), headers=secret) as resp:
+        assert resp.status == 400, await resp.text()
+    good = {"rentId": rental["rentId"], "sms": sms}
+    for _ in range(2):  # a retried push
+        async with api.http.post(url, data=_json(good), headers=secret) as resp:
+            assert resp.status == 200 and (await resp.json())["matched"] is True
+    order = await api.poll(order_id, auth, {"rent_active"})
+    mine = [m for m in order["messages"] if m["code"] == "97531"]
+    assert [m["text"] for m in mine] == ["Code ? 97531"]
+
+
+def _json(body: Any) -> bytes:
+    """JSON with lone surrogates escaped as the fuzzer sends them."""
+    return json.dumps(body).encode()

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from libs.common.messages import Message, extract_code
+from libs.common.messages import Message, extract_code, from_json, storable
 
 
 @pytest.mark.parametrize(
@@ -53,3 +53,23 @@ def test_different_sms_have_different_keys(other: Message) -> None:
         datetime(2026, 11, 22, 10, 0, 5, tzinfo=UTC), "Code 1234", phone_from="Telegram"
     )
     assert first.dedup_key() != other.dedup_key()
+
+
+def test_messages_aggregated_with_the_order_read_back_unchanged() -> None:
+    at = datetime(2026, 11, 22, 10, 0, 5, 250_000, tzinfo=UTC)
+    row = {
+        "text": "Code 1234",
+        "code": "1234",
+        "phoneFrom": "Telegram",
+        "receivedAt": at.timestamp(),
+    }
+    assert from_json([row]) == [Message(at, "Code 1234", code="1234", phone_from="Telegram")]
+    assert from_json(None) == []  # an order without messages aggregates to NULL
+
+
+def test_provider_text_is_made_storable() -> None:
+    assert storable("Code\x00 1234") == "Code 1234"
+    assert storable("Code \udc80 1234") == "Code ? 1234"
+    assert storable(None) is None
+    # A key can be made of any text the provider sends.
+    assert Message(datetime(2026, 1, 1, tzinfo=UTC), "\udc80\x00").dedup_key()

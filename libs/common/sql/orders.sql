@@ -66,9 +66,14 @@ INSERT INTO l402_tokens (key_id, root_key, order_id) VALUES ($1, $2, $3);
 DELETE FROM l402_tokens WHERE order_id = $1;
 
 -- name: order_by_token
--- The whole authenticated poll in one indexed read: root key, order and refund.
+-- The whole authenticated poll in one indexed read: root key, order, refund and messages.
 SELECT t.root_key, t.order_id AS token_order_id, o.*,
-       r.status AS refund_status, r.amount_sats AS refund_amount_sats, r.paid_at AS refund_paid_at
+       r.status AS refund_status, r.amount_sats AS refund_amount_sats, r.paid_at AS refund_paid_at,
+       (SELECT json_agg(json_build_object(
+                   'text', m.text, 'code', m.code, 'phoneFrom', m.phone_from,
+                   'receivedAt', extract(epoch FROM m.received_at))
+                ORDER BY m.received_at, m.id)
+        FROM order_messages m WHERE m.order_id = o.id) AS messages
 FROM l402_tokens t
 JOIN orders o ON o.id = t.order_id
 LEFT JOIN refunds r ON r.order_id = o.id
