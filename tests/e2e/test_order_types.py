@@ -75,6 +75,14 @@ class Api:
         async with self.http.post(f"{self.base}{path}", headers={"Authorization": auth}) as resp:
             return resp.status, await resp.json()
 
+    async def calls_made(self, action: str, count: int, within: float = 20.0) -> None:
+        """Wait until the provider has answered `count` more calls of this action."""
+        start = (await self.sim("GET", "/sim/stats"))["actions"].get(action, 0)
+        deadline = time.monotonic() + within
+        while (await self.sim("GET", "/sim/stats"))["actions"].get(action, 0) < start + count:
+            assert time.monotonic() < deadline, f"no {action} calls"
+            await asyncio.sleep(0.1)
+
     async def sim(self, method: str, path: str, body: Any = None) -> Any:
         async with self.http.request(
             method, f"{self.stack['provider_sim_url']}{path}", json=body
@@ -127,7 +135,7 @@ async def test_a_rental_shows_every_sms_once_from_webhook_and_polling(api: Api) 
         assert time.monotonic() < deadline, order
         await asyncio.sleep(0.3)
         order = await api.poll(order_id, auth, {"rent_active"})
-    await asyncio.sleep(1.5)  # polling (every 0.5 s) sees the same SMS again
+    await api.calls_made("getRentStatus", 2)  # polling has seen the same SMS again
     order = await api.poll(order_id, auth, {"rent_active"})
     sent = (await api.sim("GET", f"/sim/rentals/{rental['rentId']}"))["messages"]
     assert sorted(m["text"] for m in order["messages"]) == sorted(m["text"] for m in sent)
@@ -206,7 +214,7 @@ async def test_no_balance_stops_sales_until_the_account_is_topped_up(api: Api) -
         order = await api.poll(order_id, auth, TERMINAL)
         assert order["status"] == "refunded", order
 
-        await asyncio.sleep(1.5)  # several balance checks: still empty, still refused
+        await api.calls_made("getBalance", 2)  # checks that found it still empty
         status, refused = await api.create({"country": "US", "service": "tg"})
         assert status == 503 and refused["error"]["code"] == "UNAVAILABLE"
     finally:

@@ -91,6 +91,11 @@ async def completed_receive_sms(stage: Stage, sim: Sim) -> asyncpg.Record:  # no
     return order
 
 
+async def balance_checks(sim: Sim) -> int:  # noqa: F811
+    """How many getBalance calls the simulator answered."""
+    return int((await sim.request("GET", "/sim/stats"))["actions"].get("getBalance", 0))
+
+
 async def refund_rows(pool: asyncpg.Pool, order_id: str) -> int:
     return int(await pool.fetchval("SELECT count(*) FROM refunds WHERE order_id = $1", order_id))
 
@@ -363,7 +368,13 @@ async def test_no_balance_refunds_raises_the_alarm_and_lifts_it_when_topped_up(
 
     watcher = asyncio.create_task(stage.acts.watch_balance())
     try:
-        await asyncio.sleep(0.5)  # several checks: a balance short of a purchase keeps it up
+        # Several checks: a balance short of the refused purchase keeps the alarm up.
+        checked = await balance_checks(sim)
+        for _ in range(200):
+            if await balance_checks(sim) >= checked + 2:
+                break
+            await asyncio.sleep(0.05)
+        assert await balance_checks(sim) >= checked + 2
         assert await stage.pool.fetchrow(Q.alarm_active, Alarm.NO_BALANCE) is not None
         await sim.config(balance=50)  # topped up
         for _ in range(100):

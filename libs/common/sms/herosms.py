@@ -328,7 +328,26 @@ class HeroSmsClient:
             return status  # another SMS raced in between; keep the v1 code, text unknown
         return ActivationStatus("received", code=status.code or detailed.code, text=detailed.text)
 
-    async def _set_status(self, activation_id: str, status: int, expected: tuple[str, ...]) -> None:
+    async def _set_status(
+        self,
+        activation_id: str,
+        status: int,
+        expected: tuple[str, ...],
+        *,
+        cancelling: bool = False,
+    ) -> None:
+        """setStatus, with SMS-Activate's vague refusals made specific by a status lookup."""
+        try:
+            await self._set_status_once(activation_id, status, expected)
+        except ProviderError as err:
+            refined = await self._refine(activation_id, err, cancelling=cancelling)
+            if refined is not None:
+                raise refined from err
+            raise
+
+    async def _set_status_once(
+        self, activation_id: str, status: int, expected: tuple[str, ...]
+    ) -> None:
         reply = await self._call("setStatus", id=activation_id, status=str(status))
         if isinstance(reply, TextReply) and reply.key in expected:
             return
@@ -359,38 +378,17 @@ class HeroSmsClient:
     @_counted
     async def request_another(self, activation_id: str) -> None:
         """Ask for another SMS (setStatus 3 → ACCESS_RETRY_GET)."""
-        try:
-            await self._set_status(activation_id, 3, ("ACCESS_RETRY_GET", "ACCESS_READY"))
-        except ProviderError as err:
-            refined = await self._refine(activation_id, err, cancelling=False)
-            if refined is not None:
-                raise refined from err
-            raise
+        await self._set_status(activation_id, 3, ("ACCESS_RETRY_GET", "ACCESS_READY"))
 
     @_counted
     async def finish(self, activation_id: str) -> None:
         """Finish the activation (setStatus 6 → ACCESS_ACTIVATION)."""
-        try:
-            await self._set_status(activation_id, 6, ("ACCESS_ACTIVATION",))
-        except ProviderError as err:
-            refined = await self._refine(activation_id, err, cancelling=False)
-            if refined is not None:
-                raise refined from err
-            raise
+        await self._set_status(activation_id, 6, ("ACCESS_ACTIVATION",))
 
     @_counted
     async def cancel(self, activation_id: str) -> None:
         """Cancel (setStatus 8 → ACCESS_CANCEL); ActivationNotActive if already cancelled/done."""
-        await self._cancel(activation_id)
-
-    async def _cancel(self, activation_id: str) -> None:
-        try:
-            await self._set_status(activation_id, 8, ("ACCESS_CANCEL",))
-        except ProviderError as err:
-            refined = await self._refine(activation_id, err, cancelling=True)
-            if refined is not None:
-                raise refined from err
-            raise
+        await self._set_status(activation_id, 8, ("ACCESS_CANCEL",), cancelling=True)
 
     @_counted
     async def prices(
@@ -435,7 +433,7 @@ class HeroSmsClient:
         So the cancel rules apply: TooEarlyToCancel in the first minutes, CodeAlreadyReceived
         once a code arrived, ActivationNotActive when it is already over.
         """
-        await self._cancel(activation_id)
+        await self._set_status(activation_id, 8, ("ACCESS_CANCEL",), cancelling=True)
 
     @_counted
     async def reactivate(self, activation_id: str) -> Activation:
