@@ -882,3 +882,26 @@ async def test_list_invoices_pages_by_add_index(tmp_path: Path) -> None:
         await payer.close()
         assert stop_sim(fresh) == 0
     assert conf.checked.get("lnrpcListInvoiceResponse") == 7
+
+
+async def test_money_calls_have_their_own_connections(sim: Sim, merchant: LndClient) -> None:
+    """Streams and lookups filling their pool leave track, settle and cancel untouched."""
+    info = sim.nodes["merchant"]
+    client = LndClient(info["rest_url"], info["macaroon_hex"], None, timeout=1, other_connections=1)
+    try:
+        async with closing_stream(client.subscribe_invoices()) as stream:
+            waiting = asyncio.ensure_future(anext(stream))
+            await asyncio.sleep(0.3)  # the stream is open: it holds the only other connection
+            added = await merchant.add_invoice(value_msat=1000, memo="fills", expiry=600)
+            assert (await asyncio.wait_for(waiting, 5)).r_hash == added.r_hash
+            with pytest.raises(LndError, match=r"failed|timed out") as waited:
+                await client.lookup_invoice(added.r_hash)
+            assert waited.value.http_status == 0  # it never reached the node
+            # Money calls go straight through on their own connections.
+            with pytest.raises(PaymentNotInitiated):
+                await drain(client.track_payment(b"\x02" * 32))
+            await client.cancel_invoice(added.r_hash)
+            assert (await merchant.lookup_invoice(added.r_hash)).state == "CANCELED"
+            assert client.connections() == {"other": 1, "money": 1}
+    finally:
+        await client.close()
