@@ -136,7 +136,7 @@ class HoldInvoices:
         """Catch up on every open hold order: newly accepted, drifted, to settle, to cancel."""
         # Rows first, then the scan (see InvoiceWatcher.reconcile): an invoice a row names
         # and the scan misses has really left the pending states.
-        rows = await self._w.pool.fetch(Q.orders_hold_in_progress, 1000)
+        rows = await self._w.pool.fetch(Q.orders_hold_open, 1000)
         pending: dict[bytes, Invoice] | None = None
         try:
             pending = await self._invoices.pending_at_node()
@@ -148,8 +148,9 @@ class HoldInvoices:
             try:
                 if status in (Status.PAID, Status.ALLOCATING_NUMBER, Status.WAITING_FOR_SMS):
                     payment_hash = bytes(row["payment_hash"])
-                    if pending is not None and payment_hash in pending:
-                        continue  # still held at the node (listed ACCEPTED): nothing to do
+                    listed = pending.get(payment_hash) if pending is not None else None
+                    if listed is not None and listed.state == "ACCEPTED":
+                        continue  # still held at the node: nothing to look up
                     invoice = await self._lnd.lookup_invoice(payment_hash)
                     if invoice.state == "CANCELED":
                         # Drift: the node gave the HTLC back (e.g. near its expiry). Nothing
