@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # the pre-paid orders polled in phase (c) settle before the timed phase starts.
 STACK_ENV = {
     "SMS4SATS_RATE_CHALLENGES_PER_MINUTE": "1000000",
+    "SMS4SATS_MAX_UNPAID_PER_CLIENT": "0",  # the unpaid cap has its own tests
     "SMS4SATS_RATE_POLLS_PER_MINUTE": "1000000",
     "SMSSIM_AUTO_SMS_DELAY": "1",
 }

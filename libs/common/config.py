@@ -26,6 +26,16 @@ class Settings:
     lnd_macaroon_path: str = ""
     lnd_tls_cert_path: str = ""
     lnd_network: str = "regtest"
+    # The payments worker's connection pools to LND: money calls (send, track, settle,
+    # cancel of a held HTLC) get their own, which no stream, lookup or sweep can take.
+    lnd_money_connections: int = 16
+    lnd_other_connections: int = 8
+    # Hold invoices are found ACCEPTED by paging ListInvoices (pending only) this many at a
+    # time each sweep: the node calls per sweep grow by one per page, never per invoice.
+    hold_scan_page_size: int = 500
+    # Unpaid orders (and top-up invoices) one client address may have open at once; past it
+    # order creation answers 429 RATE_LIMITED. 0 turns the cap off.
+    max_unpaid_per_client: int = 20
 
     provider_url: str = "http://127.0.0.1:8090"
     provider_api_key: str = field(default="sim-key", repr=False)

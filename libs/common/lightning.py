@@ -112,6 +112,15 @@ class Invoice:
 
 
 @dataclass(frozen=True)
+class InvoicePage:
+    """One page of ListInvoices; `last_index_offset` is where the next page starts."""
+
+    invoices: list[Invoice]
+    first_index_offset: int
+    last_index_offset: int
+
+
+@dataclass(frozen=True)
 class Payment:
     """An outgoing payment's state."""
 
@@ -246,7 +255,11 @@ def parse_payreq(data: Mapping[str, Any]) -> PayReq:
 
 
 class LndClient:
-    """Async LND REST client (macaroon auth, TLS pinned to the node's cert when given)."""
+    """Async LND REST client (macaroon auth, TLS pinned to the node's cert when given).
+
+    Two connection pools: money calls (send, track, settle, cancel) have their own, so no
+    stream, lookup or sweep, however many, can keep a refund or a settle waiting.
+    """
 
     def __init__(
         self,
@@ -255,12 +268,15 @@ class LndClient:
         tls_cert_path: str | None = None,
         *,
         timeout: float = 30.0,
+        money_connections: int = 20,
+        other_connections: int = 20,
     ) -> None:
         self._base = rest_url.rstrip("/")
         self._headers = {MACAROON_HEADER: macaroon_hex.strip()}
         self._tls_cert_path = tls_cert_path
         self._timeout = timeout
-        self._session: aiohttp.ClientSession | None = None
+        self._limits = {True: money_connections, False: other_connections}
+        self._sessions: dict[bool, aiohttp.ClientSession] = {}
 
     def __repr__(self) -> str:
         """Show the URL only (never the macaroon)."""
@@ -275,17 +291,34 @@ class LndClient:
             return ctx
         return True
 
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(ssl=self._ssl())
-            self._session = aiohttp.ClientSession(connector=connector, headers=self._headers)
-        return self._session
+    def _get_session(self, money: bool = False) -> aiohttp.ClientSession:
+        session = self._sessions.get(money)
+        if session is None or session.closed:
+            connector = aiohttp.TCPConnector(ssl=self._ssl(), limit=self._limits[money])
+            session = aiohttp.ClientSession(connector=connector, headers=self._headers)
+            self._sessions[money] = session
+        return session
+
+    def connections(self) -> dict[str, int]:
+        """Connections each pool holds open now (in use or idle), for the ops gauge."""
+        out = {}
+        for money, session in self._sessions.items():
+            connector = session.connector
+            held = 0
+            if connector is not None and not session.closed:
+                # aiohttp keeps no public count; the acquired set and the idle pool are it.
+                held = len(getattr(connector, "_acquired", ())) + sum(
+                    len(v) for v in getattr(connector, "_conns", {}).values()
+                )
+            out["money" if money else "other"] = held
+        return out
 
     async def close(self) -> None:
-        """Close the HTTP session."""
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
-        self._session = None
+        """Close the HTTP sessions."""
+        sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            if not session.closed:
+                await session.close()
 
     async def _request(
         self,
@@ -294,8 +327,9 @@ class LndClient:
         *,
         body: Mapping[str, Any] | None = None,
         params: Mapping[str, str] | None = None,
+        money: bool = False,
     ) -> dict[str, Any]:
-        session = self._get_session()
+        session = self._get_session(money)
         timeout = aiohttp.ClientTimeout(total=self._timeout)
         try:
             async with session.request(
@@ -328,9 +362,10 @@ class LndClient:
         *,
         body: Mapping[str, Any] | None = None,
         params: Mapping[str, str] | None = None,
+        money: bool = False,
     ) -> AsyncIterator[dict[str, Any]]:
         """Yield each `result` of a grpc-gateway NDJSON stream; raise on `error` lines."""
-        session = self._get_session()
+        session = self._get_session(money)
         timeout = aiohttp.ClientTimeout(
             total=None, connect=self._timeout, sock_connect=self._timeout, sock_read=None
         )
@@ -440,14 +475,44 @@ class LndClient:
         )
         return parse_invoice(data)
 
+    async def list_invoices(
+        self, *, pending_only: bool, index_offset: int = 0, num_max_invoices: int = 100
+    ) -> InvoicePage:
+        """ListInvoices: one page of invoices past `index_offset` (by add_index), oldest first.
+
+        With pending_only only OPEN and ACCEPTED invoices; an empty page ends the pagination.
+        """
+        data = await self._request(
+            "GET",
+            "/v1/invoices",
+            params={
+                "pending_only": "true" if pending_only else "false",
+                "index_offset": str(index_offset),
+                "num_max_invoices": str(num_max_invoices),
+                "reversed": "false",
+            },
+        )
+        raw = data.get("invoices") or []
+        return InvoicePage(
+            invoices=[parse_invoice(i) for i in raw if isinstance(i, dict)],
+            first_index_offset=_int(data.get("first_index_offset")),
+            last_index_offset=_int(data.get("last_index_offset")),
+        )
+
     async def settle_invoice(self, preimage: bytes) -> None:
         """SettleInvoice (idempotent on LND's side when already settled)."""
-        await self._request("POST", "/v2/invoices/settle", body={"preimage": _b64(preimage)})
-
-    async def cancel_invoice(self, payment_hash: bytes) -> None:
-        """CancelInvoice (idempotent when already canceled; fails when settled)."""
         await self._request(
-            "POST", "/v2/invoices/cancel", body={"payment_hash": _b64(payment_hash)}
+            "POST", "/v2/invoices/settle", body={"preimage": _b64(preimage)}, money=True
+        )
+
+    async def cancel_invoice(self, payment_hash: bytes, *, money: bool = True) -> None:
+        """CancelInvoice (idempotent when already canceled; fails when settled).
+
+        money=False for an invoice known to hold no HTLC (an unpaid one at its expiry): a
+        burst of those must not take the connections that give held funds back.
+        """
+        await self._request(
+            "POST", "/v2/invoices/cancel", body={"payment_hash": _b64(payment_hash)}, money=money
         )
 
     async def subscribe_invoice(self, payment_hash: bytes) -> AsyncIterator[Invoice]:
@@ -488,13 +553,13 @@ class LndClient:
         }
         if amt_sat is not None:
             body["amt"] = str(amt_sat)
-        async for result in self._stream("POST", "/v2/router/send", body=body):
+        async for result in self._stream("POST", "/v2/router/send", body=body, money=True):
             yield parse_payment(result)
 
     async def track_payment(self, payment_hash: bytes) -> AsyncIterator[Payment]:
         """TrackPaymentV2: current state, then updates until final (PaymentNotInitiated)."""
         path = "/v2/router/track/" + quote(_b64url(payment_hash), safe="=")
-        async for result in self._stream("GET", path):
+        async for result in self._stream("GET", path, money=True):
             yield parse_payment(result)
 
     async def pay(

@@ -473,6 +473,24 @@ class SimNode:
         self._notify_invoice(inv, added=True)
         return inv
 
+    def list_invoices(
+        self, *, pending_only: bool, index_offset: int, num_max: int, reverse: bool
+    ) -> list[InvoiceRec]:
+        """ListInvoices: a page of invoices by add_index, as LND's invoice registry answers.
+
+        Forward: the first `num_max` past `index_offset`. Reversed: the last `num_max` before
+        `index_offset` (0: from the newest), still returned oldest first. `pending_only`
+        keeps OPEN and ACCEPTED invoices, and the page counts only those.
+        """
+        invoices = sorted(self.state.invoices.values(), key=lambda i: i.add_index)
+        if pending_only:
+            invoices = [i for i in invoices if i.state in (OPEN, ACCEPTED)]
+        if reverse:
+            if index_offset:
+                invoices = [i for i in invoices if i.add_index < index_offset]
+            return invoices[-num_max:] if num_max else []
+        return [i for i in invoices if i.add_index > index_offset][:num_max]
+
     def lookup_invoice(self, r_hash: bytes, *, not_found_code: int = GRPC_NOT_FOUND) -> InvoiceRec:
         """Find an invoice by payment hash."""
         inv = self.state.invoices.get(r_hash.hex())

@@ -164,6 +164,30 @@ async def lookup_invoice_v1(request: web.Request) -> web.StreamResponse:
     return _json_response(marshal.invoice_json(inv))
 
 
+# LND's rpcserver answers the latest 100 when num_max_invoices is unset.
+DEFAULT_MAX_INVOICES = 100
+
+
+async def list_invoices(request: web.Request) -> web.StreamResponse:
+    """GET /v1/invoices: a page by add_index (pending_only, index_offset, reversed)."""
+    q = request.query
+    num_max = parse_int(q.get("num_max_invoices"), "num_max_invoices") or DEFAULT_MAX_INVOICES
+    page = _node(request).list_invoices(
+        pending_only=parse_bool(q.get("pending_only"), "pending_only"),
+        index_offset=parse_int(q.get("index_offset"), "index_offset"),
+        num_max=num_max,
+        reverse=parse_bool(q.get("reversed"), "reversed"),
+    )
+    return _json_response(
+        {
+            "invoices": [marshal.invoice_json(inv) for inv in page],
+            # LND leaves both at 0 for an empty page (the end of the pagination).
+            "last_index_offset": str(page[-1].add_index if page else 0),
+            "first_index_offset": str(page[0].add_index if page else 0),
+        }
+    )
+
+
 async def decode_pay_req(request: web.Request) -> web.StreamResponse:
     """GET /v1/payreq/{pay_req}."""
     decoded = decode_payreq(request.match_info["pay_req"])
@@ -390,6 +414,7 @@ def make_app(node: SimNode) -> web.Application:
     r.add_get("/v1/getinfo", get_info)
     r.add_get("/v1/balance/channels", channel_balance)
     r.add_post("/v1/invoices", add_invoice)
+    r.add_get("/v1/invoices", list_invoices)
     r.add_get("/v1/invoice/{r_hash_str}", lookup_invoice_v1)
     r.add_get("/v1/invoices/subscribe", subscribe_invoices)
     r.add_get("/v1/payreq/{pay_req}", decode_pay_req)

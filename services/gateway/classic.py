@@ -25,6 +25,7 @@ from libs.common.lightning import AddedInvoice, LndError
 from libs.common.orders import CancelRefused, OrderType, Status, check_customer_cancel
 from libs.common.outbox import enqueue
 from libs.common.store import Timer
+from services.gateway import unpaid
 from services.gateway.discovery import (
     country_index,
     ensure_selling,
@@ -137,6 +138,8 @@ async def create_order(request: web.Request) -> web.Response:
         return _error(exc.status, exc.message)
     if account_id is not None:
         return await _create_paid_from_balance(request, account_id, service, offer, price)
+    if (refused := await unpaid.refuse(request, request.app[POOL], classic=True)) is not None:
+        return refused
     order_id = secrets.token_hex(32)
     held = await _hold_invoice(
         request, price, f"sms4sats {service} order", settings.order_timeout_seconds
@@ -146,6 +149,8 @@ async def create_order(request: web.Request) -> web.Response:
     preimage, payment_hash, invoice = held
     expires_at = datetime.now(UTC) + timedelta(seconds=settings.invoice_expiry_seconds)
     async with transaction(request.app[POOL]) as conn:
+        if (refused := await unpaid.claim(conn, request, payment_hash, classic=True)) is not None:
+            return refused
         await conn.execute(
             Q.order_insert_hold,
             order_id,

@@ -1,10 +1,9 @@
-"""Hold invoices (classic API): watched until ACCEPTED, settled on delivery, else cancelled."""
+"""Hold invoices (classic API): found ACCEPTED by a paged scan, settled on delivery or cancelled."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 
 from libs.common import store
 from libs.common.bus import Retry
@@ -30,38 +29,22 @@ class HoldInvoices:
         self._w = worker
         self._lnd = lnd
         self._invoices = invoices
-        self._watching: dict[str, asyncio.Task[None]] = {}
 
-    def watch(self, order_id: str, payment_hash: bytes) -> None:
-        """Follow one hold invoice until it is accepted (LND's all-invoices stream never says)."""
-        if order_id in self._watching:
-            return
-        task = asyncio.create_task(self._follow(payment_hash), name=f"hold-{order_id}")
-        self._watching[order_id] = task
-        task.add_done_callback(lambda _t: self._watching.pop(order_id, None))
+    async def mark_accepted(self, pending: dict[bytes, Invoice]) -> int:
+        """Mark paid every unpaid hold order whose invoice the node lists as ACCEPTED.
 
-    async def _follow(self, payment_hash: bytes) -> None:
-        """Mark the order paid when its invoice is accepted; the sweep covers lost streams."""
-        stream: AsyncIterator[Invoice] = self._lnd.subscribe_invoice(payment_hash)
-        try:
-            async for invoice in stream:
-                if invoice.state in ("ACCEPTED", "SETTLED"):
-                    await self._invoices.mark_paid(invoice)
-                if invoice.state != "OPEN":
-                    return
-        except (LndError, OSError) as exc:
-            log.info("hold invoice stream ended (%s); the sweep takes over", exc)
-        finally:
-            close = getattr(stream, "aclose", None)
-            if close is not None:
-                await close()
-
-    async def on_created(self, order_id: str) -> None:
-        """Start watching a new hold order's invoice."""
-        order = await store.get(self._w.pool, order_id)
-        if order is not None and order["payment_mode"] == "hold":
-            if order["status"] == Status.PENDING_PAYMENT:
-                self.watch(order_id, bytes(order["payment_hash"]))
+        LND's all-invoices stream never reports ACCEPTED, and a stream per invoice would let
+        every unpaid order hold a connection; the paged scan costs the same for 10 or 10,000.
+        """
+        accepted = {h: inv for h, inv in pending.items() if inv.state == "ACCEPTED"}
+        if not accepted:
+            return 0
+        rows = await self._w.pool.fetch(Q.orders_awaiting_payment_by_hash, list(accepted))
+        paid = 0
+        for row in rows:
+            if await self._invoices.mark_paid(accepted[bytes(row["payment_hash"])]):
+                paid += 1
+        return paid
 
     async def settle(self, order_id: str) -> None:
         """The code was delivered: take the held payment, then complete the order."""
@@ -150,18 +133,25 @@ class HoldInvoices:
         await self.release(order_id)
 
     async def sweep_once(self) -> None:
-        """Catch up on every open hold order (lost events, lost streams, restarts)."""
-        for row in await self._w.pool.fetch(Q.orders_hold_open, 1000):
+        """Catch up on every open hold order: newly accepted, drifted, to settle, to cancel."""
+        # Rows first, then the scan (see InvoiceWatcher.reconcile): an invoice a row names
+        # and the scan misses has really left the pending states.
+        rows = await self._w.pool.fetch(Q.orders_hold_open, 1000)
+        pending: dict[bytes, Invoice] | None = None
+        try:
+            pending = await self._invoices.pending_at_node()
+            await self.mark_accepted(pending)
+        except LndError as exc:
+            log.warning("hold sweep: pending invoice scan failed: %s", exc)
+        for row in rows:
             order_id, status = row["id"], row["status"]
             try:
-                if status == Status.PENDING_PAYMENT:
-                    order = await store.get(self._w.pool, order_id)
-                    if order is not None:
-                        invoice = await self._lnd.lookup_invoice(bytes(order["payment_hash"]))
-                        if not await self._invoices.mark_paid(invoice):
-                            self.watch(order_id, bytes(order["payment_hash"]))
-                elif status in (Status.PAID, Status.ALLOCATING_NUMBER, Status.WAITING_FOR_SMS):
-                    invoice = await self._lnd.lookup_invoice(bytes(row["payment_hash"]))
+                if status in (Status.PAID, Status.ALLOCATING_NUMBER, Status.WAITING_FOR_SMS):
+                    payment_hash = bytes(row["payment_hash"])
+                    listed = pending.get(payment_hash) if pending is not None else None
+                    if listed is not None and listed.state == "ACCEPTED":
+                        continue  # still held at the node: nothing to look up
+                    invoice = await self._lnd.lookup_invoice(payment_hash)
                     if invoice.state == "CANCELED":
                         # Drift: the node gave the HTLC back (e.g. near its expiry). Nothing
                         # can be settled any more, so the order ends refunded, loudly.
@@ -185,5 +175,3 @@ class HoldInvoices:
                 await asyncio.wait_for(self._w.stop.wait(), SWEEP_SECONDS)
             except TimeoutError:
                 pass
-        for task in list(self._watching.values()):
-            task.cancel()

@@ -80,8 +80,10 @@ class InvoiceWatcher:
             invoice = await self._lnd.lookup_invoice(payment_hash)
             if await self.mark_paid(invoice):
                 return
-            # Cancel first so a payment racing the expiry cannot land on an expired order.
-            await self._lnd.cancel_invoice(payment_hash)
+            # Cancel first so a payment racing the expiry cannot land on an expired order. No
+            # HTLC is held (it was not ACCEPTED just now), so a burst of expiries stays off
+            # the money connections.
+            await self._lnd.cancel_invoice(payment_hash, money=False)
         except InvoiceNotFound:
             log.warning("node does not know the invoice; expiring", extra={"order_id": order_id})
         except LndError as exc:
@@ -99,16 +101,50 @@ class InvoiceWatcher:
             )
         log.info("order expired unpaid", extra={"order_id": order_id})
 
+    async def pending_at_node(self) -> dict[bytes, Invoice]:
+        """Every OPEN or ACCEPTED invoice at the node, by payment hash, paged by add_index.
+
+        A handful of calls whatever the count (one per `hold_scan_page_size` invoices), each
+        on one connection of the non-money pool; raises LndError if a page fails.
+        """
+        size = max(1, self._w.settings.hold_scan_page_size)
+        found: dict[bytes, Invoice] = {}
+        offset = 0
+        while True:
+            page = await self._lnd.list_invoices(
+                pending_only=True, index_offset=offset, num_max_invoices=size
+            )
+            for invoice in page.invoices:
+                found[invoice.r_hash] = invoice
+            # LND answers an empty page (offsets 0) past the end; a short page is the last.
+            if len(page.invoices) < size or page.last_index_offset <= offset:
+                return found
+            offset = page.last_index_offset
+
     async def reconcile(self) -> int:
-        """Look up every pending order's invoice at the node; returns how many became paid."""
+        """Check every pending order's invoice at the node; returns how many became paid.
+
+        One paged scan of the node's pending invoices answers for all of them; only an
+        invoice that left the pending states (settled, canceled, lost) is looked up alone.
+        """
         paid = 0
+        # Rows first, then the scan: an order's invoice exists before its row, so an invoice
+        # missing from the later scan really did leave the pending states.
         rows = await self._w.pool.fetch(Q.orders_pending_payment, 10_000)
+        try:
+            pending = await self.pending_at_node()
+        except LndError as exc:
+            log.warning("pending invoice scan failed: %s", exc)
+            return 0
         for row in rows:
-            try:
-                invoice = await self._lnd.lookup_invoice(bytes(row["payment_hash"]))
-            except LndError as exc:
-                log.warning("lookup failed: %s", exc, extra={"order_id": row["id"]})
-                continue
+            payment_hash = bytes(row["payment_hash"])
+            invoice = pending.get(payment_hash)
+            if invoice is None:
+                try:
+                    invoice = await self._lnd.lookup_invoice(payment_hash)
+                except LndError as exc:
+                    log.warning("lookup failed: %s", exc, extra={"order_id": row["id"]})
+                    continue
             if await self.mark_paid(invoice):
                 paid += 1
         return paid

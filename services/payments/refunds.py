@@ -26,6 +26,12 @@ log = logging.getLogger(__name__)
 class _Unknown(Exception):
     """The node could not tell us how a payment ended (it errored or went silent)."""
 
+    def __init__(self, message: str, *, answered: bool = True) -> None:
+        super().__init__(message)
+        # False when no answer came from the node at all (no connection in time, a dropped
+        # request, silence): such a send, if the node then knows no payment, is no attempt.
+        self.answered = answered
+
 
 class RefundPayer:
     """Pays each refund_pending order's refundInvoice exactly once, with retries.
@@ -97,10 +103,19 @@ class RefundPayer:
                     # The send may or may not have left; only the node can tell.
                     known = await self._track(payment_hash)
                     if known is None:
-                        await self._retry(refund, claim, str(exc), definite=True)
+                        # Nothing was paid. A send the node refused counts as an attempt; one
+                        # that never reached it (e.g. it waited out the connection pool) does
+                        # not, so a busy pool can never end an order refund_failed.
+                        await self._retry(
+                            refund,
+                            claim,
+                            str(exc),
+                            definite=exc.answered,
+                            counted=exc.answered,
+                        )
                         return
         except _Unknown as exc:
-            await self._retry(refund, claim, str(exc), definite=False)
+            await self._retry(refund, claim, str(exc), definite=False, counted=exc.answered)
             return
         if known.status == "SUCCEEDED":
             crash_point("payments.refund_sent")
@@ -154,13 +169,15 @@ class RefundPayer:
         except PaymentNotInitiated:
             raise
         except (LndError, OSError) as exc:
-            raise _Unknown(getattr(exc, "message", repr(exc))) from exc
+            # http_status 0: the client failed before any answer (pool wait, connect, reset).
+            answered = isinstance(exc, LndError) and exc.http_status != 0
+            raise _Unknown(getattr(exc, "message", repr(exc)), answered=answered) from exc
         finally:
             close = getattr(stream, "aclose", None)
             if close is not None:
                 await close()  # ends the HTTP request behind the stream
         if last is None:
-            raise _Unknown("the node sent no payment update")
+            raise _Unknown("the node sent no payment update", answered=False)
         return last
 
     async def _succeeded(self, order_id: str, payment: Payment) -> None:
@@ -176,17 +193,27 @@ class RefundPayer:
         log.info("refund paid", extra={"order_id": order_id})
 
     async def _retry(
-        self, refund: asyncpg.Record, claim: uuid.UUID, reason: str, *, definite: bool
+        self,
+        refund: asyncpg.Record,
+        claim: uuid.UUID,
+        reason: str,
+        *,
+        definite: bool,
+        counted: bool = True,
     ) -> None:
-        """Schedule another attempt with backoff, or give up once the node confirms no payment."""
+        """Schedule another attempt with backoff, or give up once the node confirms no payment.
+
+        counted=False gives back the attempt the claim took: nothing reached the node.
+        """
         order_id: str = refund["order_id"]
-        attempts: int = refund["attempts"]
+        attempts: int = refund["attempts"] if counted else refund["attempts"] - 1
         settings = self._w.settings
         if definite and attempts >= settings.refund_max_attempts:
             await self._give_up(refund, claim, reason)
             return
-        delay = min(settings.refund_retry_base_seconds * 2 ** (attempts - 1), 600.0)
-        await self._w.pool.execute(Q.refund_retry_later, order_id, claim, reason, delay)
+        delay = min(settings.refund_retry_base_seconds * 2 ** max(attempts - 1, 0), 600.0)
+        query = Q.refund_retry_later if counted else Q.refund_retry_uncounted
+        await self._w.pool.execute(query, order_id, claim, reason, delay)
         metrics.REFUNDS.labels("retried").inc()
         log.warning(
             "refund attempt %d did not pay (%s); retrying in %.1fs",

@@ -17,7 +17,11 @@ from services.payments.refunds import RefundPayer
 def lnd_client(settings: Settings) -> LndClient:
     """The merchant node's REST client from settings."""
     return LndClient(
-        settings.lnd_rest_url, settings.macaroon_hex(), settings.lnd_tls_cert_path or None
+        settings.lnd_rest_url,
+        settings.macaroon_hex(),
+        settings.lnd_tls_cert_path or None,
+        money_connections=settings.lnd_money_connections,
+        other_connections=settings.lnd_other_connections,
     )
 
 
@@ -32,9 +36,9 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
             balances = Balances(worker, lnd)
 
             async def handle(event: Event) -> None:
-                if event.type is EventType.CREATED:
-                    await holds.on_created(event.order_id)
-                elif event.type is EventType.REFUND_REQUESTED:
+                # CREATED needs nothing here: the hold sweep's paged scan finds an accepted
+                # invoice, so an unpaid order costs no connection and no task.
+                if event.type is EventType.REFUND_REQUESTED:
                     # Each is a no-op for the other payment mode.
                     await holds.release(event.order_id)
                     await balances.credit_back(event.order_id)

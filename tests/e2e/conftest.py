@@ -40,6 +40,7 @@ E2E_ENV = {
     "SMSSIM_AUTO_SMS_DELAY": "1",
     # Tests and the API fuzzer send bursts from one address; limits have their own tests.
     "SMS4SATS_RATE_CHALLENGES_PER_MINUTE": "1000000",
+    "SMS4SATS_MAX_UNPAID_PER_CLIENT": "0",  # the unpaid cap has its own tests
     "SMS4SATS_RATE_POLLS_PER_MINUTE": "1000000",
     "SMS4SATS_WEBHOOK_SECRET": "e2e-webhook-secret",
     "SMS4SATS_INDEX_VERIFY_TOKEN": "e2e-402index-token",

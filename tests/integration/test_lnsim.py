@@ -790,3 +790,118 @@ def test_strict_schema_rejects_missing_and_mistyped_fields() -> None:
     added = {"r_hash": "!!", "payment_request": "", "add_index": "1", "payment_addr": ""}
     with pytest.raises(jsonschema.ValidationError):
         conf.check("lnrpcAddInvoiceResponse", added)
+
+
+# --------------------------------------------------------------------------- ListInvoices
+
+
+async def test_list_invoices_pages_by_add_index(tmp_path: Path) -> None:
+    """GET /v1/invoices: LND's pagination, pending_only = OPEN + ACCEPTED, swagger-valid."""
+    fresh = start_sim(tmp_path / "fresh")
+    conf = Conformance()
+    merchant, payer = fresh.client("merchant"), fresh.client("payer")
+    headers = {MACAROON_HEADER: fresh.nodes["merchant"]["macaroon_hex"]}
+    url = fresh.url("merchant") + "/v1/invoices"
+    try:
+        # add_index 1..5: hold h1 (stays OPEN), standard s1 (paid), hold h2 (canceled),
+        # standard s2 (stays OPEN), hold h3 (paid and held: ACCEPTED).
+        hashes = [new_preimage()[1] for _ in range(3)]
+        h1 = await merchant.add_hold_invoice(
+            payment_hash=hashes[0], value_msat=1_000_000, memo="h1", expiry=600, cltv_expiry=40
+        )
+        s1 = await merchant.add_invoice(value_msat=1_000_000, memo="s1", expiry=600)
+        h2 = await merchant.add_hold_invoice(
+            payment_hash=hashes[1], value_msat=1_000_000, memo="h2", expiry=600, cltv_expiry=40
+        )
+        s2 = await merchant.add_invoice(value_msat=1_000_000, memo="s2", expiry=600)
+        h3 = await merchant.add_hold_invoice(
+            payment_hash=hashes[2], value_msat=1_000_000, memo="h3", expiry=600, cltv_expiry=40
+        )
+        assert [i.add_index for i in (h1, s1, h2, s2, h3)] == [1, 2, 3, 4, 5]
+        assert (await pay(payer, s1.payment_request)).status == "SUCCEEDED"
+        await merchant.cancel_invoice(hashes[1])
+        async with closing_stream(
+            payer.send_payment(h3.payment_request, fee_limit_sat=0, timeout_seconds=30)
+        ) as updates:
+            await take(updates, 1)  # IN_FLIGHT: the merchant holds the HTLC
+            for _ in range(250):
+                if (await merchant.lookup_invoice(hashes[2])).state == "ACCEPTED":
+                    break
+                await asyncio.sleep(0.02)
+
+            async with aiohttp.ClientSession(headers=headers) as http:
+
+                async def page(**query: str) -> tuple[list[str], str, str]:
+                    status, body = await _get_json(
+                        http, "GET", url + "?" + "&".join(f"{k}={v}" for k, v in query.items())
+                    )
+                    assert status == 200, body
+                    conf.check("lnrpcListInvoiceResponse", body)
+                    memos = [i["memo"] for i in body["invoices"]]
+                    return memos, body["first_index_offset"], body["last_index_offset"]
+
+                assert await page() == (["h1", "s1", "h2", "s2", "h3"], "1", "5")
+                assert await page(pending_only="true") == (["h1", "s2", "h3"], "1", "5")
+                # Forward pages: the next one starts past the previous page's last offset.
+                assert await page(pending_only="true", num_max_invoices="2") == (
+                    ["h1", "s2"],
+                    "1",
+                    "4",
+                )
+                assert await page(pending_only="true", num_max_invoices="2", index_offset="4") == (
+                    ["h3"],
+                    "5",
+                    "5",
+                )
+                assert await page(pending_only="true", index_offset="5") == ([], "0", "0")
+                # Reversed: the newest first counted, still answered oldest first.
+                assert await page(pending_only="true", num_max_invoices="2", reversed="true") == (
+                    ["s2", "h3"],
+                    "4",
+                    "5",
+                )
+                assert await page(pending_only="true", index_offset="4", reversed="true") == (
+                    ["h1"],
+                    "1",
+                    "1",
+                )
+                status, body = await _get_json(http, "GET", url + "?num_max_invoices=x")
+                assert status == 400
+                conf.check("rpcStatus", body)
+
+            # The client's view of the same pages.
+            listed = await merchant.list_invoices(pending_only=True, num_max_invoices=2)
+            assert [(i.memo, i.state) for i in listed.invoices] == [("h1", "OPEN"), ("s2", "OPEN")]
+            assert (listed.first_index_offset, listed.last_index_offset) == (1, 4)
+            rest = await merchant.list_invoices(pending_only=True, index_offset=4)
+            assert [(i.r_hash, i.state) for i in rest.invoices] == [(hashes[2], "ACCEPTED")]
+            assert rest.invoices[0].amt_paid_msat == 1_000_000
+            await merchant.cancel_invoice(hashes[2])
+    finally:
+        await merchant.close()
+        await payer.close()
+        assert stop_sim(fresh) == 0
+    assert conf.checked.get("lnrpcListInvoiceResponse") == 7
+
+
+async def test_money_calls_have_their_own_connections(sim: Sim, merchant: LndClient) -> None:
+    """Streams and lookups filling their pool leave track, settle and cancel untouched."""
+    info = sim.nodes["merchant"]
+    client = LndClient(info["rest_url"], info["macaroon_hex"], None, timeout=1, other_connections=1)
+    try:
+        async with closing_stream(client.subscribe_invoices()) as stream:
+            waiting = asyncio.ensure_future(anext(stream))
+            await asyncio.sleep(0.3)  # the stream is open: it holds the only other connection
+            added = await merchant.add_invoice(value_msat=1000, memo="fills", expiry=600)
+            assert (await asyncio.wait_for(waiting, 5)).r_hash == added.r_hash
+            with pytest.raises(LndError, match=r"failed|timed out") as waited:
+                await client.lookup_invoice(added.r_hash)
+            assert waited.value.http_status == 0  # it never reached the node
+            # Money calls go straight through on their own connections.
+            with pytest.raises(PaymentNotInitiated):
+                await drain(client.track_payment(b"\x02" * 32))
+            await client.cancel_invoice(added.r_hash)
+            assert (await merchant.lookup_invoice(added.r_hash)).state == "CANCELED"
+            assert client.connections() == {"other": 1, "money": 1}
+    finally:
+        await client.close()

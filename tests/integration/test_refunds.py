@@ -7,6 +7,7 @@ into zero-amount invoices it created (as a customer's wallet would).
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import secrets
 import uuid
@@ -26,7 +27,7 @@ from aiohttp import web
 from libs.common import store
 from libs.common.config import Settings
 from libs.common.db import Q, transaction
-from libs.common.lightning import LndClient, PaymentNotInitiated
+from libs.common.lightning import LndClient, Payment, PaymentNotInitiated
 from libs.common.orders import Status
 from libs.common.runtime import Worker, open_worker
 from libs.common.store import NOW
@@ -555,6 +556,84 @@ async def test_lost_answer_on_the_last_attempt_does_not_end_refund_failed_when_p
         assert refund is not None
         assert refund["status"] != "failed", f"refund marked failed but paid: {dict(refund)}"
         assert await order_status(worker.pool, order.id) != S.REFUND_FAILED
+
+
+# ----------------------------------------------------------------------------- busy pool
+
+
+HOG_HASH = b"\x01" * 32
+
+
+class PoolHoggingProxy(LossyProxy):
+    """Forwards calls; holds a track of HOG_HASH for `hold` seconds, as a slow money call."""
+
+    def __init__(self, target: str, hold: float) -> None:
+        super().__init__(target)
+        self.hog_path = "/v2/router/track/" + base64.urlsafe_b64encode(HOG_HASH).decode()
+        self.hold = hold
+        self.hog_arrived = asyncio.Event()
+        self.sends = 0
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        if request.path == "/v2/router/send":
+            self.sends += 1
+        if request.path == self.hog_path:
+            self.hog_arrived.set()
+            await asyncio.sleep(self.hold)
+        return await super()._forward(request)
+
+
+async def _hog(lnd: LndClient) -> None:
+    """A money call that holds a connection until the proxy lets it through."""
+    with pytest.raises(PaymentNotInitiated):
+        async for _ in lnd.track_payment(HOG_HASH):
+            pass
+
+
+async def test_a_send_that_waited_out_the_pool_is_not_counted_as_a_failed_attempt(
+    database_url: str, nats_url: str, bootstrapped: tuple[str, str], ln: Lightning
+) -> None:
+    # One attempt allowed: counting the send that never reached the node would end the order
+    # refund_failed although no payment was ever tried.
+    settings = make_settings(database_url, nats_url, bootstrapped, refund_max_attempts=1)
+    info = ln.running.nodes_info["merchant"]
+    proxy = PoolHoggingProxy(info["rest_url"], hold=3.0)
+    await proxy.start()
+    # One money connection; waiting for it times out after 2 s; the hog holds it for 3 s.
+    lnd = LndClient(proxy.url, info["macaroon_hex"], None, timeout=2, money_connections=1)
+    hogs: list[asyncio.Task[None]] = []
+    try:
+        async with open_worker("payments", settings, asyncio.Event()) as worker:
+            order = await make_order(worker.pool, ln)
+            payer = RefundPayer(worker, lnd)
+            send = payer._send
+
+            async def send_into_a_full_pool(refund: asyncpg.Record) -> AsyncIterator[Payment]:
+                # Just before the send, another money call takes the only connection.
+                hogs.append(asyncio.create_task(_hog(lnd)))
+                await proxy.hog_arrived.wait()
+                async for update in send(refund):
+                    yield update
+
+            payer._send = send_into_a_full_pool  # type: ignore[method-assign,assignment]
+            await payer.request(order.id)
+            await asyncio.gather(*hogs)
+
+            refund = await refund_row(worker.pool, order.id)
+            assert refund is not None
+            assert proxy.sends == 0, "the send was meant to wait out the pool"
+            assert (refund["status"], refund["attempts"]) == ("pending", 0), dict(refund)
+            assert await order_status(worker.pool, order.id) == S.REFUND_PENDING
+
+            payer._send = send  # type: ignore[method-assign]
+            await worker.pool.execute(
+                "UPDATE refunds SET next_attempt_at = now() WHERE order_id = $1", order.id
+            )
+            await payer.attempt(order.id)
+            await assert_refunded_once(worker.pool, ln, order)
+    finally:
+        await lnd.close()
+        await proxy.close()
 
 
 # ----------------------------------------------------------------------------- held payments

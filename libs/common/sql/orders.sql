@@ -8,12 +8,13 @@ INSERT INTO orders (
 UPDATE orders SET next_poll_at = NULL WHERE id = $1 AND status = 'code_received';
 
 -- name: orders_hold_open
--- Hold orders the payments worker keeps in step with the node: waiting for payment, held
--- (the HTLC must still be ACCEPTED), to settle, to cancel.
+-- Paid hold orders the payments worker keeps in step with the node: held (the HTLC must
+-- still be ACCEPTED), to settle, to cancel. Unpaid ones are found through the node's list
+-- of pending invoices instead, so however many there are, they never crowd these out.
 SELECT id, status, next_poll_at, payment_hash FROM orders
 WHERE payment_mode = 'hold'
-  AND status IN ('pending_payment', 'paid', 'allocating_number', 'waiting_for_sms',
-                 'code_received', 'refund_pending')
+  AND status IN ('paid', 'allocating_number', 'waiting_for_sms', 'code_received',
+                 'refund_pending')
 ORDER BY created_at
 LIMIT $1;
 

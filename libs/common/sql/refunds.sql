@@ -47,6 +47,15 @@ SET status = 'pending', last_error = $3, lease_until = NULL, claim_id = NULL,
     updated_at = now(), next_attempt_at = now() + make_interval(secs => $4)
 WHERE order_id = $1 AND status = 'in_flight' AND claim_id = $2;
 
+-- name: refund_retry_uncounted
+-- As refund_retry_later, and the claim's attempt is given back: the send never reached the
+-- node (and the node confirmed it knows no payment), so it was no attempt to pay.
+UPDATE refunds
+SET status = 'pending', last_error = $3, lease_until = NULL, claim_id = NULL,
+    attempts = greatest(attempts - 1, 0),
+    updated_at = now(), next_attempt_at = now() + make_interval(secs => $4)
+WHERE order_id = $1 AND status = 'in_flight' AND claim_id = $2;
+
 -- name: refund_given_up
 UPDATE refunds
 SET status = 'failed', last_error = $3, lease_until = NULL, claim_id = NULL, updated_at = now()

@@ -1,0 +1,12 @@
+-- name: unpaid_count_for_client
+-- A client's unpaid orders, and when the oldest of them expires (its Retry-After).
+SELECT count(*) AS unpaid, min(invoice_expires_at) AS first_expiry FROM orders
+WHERE client_addr = $1 AND status = 'pending_payment';
+
+-- name: unpaid_lock_client
+-- Serialises one client's order inserts until commit, so two cannot both take the last slot.
+SELECT pg_advisory_xact_lock(hashtextextended('sms4sats.unpaid:' || $1, 0));
+
+-- name: unpaid_tag_transaction
+-- The new order's client_addr default reads this (transaction-local) setting.
+SELECT set_config('sms4sats.client', $1, true);

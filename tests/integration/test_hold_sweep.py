@@ -1,0 +1,161 @@
+"""The hold sweep finds ACCEPTED hold invoices by paging the node's pending invoices.
+
+An unpaid order costs rows, never a connection or a task: the sweep's calls to the node grow
+by one per page of pending invoices, never per invoice, and held HTLCs listed ACCEPTED need
+no lookup of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import pytest
+
+from libs.common import store
+from libs.common.db import Q, transaction
+from libs.common.lightning import Invoice, InvoicePage, LndClient
+from libs.common.orders import Status
+from libs.common.runtime import open_worker
+from services.payments.hold import HoldInvoices
+from services.payments.invoices import InvoiceWatcher
+from tests.integration.conftest import Lightning
+from tests.integration.helpers import settings_for
+
+pytestmark = pytest.mark.integration
+
+PRICE = 300
+PAGE = 2
+
+
+class CountingClient(LndClient):
+    """The merchant's client, counting the invoice calls the sweep makes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls: Counter[str] = Counter()
+
+    async def list_invoices(self, **kwargs: Any) -> InvoicePage:
+        """Count, then ListInvoices."""
+        self.calls["list"] += 1
+        return await super().list_invoices(**kwargs)
+
+    async def lookup_invoice(self, payment_hash: bytes) -> Invoice:
+        """Count, then LookupInvoiceV2."""
+        self.calls["lookup"] += 1
+        return await super().lookup_invoice(payment_hash)
+
+
+async def _hold_order(pool: asyncpg.Pool, ln: Lightning) -> tuple[str, str, bytes]:
+    """A classic order with a real hold invoice at the merchant, as the gateway makes it."""
+    preimage = secrets.token_bytes(32)
+    payment_hash = hashlib.sha256(preimage).digest()
+    invoice = await ln.merchant.add_hold_invoice(
+        payment_hash=payment_hash, value_msat=PRICE * 1000, memo="h", expiry=600, cltv_expiry=80
+    )
+    order_id = uuid.uuid4().hex * 2
+    async with transaction(pool) as conn:
+        await conn.execute(
+            Q.order_insert_hold,
+            order_id,
+            "receive-sms",
+            "tg",
+            187,
+            PRICE,
+            Decimal("0.1"),
+            payment_hash,
+            invoice.payment_request,
+            datetime.now(UTC) + timedelta(minutes=10),
+            preimage,
+        )
+    return order_id, invoice.payment_request, payment_hash
+
+
+async def _status(pool: asyncpg.Pool, order_id: str) -> str:
+    order = await store.get(pool, order_id)
+    assert order is not None
+    return str(order["status"])
+
+
+async def test_the_sweep_pages_pending_invoices_and_looks_up_only_what_left_them(
+    database_url: str, nats_url: str, bootstrapped: tuple[str, str], ln: Lightning
+) -> None:
+    settings = settings_for(database_url, nats_url, bootstrapped, hold_scan_page_size=PAGE)
+    info = ln.running.nodes_info["merchant"]
+    lnd = CountingClient(info["rest_url"], info["macaroon_hex"], None, timeout=10)
+    try:
+        async with open_worker("payments", settings, asyncio.Event()) as worker:
+            holds = HoldInvoices(worker, lnd, InvoiceWatcher(worker, lnd))
+            orders = [await _hold_order(worker.pool, ln) for _ in range(5)]
+            paid_id, paid_req, paid_hash = orders[-1]  # on the last page
+            sending = asyncio.create_task(
+                ln.payer.pay(paid_req, fee_limit_sat=0, timeout_seconds=30)
+            )
+            for _ in range(250):
+                if (await ln.merchant.lookup_invoice(paid_hash)).state == "ACCEPTED":
+                    break
+                await asyncio.sleep(0.02)
+
+            await holds.sweep_once()
+            assert await _status(worker.pool, paid_id) == Status.PAID
+            assert [await _status(worker.pool, o[0]) for o in orders[:-1]] == [
+                Status.PENDING_PAYMENT
+            ] * 4
+            # 5 pending invoices, 2 a page: 3 pages, and no lookup at all.
+            assert lnd.calls == Counter(list=3)
+
+            # Twenty more unpaid orders: a few more pages, still no lookups; the paid order's
+            # HTLC is listed ACCEPTED, so it needs no lookup either.
+            for _ in range(20):
+                await _hold_order(worker.pool, ln)
+            lnd.calls.clear()
+            await holds.sweep_once()
+            assert lnd.calls == Counter(list=13)
+
+            # The node gives the HTLC back: the paid order's invoice leaves the pending list,
+            # one lookup sees it CANCELED, and the order ends refunded.
+            await ln.merchant.cancel_invoice(paid_hash)
+            lnd.calls.clear()
+            await holds.sweep_once()
+            assert lnd.calls["lookup"] == 1
+            assert await _status(worker.pool, paid_id) == Status.REFUNDED
+            assert (await asyncio.wait_for(sending, 10)).status == "FAILED"
+    finally:
+        await lnd.close()
+
+
+async def test_reconcile_looks_up_only_invoices_no_longer_pending(
+    database_url: str, nats_url: str, bootstrapped: tuple[str, str], ln: Lightning
+) -> None:
+    settings = settings_for(database_url, nats_url, bootstrapped, hold_scan_page_size=PAGE)
+    info = ln.running.nodes_info["merchant"]
+    lnd = CountingClient(info["rest_url"], info["macaroon_hex"], None, timeout=10)
+    try:
+        async with open_worker("payments", settings, asyncio.Event()) as worker:
+            watcher = InvoiceWatcher(worker, lnd)
+            orders = [await _hold_order(worker.pool, ln) for _ in range(6)]
+            # An order whose invoice the node no longer lists (here: canceled at the node).
+            await ln.merchant.cancel_invoice(orders[0][2])
+            held_id, held_req, held_hash = orders[1]
+            sending = asyncio.create_task(
+                ln.payer.pay(held_req, fee_limit_sat=0, timeout_seconds=30)
+            )
+            for _ in range(250):
+                if (await ln.merchant.lookup_invoice(held_hash)).state == "ACCEPTED":
+                    break
+                await asyncio.sleep(0.02)
+
+            assert await watcher.reconcile() == 1
+            assert await _status(worker.pool, held_id) == Status.PAID
+            assert lnd.calls == Counter(list=3, lookup=1)
+            await ln.merchant.cancel_invoice(held_hash)
+            assert (await asyncio.wait_for(sending, 10)).status == "FAILED"
+    finally:
+        await lnd.close()
