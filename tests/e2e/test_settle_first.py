@@ -5,9 +5,13 @@ all complete by their activation's end plus PROVIDER_GIVEUP_SECONDS."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -114,6 +118,56 @@ async def test_a_classic_code_is_shown_only_once_its_hold_invoice_is_settled(
         http, stack, order["orderId"], lambda b: b["orderStatus"] == "completed"
     )
     assert final["code"] == 246810
+    assert (await asyncio.wait_for(payment, 30)).status == "SUCCEEDED"
+
+
+async def _code_recorded(stack: dict[str, Any], order_id: str) -> bool:
+    conn = await asyncpg.connect(stack["database_url"])
+    try:
+        recorded = await conn.fetchval("SELECT code IS NOT NULL FROM orders WHERE id = $1", order_id)
+        return bool(recorded)
+    finally:
+        await conn.close()
+
+
+async def test_a_recorded_code_stays_hidden_while_nobody_settles_the_invoice(
+    stack: dict[str, Any],
+    http: aiohttp.ClientSession,
+    payer: LndClient,
+    merchant: LndClient,
+    set_status_down: None,
+) -> None:
+    await _sim(http, stack, "/sim/auto-sms", {"delaySeconds": None})
+    order = await _order(http, stack)
+    payment_hash = (await payer.decode_payreq(order["payreq"])).payment_hash
+    payment = _pay_in_background(payer, order["payreq"])
+    waiting = await _status_until(http, stack, order["orderId"], lambda b: "number" in b)
+    activation_id = await _activation_of(http, stack, waiting["number"])
+    pids = json.loads((Path(stack["state_dir"]) / "stack.json").read_text())["pids"]
+    payments = [pid for name, pid in pids.items() if name.startswith("payments")]
+    assert payments
+    # The payments worker is frozen: the provider records the code, nobody can settle.
+    for pid in payments:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        await _sim(http, stack, f"/sim/activations/{activation_id}/sms", {"code": "97531"})
+        deadline = time.monotonic() + 10
+        while not await _code_recorded(stack, order["orderId"]):
+            assert time.monotonic() < deadline, "the provider never recorded the code"
+            await asyncio.sleep(0.05)
+        for _ in range(10):
+            status, body = await _classic(
+                http, stack, "GET", "/orderstatus", params={"orderId": order["orderId"]}
+            )
+            assert status == 200 and "code" not in body, body
+            await asyncio.sleep(0.1)
+        assert (await merchant.lookup_invoice(payment_hash)).state == "ACCEPTED"
+    finally:
+        for pid in payments:
+            os.kill(pid, signal.SIGCONT)
+    done = await _status_until(http, stack, order["orderId"], lambda b: "code" in b)
+    assert done["code"] == 97531 and done["orderStatus"] == "completed"
+    assert (await merchant.lookup_invoice(payment_hash)).state == "SETTLED"
     assert (await asyncio.wait_for(payment, 30)).status == "SUCCEEDED"
 
 
