@@ -124,7 +124,8 @@ async def test_a_classic_code_is_shown_only_once_its_hold_invoice_is_settled(
 async def _code_recorded(stack: dict[str, Any], order_id: str) -> bool:
     conn = await asyncpg.connect(stack["database_url"])
     try:
-        recorded = await conn.fetchval("SELECT code IS NOT NULL FROM orders WHERE id = $1", order_id)
+        sql = "SELECT code IS NOT NULL FROM orders WHERE id = $1"
+        recorded = await conn.fetchval(sql, order_id)
         return bool(recorded)
     finally:
         await conn.close()
