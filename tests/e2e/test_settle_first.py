@@ -18,7 +18,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from libs.common.lightning import LndClient
+from libs.common.lightning import LndClient, Payment
 from tests.e2e.conftest import E2E_ENV, node_client
 from tests.e2e.test_classic_hold import _classic, _order, _pay_in_background, _status_until
 from tests.e2e.test_l402_order import _activations, _create, _pay, _poll, _refund_invoice, _sim
@@ -60,6 +60,22 @@ async def _activation_of(http: aiohttp.ClientSession, stack: dict[str, Any], num
     raise AssertionError(f"no activation for {number}")
 
 
+async def _waiting_classic(
+    http: aiohttp.ClientSession, stack: dict[str, Any], payer: LndClient
+) -> tuple[dict[str, Any], bytes, asyncio.Task[Payment], str]:
+    """A paid classic order whose number waits for an SMS that only the test sends.
+
+    Returns the order, its invoice's payment hash, the payer's payment and the activation.
+    """
+    await _sim(http, stack, "/sim/auto-sms", {"delaySeconds": None})
+    order = await _order(http, stack)
+    payment_hash = (await payer.decode_payreq(order["payreq"])).payment_hash
+    payment = _pay_in_background(payer, order["payreq"])
+    waiting = await _status_until(http, stack, order["orderId"], lambda b: "number" in b)
+    activation_id = await _activation_of(http, stack, waiting["number"])
+    return order, payment_hash, payment, activation_id
+
+
 async def test_a_classic_code_is_shown_only_once_its_hold_invoice_is_settled(
     stack: dict[str, Any],
     http: aiohttp.ClientSession,
@@ -67,12 +83,7 @@ async def test_a_classic_code_is_shown_only_once_its_hold_invoice_is_settled(
     merchant: LndClient,
     set_status_down: None,
 ) -> None:
-    await _sim(http, stack, "/sim/auto-sms", {"delaySeconds": None})
-    order = await _order(http, stack)
-    payment_hash = (await payer.decode_payreq(order["payreq"])).payment_hash
-    payment = _pay_in_background(payer, order["payreq"])
-    waiting = await _status_until(http, stack, order["orderId"], lambda b: "number" in b)
-    activation_id = await _activation_of(http, stack, waiting["number"])
+    order, payment_hash, payment, activation_id = await _waiting_classic(http, stack, payer)
 
     # Read /orderstatus in a tight loop. A code is fine only in an answer to a request sent
     # once the invoice was SETTLED; an answer is checked against a lookup made after it
@@ -138,12 +149,7 @@ async def test_a_recorded_code_stays_hidden_while_nobody_settles_the_invoice(
     merchant: LndClient,
     set_status_down: None,
 ) -> None:
-    await _sim(http, stack, "/sim/auto-sms", {"delaySeconds": None})
-    order = await _order(http, stack)
-    payment_hash = (await payer.decode_payreq(order["payreq"])).payment_hash
-    payment = _pay_in_background(payer, order["payreq"])
-    waiting = await _status_until(http, stack, order["orderId"], lambda b: "number" in b)
-    activation_id = await _activation_of(http, stack, waiting["number"])
+    order, payment_hash, payment, activation_id = await _waiting_classic(http, stack, payer)
     pids = json.loads((Path(stack["state_dir"]) / "stack.json").read_text())["pids"]
     payments = [pid for name, pid in pids.items() if name.startswith("payments")]
     assert payments

@@ -85,8 +85,8 @@ async def l402_order(stage: Stage) -> str:
     return order_id
 
 
-async def hold_order(stage: Stage, preimage: bytes | None = None) -> tuple[str, bytes]:
-    """A classic hold order made paid (its invoice not checked); returns id and preimage."""
+async def hold_order(stage: Stage, preimage: bytes | None = None, *, paid: bool = True) -> str:
+    """A classic hold order, made paid unless told (its invoice not checked); returns its id."""
     preimage = preimage or secrets.token_bytes(32)
     order_id = secrets.token_hex(32)
     await stage.pool.execute(
@@ -102,7 +102,9 @@ async def hold_order(stage: Stage, preimage: bytes | None = None) -> tuple[str, 
         datetime.now(UTC) + timedelta(minutes=10),
         preimage,
     )
-    return order_id, preimage
+    if paid:
+        await _paid(stage, order_id)
+    return order_id
 
 
 async def prepaid_order(stage: Stage) -> str:
@@ -157,8 +159,7 @@ async def test_a_hold_order_asks_for_its_settle_with_the_code_while_setstatus_fa
     sim: Sim,  # noqa: F811
 ) -> None:
     await sim.request("POST", "/sim/faults", SET_STATUS_DOWN)
-    order_id, _ = await hold_order(stage)
-    await _paid(stage, order_id)
+    order_id = await hold_order(stage)
 
     order = await code_arrives(stage, sim, order_id, "424242")
 
@@ -317,8 +318,7 @@ async def test_the_poller_leaves_orders_with_a_code_alone_while_setstatus_fails(
     sim: Sim,  # noqa: F811
 ) -> None:
     await sim.request("POST", "/sim/faults", SET_STATUS_DOWN)
-    hold_id, _ = await hold_order(stage)
-    await _paid(stage, hold_id)
+    hold_id = await hold_order(stage)
     late_id = await l402_order(stage)
     prepaid_id = await prepaid_order(stage)
     for order_id in (hold_id, late_id, prepaid_id):
@@ -358,7 +358,7 @@ async def _accepted_hold(stage: Stage, ln: Lightning) -> tuple[str, bytes, async
     added = await ln.merchant.add_hold_invoice(
         payment_hash=payment_hash, value_msat=150_000, memo="t", expiry=600, cltv_expiry=80
     )
-    order_id, _ = await hold_order(stage, preimage)
+    order_id = await hold_order(stage, preimage, paid=False)
     await stage.pool.execute(
         "UPDATE orders SET payment_request = $2 WHERE id = $1", order_id, added.payment_request
     )
