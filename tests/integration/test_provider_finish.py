@@ -25,7 +25,7 @@ from libs.common.sms import HeroSmsClient
 from libs.common.store import Timer
 from services.payments.hold import HoldInvoices
 from services.payments.invoices import InvoiceWatcher
-from services.provider.activations import Activations, finish_retry_in
+from services.provider.activations import Activations
 from tests.integration.conftest import Lightning
 from tests.integration.helpers import insert_order
 from tests.integration.test_provider_stage import (  # noqa: F401  (fixtures)
@@ -239,19 +239,6 @@ async def test_an_l402_order_in_its_window_is_not_finished_and_completes_when_it
 
 
 # ----------------------------------------------------------------------------- housekeeping
-
-
-def test_finish_retries_double_up_to_the_cap_and_end_at_the_give_up_time() -> None:
-    now = datetime(2026, 1, 1, tzinfo=UTC)
-    far = now + timedelta(hours=1)
-    waits = [finish_retry_in(attempts=n, now=now, give_up_at=far, base=2.0) for n in range(10)]
-    assert waits == [2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 300.0, 300.0]
-    # The last try is made at the give-up time; past it, or without a deadline, no more.
-    near = now + timedelta(seconds=5)
-    assert finish_retry_in(attempts=4, now=now, give_up_at=near, base=2.0) == 5.0
-    assert finish_retry_in(attempts=0, now=near, give_up_at=near, base=2.0) is None
-    assert finish_retry_in(attempts=0, now=now, give_up_at=None, base=2.0) is None
-    assert finish_retry_in(attempts=10_000, now=now, give_up_at=far, base=2.0) == 300.0
 
 
 async def test_a_failing_finish_backs_off_and_gives_up_at_the_activation_end_plus_giveup(
