@@ -394,7 +394,7 @@ class Activations:
             if delay is not None:
                 await self._w.pool.execute(Q.order_finish_retry, order_id, delay)
                 log.info(
-                    "finish failed (%s); retrying in %.0f s",
+                    "finish failed (%s); retrying in %.1f s",
                     exc.code,
                     delay,
                     extra={"order_id": order_id},
