@@ -85,6 +85,10 @@ class Settings:
     another_sms_window_seconds: float = 300.0
     # After an order's deadline, a provider that cannot be reached no longer delays its refund.
     provider_giveup_seconds: float = 120.0
+    # Finishing an activation at the provider (setStatus 6) is housekeeping: a failed try is
+    # retried after this long, doubling per try (at most 5 minutes apart), until the order's
+    # deadline plus provider_giveup_seconds; it never holds back settlement or completion.
+    provider_finish_retry_seconds: float = 2.0
     # Rentals: SMS arrive by webhook, polled as a fallback this often.
     rent_poll_interval_seconds: float = 10.0
     # The URL the provider POSTs rental SMS to (ours, with a secret token); empty: derived from

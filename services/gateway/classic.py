@@ -308,7 +308,7 @@ def _number(text: str | None) -> int | str | None:
 
 
 async def order_status(request: web.Request) -> web.Response:
-    """GET /orderstatus?orderId=: paid, and number/code as soon as there are any."""
+    """GET /orderstatus?orderId=: paid, the number once assigned, the code once paid for."""
     order = await _order(request)
     if order is None:
         return _error(404, "order not found")
@@ -337,7 +337,12 @@ async def order_status(request: web.Request) -> web.Response:
         country = index.by_id(order["country_id"]) if index is not None else None
         body["number"] = _number(order["phone_number"])  # without "+", as documented
         body["country"] = country.display_name if country else str(order["country_id"])
-    if order["code"] is not None:
+    # A hold order's code is shown only once its invoice is SETTLED (settled_at is written by
+    # the payments worker after the node settled, with the completion); a prepaid order's
+    # price was debited before its number was bought.
+    if order["code"] is not None and (
+        order["settled_at"] is not None or order["payment_mode"] == "balance"
+    ):
         body["code"] = _number(order["code"])
     return web.json_response(body)
 

@@ -47,28 +47,37 @@ class HoldInvoices:
         return paid
 
     async def settle(self, order_id: str) -> None:
-        """The code was delivered: take the held payment, then complete the order."""
+        """The code was recorded: take the held payment, then complete the order.
+
+        settled_at is written with the completion, and only when the node settled: the
+        classic API shows the code from then on, never for a payment that was not taken.
+        """
         order = await store.get(self._w.pool, order_id)
         if order is None or order["payment_mode"] != "hold":
             return
         if order["status"] != Status.CODE_RECEIVED or order["sms_received_at"] is None:
             return  # never settle without a delivered code
+        settled = True
         try:
             await self._lnd.settle_invoice(bytes(order["preimage"]))
         except InvoiceNotFound:
-            # The node lost the invoice: nothing can be collected. The code was delivered,
-            # so the order completes; the invariant checker reports the lost payment.
+            settled = False
+            # The node lost the invoice: nothing can be collected, so the code is never
+            # shown. The order still completes; the invariant checker reports it.
             log.error("hold invoice unknown to the node at settle", extra={"order_id": order_id})
         except LndError as exc:
             invoice = await self._lnd.lookup_invoice(bytes(order["payment_hash"]))
             if invoice.state == "CANCELED":
-                # The HTLC timed out before we could settle: the code went out unpaid. The
-                # invariant checker reports it; the order still completes (code delivered).
+                # The HTLC timed out before we could settle: nothing was paid, so the code is
+                # never shown. The invariant checker reports it; the order still completes.
+                settled = False
                 log.error("hold invoice canceled before settle", extra={"order_id": order_id})
             elif invoice.state != "SETTLED":
                 raise Retry(f"settle failed: {exc.message}", delay=2.0) from exc
         crash_point("payments.hold_settled")
         async with transaction(self._w.pool) as conn:
+            if settled:
+                await conn.execute(Q.order_mark_settled, order_id)
             done = await store.complete(
                 conn,
                 order_id,
@@ -157,8 +166,8 @@ class HoldInvoices:
                         # can be settled any more, so the order ends refunded, loudly.
                         log.error("held HTLC gone at the node", extra={"order_id": order_id})
                         await self.enforce_deadline(order_id)
-                elif status == Status.CODE_RECEIVED and row["next_poll_at"] is None:
-                    await self.settle(order_id)
+                elif status == Status.CODE_RECEIVED:
+                    await self.settle(order_id)  # the code is recorded: settle at once
                 elif status == Status.REFUND_PENDING:
                     await self.release(order_id)
             except (LndError, Retry) as exc:

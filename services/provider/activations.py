@@ -32,6 +32,32 @@ def _needed(detail: str) -> Decimal:
         return Decimal("0.01")
 
 
+# A claimed finish that is neither done nor rescheduled (its worker died) is tried again
+# after this long: longer than a provider call with its retries and rate-limit waits.
+FINISH_LEASE_SECONDS = 120.0
+# The longest wait between two tries at finishing an activation.
+FINISH_RETRY_CAP_SECONDS = 300.0
+
+
+def provider_give_up_at(deadline: datetime | None, giveup_seconds: float) -> datetime | None:
+    """When an unreachable provider stops mattering: the order's deadline plus the grace."""
+    return None if deadline is None else deadline + timedelta(seconds=giveup_seconds)
+
+
+def finish_retry_in(
+    *, attempts: int, now: datetime, give_up_at: datetime | None, base: float
+) -> float | None:
+    """Seconds until the next try at a finish that failed `attempts` + 1 times, None: give up.
+
+    The wait doubles per failure (at most FINISH_RETRY_CAP_SECONDS); the last try is made
+    at the give-up time itself.
+    """
+    if give_up_at is None or now >= give_up_at:
+        return None
+    wait = min(base * 2.0 ** min(attempts, 32), FINISH_RETRY_CAP_SECONDS)
+    return min(wait, (give_up_at - now).total_seconds())
+
+
 class Activations:
     """Drives orders through allocating_number, waiting_for_sms and code_received."""
 
@@ -218,7 +244,9 @@ class Activations:
     async def check(self, order: asyncpg.Record) -> None:
         """Poll one order at the provider and act on what it says."""
         if order["status"] == Status.CODE_RECEIVED and order["another_sms_at"] is None:
-            await self.finish(order["id"])  # hold and prepaid orders finish at once
+            # Only a row left polling by an older release (which finished before completing)
+            # gets here: its code stage is over.
+            await self.close(order["id"])
             return
         try:
             status = await self._provider.poll(order["activation_id"])
@@ -235,7 +263,13 @@ class Activations:
             await self._no_sms(order, "provider cancelled the activation")
 
     async def deliver(self, order_id: str, code: str, text: str | None) -> None:
-        """Record the code (the customer can read it from now on), then finish or wait."""
+        """Record the code and, in the same transaction, start the order's way to its end.
+
+        A hold order's settle is asked for at once (the classic API shows the code only once
+        the invoice is settled); an L402 order stays open for its another-SMS window; any
+        other order completes now. Finishing the activation at the provider is housekeeping
+        armed here too, never a condition of the outcome.
+        """
         async with transaction(self._w.pool) as conn:
             moved = await store.transition(
                 conn,
@@ -245,6 +279,7 @@ class Activations:
                 code=code,
                 sms_text=text,
                 sms_received_at=NOW,
+                next_poll_at=None,  # nothing to poll until another SMS is asked for
             )
             if moved is None:
                 return
@@ -253,17 +288,32 @@ class Activations:
                 conn, order_id, Message(moved["sms_received_at"], text, code=code)
             )
             window = self._code_window(moved)
-            if window > 0:
+            if moved["payment_mode"] == "hold":
+                # The payments worker settles the held payment, then completes the order.
+                await self._emit(conn, EventType.CODE_DELIVERED, order_id)
+                await conn.execute(Q.order_finish_arm, order_id)
+            elif window > 0:
                 # L402 orders keep the number open for a while: the customer may ask for
                 # another SMS on it. The window never outlives the order's deadline.
-                await conn.execute(Q.order_stop_polling, order_id)
                 await store.set_timer(conn, order_id, Timer.CODE_WINDOW, window)
+            else:
+                await self._complete(conn, order_id)
         log.info("code received", extra={"order_id": order_id})
-        if window <= 0:
-            await self.finish(order_id)
+
+    async def _complete(self, conn: asyncpg.Connection, order_id: str) -> bool:
+        """code_received -> completed, with the provider finish armed (caller's transaction)."""
+        done = await store.complete(
+            conn,
+            order_id,
+            code_retention=self._w.settings.code_retention_seconds,
+            prefix=self._w.settings.subject_prefix,
+        )
+        if done:
+            await conn.execute(Q.order_finish_arm, order_id)
+        return done
 
     def _code_window(self, order: asyncpg.Record) -> float:
-        """How long a code_received order stays open for another SMS (0: finish now)."""
+        """How long a code_received order stays open for another SMS (0: complete now)."""
         if order["payment_mode"] != "standard":
             return 0.0  # classic orders have no way to ask for another SMS
         left: float = (order["deadline_at"] - order["sms_received_at"]).total_seconds()
@@ -299,45 +349,62 @@ class Activations:
             await messages.record(conn, order["id"], Message(datetime.now(UTC), text, code=code))
         log.info("another code received", extra={"order_id": order["id"]})
 
-    async def finish(self, order_id: str, *, window_closed: bool = False) -> None:
-        """Tell the provider the activation is done and complete the order.
+    async def close(self, order_id: str) -> None:
+        """The code stage is over (the another-SMS window closed): complete the order now.
 
-        From the poller a failed finish is tried again at the next poll. When the another-SMS
-        window closed (no poller behind it) the order completes anyway: the code was delivered
-        and the provider closes an unfinished activation itself.
+        Whatever the provider says: the code was delivered, and finishing the activation is
+        housekeeping that follows. A hold order is completed by the payments worker after
+        its settle instead; here it only stops being polled and gets its finish armed.
         """
-        order = await store.get(self._w.pool, order_id)
-        if order is None or order["status"] != Status.CODE_RECEIVED:
-            return
-        try:
-            await self._provider.finish(order["activation_id"])
-        except (sms.ActivationNotActive, sms.NotFound):
-            pass  # already finished at the provider
-        except sms.ProviderError as exc:
-            if not window_closed:
-                log.info(
-                    "finish failed (%s); the poller retries", exc.code, extra={"order_id": order_id}
-                )
-                return
-            log.warning(
-                "finish failed (%s); completing anyway", exc.code, extra={"order_id": order_id}
-            )
-        crash_point("provider.activation_finished")
         async with transaction(self._w.pool) as conn:
-            if order["payment_mode"] == "hold":
-                # The held payment is settled by the payments worker, which then completes
-                # the order; stop polling this activation.
-                if await conn.execute(Q.order_stop_polling, order_id) == "UPDATE 1":
-                    await self._emit(conn, EventType.CODE_DELIVERED, order_id)
+            order = await store.get(conn, order_id)
+            if order is None or order["status"] != Status.CODE_RECEIVED:
                 return
-            done = await store.complete(
-                conn,
-                order_id,
-                code_retention=self._w.settings.code_retention_seconds,
-                prefix=self._w.settings.subject_prefix,
-            )
+            await conn.execute(Q.order_stop_polling, order_id)
+            if order["payment_mode"] == "hold":
+                await conn.execute(Q.order_finish_arm, order_id)
+                done = False
+            else:
+                done = await self._complete(conn, order_id)
         if done:
             log.info("order completed", extra={"order_id": order_id})
+
+    async def finish_due(self, limit: int = 50) -> int:
+        """Finish the activations whose finish is due at the provider; returns how many."""
+        rows = await self._w.pool.fetch(Q.orders_claim_finish, limit, FINISH_LEASE_SECONDS)
+        await asyncio.gather(*(self._finish(row) for row in rows))
+        return len(rows)
+
+    async def _finish(self, row: asyncpg.Record) -> None:
+        """Tell the provider one activation is done (setStatus 6); back off when it fails."""
+        order_id = row["id"]
+        try:
+            await self._provider.finish(row["activation_id"])
+        except (sms.ActivationNotActive, sms.NotFound):
+            pass  # already over at the provider
+        except sms.ProviderError as exc:
+            settings = self._w.settings
+            give_up_at = provider_give_up_at(row["deadline_at"], settings.provider_giveup_seconds)
+            delay = finish_retry_in(
+                attempts=row["finish_attempts"],
+                now=datetime.now(UTC),
+                give_up_at=give_up_at,
+                base=settings.provider_finish_retry_seconds,
+            )
+            if delay is not None:
+                await self._w.pool.execute(Q.order_finish_retry, order_id, delay)
+                log.info(
+                    "finish failed (%s); retrying in %.1f s",
+                    exc.code,
+                    delay,
+                    extra={"order_id": order_id},
+                )
+                return
+            # The activation's lifetime is over: the provider closes it itself.
+            log.warning("finish failed (%s); giving up", exc.code, extra={"order_id": order_id})
+        else:
+            crash_point("provider.activation_finished")
+        await self._w.pool.execute(Q.order_finish_done, order_id)
 
     async def cancel(self, order_id: str, reason: str) -> None:
         """Verify no SMS came, cancel at the provider, then refund (or fail, if non-refundable)."""
@@ -393,9 +460,10 @@ class Activations:
 
     def _provider_given_up(self, order: asyncpg.Record) -> bool:
         """Whether an order is far enough past its deadline to stop waiting for the provider."""
-        deadline: datetime | None = order["deadline_at"]
-        grace = timedelta(seconds=self._w.settings.provider_giveup_seconds)
-        return deadline is not None and datetime.now(UTC) >= deadline + grace
+        give_up_at = provider_give_up_at(
+            order["deadline_at"], self._w.settings.provider_giveup_seconds
+        )
+        return give_up_at is not None and datetime.now(UTC) >= give_up_at
 
     async def _no_sms(self, order: asyncpg.Record, reason: str) -> None:
         """The activation ended without an SMS: refund, or fail a non-refundable order."""
@@ -413,13 +481,14 @@ class Activations:
             )
 
     async def poll_forever(self) -> None:
-        """Claim due orders and poll them at the provider until stop."""
+        """Claim due orders, poll them and finish done activations at the provider until stop."""
         interval = self._w.settings.sms_poll_interval_seconds
         while not self._w.stop.is_set():
             ops.beat("sms-poller")
             try:
                 orders = await self._w.pool.fetch(Q.orders_claim_sms_poll, 50, interval)
                 await asyncio.gather(*(self.check(o) for o in orders))
+                await self.finish_due()
             except Exception:
                 log.exception("SMS poll failed")
             try:

@@ -1,4 +1,4 @@
-"""The provider worker: its event handler and the SMS poller."""
+"""The provider worker: its event handler, the SMS poller and the activation finisher."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
                 elif event.type is EventType.ANOTHER_SMS_REQUESTED:
                     await activations.request_another(event.order_id)
                 elif event.type is EventType.CODE_WINDOW_ENDED:
-                    await activations.finish(event.order_id, window_closed=True)
+                    await activations.close(event.order_id)
                 elif event.type is EventType.RENT_ENDED:
                     await rentals.end(event.order_id)
 

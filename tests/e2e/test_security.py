@@ -119,8 +119,10 @@ async def _db_snapshot(stack: dict[str, Any], order_id: str) -> dict[str, Any]:
     finally:
         await conn.close()
     assert row is not None
-    # The SMS poller's own bookkeeping moves on by itself; everything else must stand still.
-    state = {k: v for k, v in dict(row).items() if k not in {"next_poll_at", "updated_at"}}
+    # The provider worker's own bookkeeping (SMS polls, finishing the activation) moves on by
+    # itself; everything else must stand still.
+    moving = {"next_poll_at", "updated_at", "finish_due_at", "finish_attempts"}
+    state = {k: v for k, v in dict(row).items() if k not in moving}
     return {"row": state, "transitions": transitions, "events": events, "refunds": refunds}
 
 

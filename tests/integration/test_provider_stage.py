@@ -316,7 +316,12 @@ async def test_polled_sms_completes_the_order_and_finishes_the_activation(
     assert done["code"] == "424242"
     assert done["sms_text"] == "Your Telegram code is 424242"
     assert done["sms_received_at"] is not None and done["finished_at"] is not None
+    # The order completed first; finishing the activation at the provider follows.
+    assert done["finish_due_at"] is not None
+    assert await acts.finish_due() == 1
     assert (await sim.activation(activation_id))["status"] == "FINISHED"
+    assert (await get(worker.pool, order_id))["finish_due_at"] is None
+    assert await acts.finish_due() == 0
     armed = await timers(worker.pool, order_id)
     assert Timer.SMS_TIMEOUT not in armed
     assert armed[Timer.PURGE_CODE]["fired_at"] is None
@@ -347,6 +352,10 @@ async def test_poller_loop_delivers_the_code(stage: tuple[Worker, Activations], 
         deadline = asyncio.get_running_loop().time() + 5
         while (await get(worker.pool, order["id"]))["status"] != S.COMPLETED:
             assert asyncio.get_running_loop().time() < deadline, "poller never completed"
+            await asyncio.sleep(0.05)
+        # The loop finishes the activation at the provider after the completion.
+        while (await sim.activation(order["activation_id"]))["status"] != "FINISHED":
+            assert asyncio.get_running_loop().time() < deadline, "poller never finished"
             await asyncio.sleep(0.05)
     finally:
         worker.stop.set()
@@ -405,6 +414,7 @@ async def test_cancel_after_an_unpolled_sms_delivers_the_code_instead(
     done = await get(worker.pool, order_id)
     assert done["status"] == S.COMPLETED
     assert done["code"] == "556677"
+    assert await acts.finish_due() == 1  # finishing at the provider follows the completion
     assert (await sim.activation(activation_id))["status"] == "FINISHED"
     assert await event_types(worker.pool, order_id) == ["completed"]
     assert Timer.PURGE_CODE in await timers(worker.pool, order_id)
@@ -448,6 +458,7 @@ async def test_sms_arriving_between_cancel_poll_and_provider_cancel_is_delivered
             assert provider.arm is None  # the SMS really came after cancel's first look
             assert done["status"] == S.COMPLETED
             assert done["code"] == "314159"
+            assert await acts.finish_due() == 1
             assert (await sim.activation(activation_id))["status"] == "FINISHED"
             assert await event_types(worker.pool, order_id) == ["completed"]
             entered = await assert_each_status_entered_once(worker.pool, order_id)
@@ -542,6 +553,7 @@ async def test_concurrent_check_and_cancel_end_in_exactly_one_outcome(
         sms_arrived = sms == "before" or (sms == "racing" and any(r is True for r in results))
 
         final = await get(worker.pool, order_id)
+        await acts.finish_due()  # a completed order's activation is finished after it
         activation = await sim.activation(activation_id)
         events = await event_types(worker.pool, order_id)
         entered = await assert_each_status_entered_once(worker.pool, order_id)

@@ -85,7 +85,8 @@ async def completed_receive_sms(stage: Stage, sim: Sim) -> asyncpg.Record:  # no
     order = await get(stage.pool, order_id)
     await sim.deliver(order["activation_id"], "11111")
     await stage.acts.check(await claim_for_poll(stage.pool, order_id))
-    await stage.acts.finish(order_id, window_closed=True)
+    await stage.acts.close(order_id)
+    await stage.acts.finish_due()
     order = await get(stage.pool, order_id)
     assert order["status"] == S.COMPLETED
     return order
@@ -272,9 +273,10 @@ async def test_another_sms_on_the_same_number_shows_the_new_code(
     assert order["status"] == S.CODE_RECEIVED and order["code"] == "33333"
     assert [m.code for m in await messages.for_order(stage.pool, order_id)] == ["22222", "33333"]
 
-    # The window's end finishes the activation and completes the order.
-    await stage.acts.finish(order_id, window_closed=True)
+    # The window's end completes the order; the activation is finished at the provider after.
+    await stage.acts.close(order_id)
     assert (await get(stage.pool, order_id))["status"] == S.COMPLETED
+    assert await stage.acts.finish_due() == 1
     assert (await sim.activation(activation_id))["status"] == "FINISHED"
     assert await refund_rows(stage.pool, order_id) == 0
 
@@ -292,9 +294,11 @@ async def test_a_finish_the_provider_fails_still_completes_when_the_window_close
     await sim.request("POST", "/sim/faults", fault)
 
     # The code was delivered: an unreachable provider does not keep the order open.
-    await stage.acts.finish(order_id, window_closed=True)
+    await stage.acts.close(order_id)
     assert (await get(stage.pool, order_id))["status"] == S.COMPLETED
+    assert await stage.acts.finish_due() == 1
     assert (await sim.activation(activation_id))["status"] != "FINISHED"
+    assert (await get(stage.pool, order_id))["finish_due_at"] is not None  # tried again later
 
 
 # ----------------------------------------------------------------------------- provider faults

@@ -7,11 +7,45 @@ INSERT INTO orders (
 -- name: order_stop_polling
 UPDATE orders SET next_poll_at = NULL WHERE id = $1 AND status = 'code_received';
 
+-- name: order_mark_settled
+-- The hold invoice is SETTLED at the node: from now on the classic API shows the code.
+UPDATE orders SET settled_at = COALESCE(settled_at, now()) WHERE id = $1 AND payment_mode = 'hold';
+
+-- name: order_finish_arm
+-- The order has its outcome (or its settle is under way): finish the activation at the
+-- provider as housekeeping, first try now.
+UPDATE orders SET finish_due_at = now(), finish_attempts = 0
+WHERE id = $1 AND activation_id IS NOT NULL;
+
+-- name: orders_claim_finish
+-- Activations due to be finished at the provider, claimed and pushed back by a lease so a
+-- worker that dies mid-call leaves them to be tried again.
+WITH due AS (
+    SELECT id FROM orders
+    WHERE finish_due_at <= now()
+    ORDER BY finish_due_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE orders o SET finish_due_at = now() + make_interval(secs => $2)
+FROM due WHERE o.id = due.id
+RETURNING o.id, o.activation_id, o.deadline_at, o.finish_attempts;
+
+-- name: order_finish_retry
+-- A failed finish: try again in $2 seconds.
+UPDATE orders SET finish_due_at = now() + make_interval(secs => $2),
+                  finish_attempts = finish_attempts + 1
+WHERE id = $1;
+
+-- name: order_finish_done
+-- Finished at the provider (or given up on): nothing left to do.
+UPDATE orders SET finish_due_at = NULL, finish_attempts = finish_attempts + 1 WHERE id = $1;
+
 -- name: orders_hold_open
 -- Paid hold orders the payments worker keeps in step with the node: held (the HTLC must
 -- still be ACCEPTED), to settle, to cancel. Unpaid ones are found through the node's list
 -- of pending invoices instead, so however many there are, they never crowd these out.
-SELECT id, status, next_poll_at, payment_hash FROM orders
+SELECT id, status, payment_hash FROM orders
 WHERE payment_mode = 'hold'
   AND status IN ('paid', 'allocating_number', 'waiting_for_sms', 'code_received',
                  'refund_pending')
