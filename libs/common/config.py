@@ -90,6 +90,10 @@ class Settings:
     refund_retry_base_seconds: float = 2.0
     refund_fee_limit_sat: int = 10
     refund_timeout_seconds: int = 60
+    # Routing fee cap of a refund as a share of its amount (parts per million, rounded down);
+    # refund_fee_limit_sat stays the ceiling. 2 % leaves 2 sat on a 100-sat refund: two hops at
+    # LND's default 1-sat base fee, and no more whatever route hints the customer's invoice has.
+    refund_fee_limit_ppm: int = 20_000
 
     # How long a worker may hold a message before JetStream redelivers it (bootstrap sets it).
     ack_wait_seconds: float = 120.0
