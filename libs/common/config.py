@@ -57,6 +57,9 @@ class Settings:
     # Older than this: still quoted, with a warning. Older than max age: no new orders.
     fx_stale_seconds: float = 600.0
     fx_max_age_seconds: float = 3600.0
+    # A fetched rate further than this share (0.5 = 50 %) from the stored one is not stored and
+    # raises the fx_rate_jump alarm; the stored rate keeps ageing. 0 turns the check off.
+    fx_max_change_ratio: float = 0.5
 
     order_timeout_seconds: int = 1200
     cancel_min_age_seconds: int = 180
