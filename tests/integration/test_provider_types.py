@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -239,6 +240,85 @@ async def test_a_reactivation_the_provider_refuses_is_refunded(
 
     assert (await get(stage.pool, order_id))["status"] == S.REFUND_PENDING
     assert await refund_rows(stage.pool, order_id) == 1
+
+
+# ----------------------------------------------------------------------------- price caps
+
+
+async def test_a_reactivation_dearer_than_the_quote_is_cancelled_and_refunded(
+    stage: Stage,
+    sim: Sim,  # noqa: F811
+) -> None:
+    earlier = await completed_receive_sms(stage, sim)
+    # Quoted at the provider's price then (cap: x1.5 = 0.72 USD); the price rises before
+    # the reactivation is bought, and `reactivate` takes no maxPrice.
+    order_id = await paid(
+        stage,
+        order_type="receive-sms-reactivate",
+        reactivates=earlier["id"],
+        cost_usd=Decimal("0.48"),
+    )
+    await sim.request("POST", "/sim/stock", {"country": 187, "service": "tg", "cost": 0.80})
+
+    await stage.acts.allocate(order_id)
+
+    order = await get(stage.pool, order_id)
+    assert order["status"] == S.REFUND_PENDING
+    assert order["activation_id"] is None  # the dear number is never shown
+    assert await refund_rows(stage.pool, order_id) == 1
+    bought = [a for a in await sim.request("GET", "/sim/activations") if a["cost"] == 0.8]
+    assert len(bought) == 1 and bought[0]["status"] == "CANCEL"  # cancelled at the provider
+    await assert_each_status_entered_once(stage.pool, order_id)
+
+
+async def test_a_reactivation_within_the_quote_is_bought(
+    stage: Stage,
+    sim: Sim,  # noqa: F811
+) -> None:
+    earlier = await completed_receive_sms(stage, sim)
+    order_id = await paid(
+        stage,
+        order_type="receive-sms-reactivate",
+        reactivates=earlier["id"],
+        cost_usd=Decimal("0.48"),
+    )
+    # Dearer than the quoted cost, but within cost x PRICE_MULTIPLIER (0.72 USD).
+    await sim.request("POST", "/sim/stock", {"country": 187, "service": "tg", "cost": 0.70})
+
+    await stage.acts.allocate(order_id)
+
+    assert (await get(stage.pool, order_id))["status"] == S.WAITING_FOR_SMS
+
+
+async def test_a_rental_dearer_than_the_quote_is_not_rented_and_refunded(
+    stage: Stage,
+    sim: Sim,  # noqa: F811
+) -> None:
+    offers = await stage.provider.rent_offers(4, 187)
+    quoted = next(o.cost_usd for o in offers.offers if o.service == "tg")
+    order_id = await paid(stage, order_type="rent-number", rent_hours=4, cost_usd=quoted)
+    # The pair's price more than doubles after the quote; getRentNumber takes no maxPrice.
+    await sim.request("POST", "/sim/stock", {"country": 187, "service": "tg", "cost": 1.00})
+
+    await stage.acts.allocate(order_id)
+
+    assert (await get(stage.pool, order_id))["status"] == S.REFUND_PENDING
+    assert await refund_rows(stage.pool, order_id) == 1
+    assert await sim.request("GET", "/sim/rentals") == []  # nothing rented, nothing paid
+
+
+async def test_a_rental_at_the_quoted_price_is_rented(
+    stage: Stage,
+    sim: Sim,  # noqa: F811
+) -> None:
+    offers = await stage.provider.rent_offers(4, 187)
+    quoted = next(o.cost_usd for o in offers.offers if o.service == "tg")
+    order_id = await paid(stage, order_type="rent-number", rent_hours=4, cost_usd=quoted)
+
+    await stage.acts.allocate(order_id)
+
+    assert (await get(stage.pool, order_id))["status"] == S.RENT_ACTIVE
+    assert len(await sim.request("GET", "/sim/rentals")) == 1
 
 
 # ----------------------------------------------------------------------------- another SMS
