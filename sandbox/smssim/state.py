@@ -762,6 +762,13 @@ class SimState:
             return
         raise err_bad_status()
 
+    def end_rent_early(self, rental: SimRental, status: str) -> None:
+        """The provider ends an active rental before its time (FINISHED or CANCEL), as its
+        support does when a number is withdrawn; the account balance is left as it is."""
+        if rental.status != WAIT_CODE:
+            raise err_rent_over(rental.status)
+        rental.status = status
+
     def continue_rent(self, rental: SimRental, hours_raw: str | None) -> SimRental:
         """continueRentNumber: extend an active rental, charged like a new one."""
         if rental.status != WAIT_CODE:
