@@ -25,6 +25,7 @@ from services.scheduler.catalog import (
     refresh_catalog,
     refresh_forever,
     refresh_fx,
+    refresh_once,
     run_if_due,
 )
 from tests.integration.conftest import running_smssim
@@ -322,5 +323,34 @@ async def test_a_rate_far_from_the_stored_one_raises_the_alarm_and_is_not_stored
             assert await pool.fetchrow(Q.alarm_active, Alarm.FX_RATE_JUMP) is None
             await ops.sample_database(pool)
             assert REGISTRY.get_sample_value("sms4sats_fx_rate_rejected") == 0
+        finally:
+            await _set_sim_rate(http, sim_url, 100000)
+
+
+async def test_an_operator_accepts_a_real_move_of_the_rate(
+    pool: asyncpg.Pool, database_url: str, sim_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = Settings(
+        database_url=database_url,
+        provider_url=sim_url,
+        provider_api_key=API_KEY,
+        fx_url=f"{sim_url}/api/v3/simple/price",
+    )
+    async with aiohttp.ClientSession() as http:
+        try:
+            await _set_sim_rate(http, sim_url, 100000)
+            assert await refresh_once(settings) == 0
+            await _set_sim_rate(http, sim_url, 40000)  # -60 %: refused, alarm up
+            assert await refresh_once(settings) == 1
+            assert "more than 50%" in capsys.readouterr().out
+            assert await pool.fetchrow(Q.alarm_active, Alarm.FX_RATE_JUMP) is not None
+            stored = await fx.load_rate(pool)
+            assert stored is not None and stored.rate == Decimal(100000)
+
+            # `refresh --accept-rate`: the operator confirmed the move.
+            assert await refresh_once(settings, accept_rate=True) == 0
+            accepted = await fx.load_rate(pool)
+            assert accepted is not None and accepted.rate == Decimal(40000)
+            assert await pool.fetchrow(Q.alarm_active, Alarm.FX_RATE_JUMP) is None
         finally:
             await _set_sim_rate(http, sim_url, 100000)
