@@ -38,7 +38,8 @@ COPY sandbox ./sandbox
 # Bytecode compiled now: containers run with a read-only root filesystem. A writable state
 # directory for the simulators; named volumes mounted there inherit its owner.
 RUN python -m compileall -q /app \
-    && mkdir -p /var/lib/sms4sats/lnsim && chown -R 10001:10001 /var/lib/sms4sats
+    && mkdir -p /var/lib/sms4sats/lnsim /var/lib/sms4sats/lnd-gateway /var/lib/sms4sats/lnd-payments \
+    && chown -R 10001:10001 /var/lib/sms4sats
 USER 10001:10001
 EXPOSE 8080 9100
 CMD ["python", "-m", "services.gateway"]

@@ -28,6 +28,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 
+from sandbox.lnsim.macaroons import ROLE_FILES, role_macaroons
+
 SERVICES = ("gateway", "payments", "provider", "scheduler")
 DEFAULT_PORTS = {
     "gateway": 8080,
@@ -173,16 +175,36 @@ class Stack:
         proc = self.procs["nats"]
         wait_for(lambda: proc.poll() is None and port_open(self.ports["nats"]), "NATS")
 
-    def service_env(self, nodes: dict[str, Any], provider_url: str) -> dict[str, str]:
-        """The environment every service gets: the caller's, plus where the stack's parts are."""
-        env = dict(os.environ)
+    def role_macaroons(self, merchant: dict[str, Any]) -> dict[str, str]:
+        """The gateway's and payments' macaroons, baked once on the merchant node and kept."""
+        path = self.root / "lnd-macaroons.json"
+        if path.exists():
+            kept: dict[str, str] = json.loads(path.read_text())
+            return kept
+        baked = role_macaroons(merchant["rest_url"], merchant["macaroon_hex"])
+        path.write_text(json.dumps(baked))
+        path.chmod(0o600)
+        return baked
+
+    def lnd_env(self, nodes: dict[str, Any], role: str) -> dict[str, str]:
+        """Where the merchant node is, and the macaroon of this role (gateway, payments)."""
         merchant = nodes["merchant"]
+        return {
+            "SMS4SATS_LND_REST_URL": merchant["rest_url"],
+            "SMS4SATS_LND_MACAROON_HEX": self.role_macaroons(merchant)[role],
+            "SMS4SATS_LND_TLS_CERT_PATH": merchant.get("tls_cert_path") or "",
+        }
+
+    def service_env(self, nodes: dict[str, Any], provider_url: str) -> dict[str, str]:
+        """The environment every service gets: the caller's, plus where the stack's parts are.
+
+        No LND credentials: only the gateway and payments get theirs (lnd_env), each a macaroon
+        baked for what it does, so only payments can send.
+        """
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SMS4SATS_LND_")}
         env.update(
             SMS4SATS_DATABASE_URL=self.database_url,
             SMS4SATS_NATS_URL=f"nats://127.0.0.1:{self.ports['nats']}",
-            SMS4SATS_LND_REST_URL=merchant["rest_url"],
-            SMS4SATS_LND_MACAROON_HEX=merchant["macaroon_hex"],
-            SMS4SATS_LND_TLS_CERT_PATH=merchant.get("tls_cert_path") or "",
             SMS4SATS_LND_NETWORK="regtest",
             SMS4SATS_PROVIDER_URL=provider_url,
             SMS4SATS_GATEWAY_PORT=str(self.ports["gateway"]),
@@ -280,10 +302,11 @@ class Stack:
                 ops_port = free_port() if self.auto_ports else next_ops_port
                 next_ops_port += 1
                 self.ops_urls[label] = f"http://127.0.0.1:{ops_port}"
+                lnd = self.lnd_env(nodes, name) if name in ROLE_FILES else {}
                 self.spawn(
                     label,
                     [py, "-m", f"services.{name}"],
-                    {**env, "SMS4SATS_OPS_PORT": str(ops_port)},
+                    {**env, **lnd, "SMS4SATS_OPS_PORT": str(ops_port)},
                 )
         gateway_url = f"http://127.0.0.1:{self.ports['gateway']}"
         wait_for(lambda: _healthy(gateway_url), "the gateway's /health", timeout=60)

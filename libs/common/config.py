@@ -67,6 +67,9 @@ class Settings:
     # Older than this: still quoted, with a warning. Older than max age: no new orders.
     fx_stale_seconds: float = 600.0
     fx_max_age_seconds: float = 3600.0
+    # A fetched rate further than this share (0.5 = 50 %) from the stored one is not stored and
+    # raises the fx_rate_jump alarm; the stored rate keeps ageing. 0 turns the check off.
+    fx_max_change_ratio: float = 0.5
 
     order_timeout_seconds: int = 1200
     cancel_min_age_seconds: int = 180
@@ -104,6 +107,10 @@ class Settings:
     refund_retry_base_seconds: float = 2.0
     refund_fee_limit_sat: int = 10
     refund_timeout_seconds: int = 60
+    # Routing fee cap of a refund as a share of its amount (parts per million, rounded down);
+    # refund_fee_limit_sat stays the ceiling. 2 % leaves 2 sat on a 100-sat refund: two hops at
+    # LND's default 1-sat base fee, and no more whatever route hints the customer's invoice has.
+    refund_fee_limit_ppm: int = 20_000
 
     # How long a worker may hold a message before JetStream redelivers it (bootstrap sets it).
     ack_wait_seconds: float = 120.0

@@ -37,8 +37,24 @@ def freshness(age_seconds: float, *, stale_after: float, max_age: float) -> Fres
     return Freshness.FRESH
 
 
+def implausible_change(new: Decimal, last: Decimal | None, *, max_change: float) -> bool:
+    """Whether `new` moved more than `max_change` (0.5 = 50 %) away from the last stored rate.
+
+    A rate source that answers garbage (a unit slip, a bad feed) would otherwise reprice
+    every order at once; a real move this large is rare enough for a person to confirm it.
+    No last rate, or `max_change` 0, accepts anything.
+    """
+    if last is None or last <= 0 or max_change <= 0:
+        return False
+    return abs(new - last) > last * Decimal(str(max_change))
+
+
 class FxSourceError(Exception):
     """The rate source could not be asked or answered something unusable."""
+
+
+class FxRateRejected(FxSourceError):
+    """The source answered a rate too far from the stored one: not stored, the alarm is up."""
 
 
 def parse_simple_price(data: Any) -> Decimal:

@@ -62,6 +62,14 @@ async def check_database(pool: asyncpg.Pool, *, grace_seconds: float = 120.0) ->
         )
     for r in await pool.fetch(Q.invariant_refund_after_code):
         found.append(Finding("refund_after_code", r["id"], f"code delivered, order {r['status']}"))
+    for r in await pool.fetch(Q.invariant_refund_above_price):
+        found.append(
+            Finding(
+                "refund_above_price",
+                r["id"],
+                f"refund of {r['amount_sats']} sats on a price of {r['price_sats']}",
+            )
+        )
     for r in await pool.fetch(Q.invariant_completed_without_code):
         found.append(Finding("completed_without_code", r["id"], "completed, no SMS recorded"))
     for r in await pool.fetch(Q.invariant_terminal_entered_twice):

@@ -24,6 +24,10 @@ PROVIDER_NO_BALANCE = Gauge(
     "sms4sats_provider_no_balance",
     "1 while the provider account reported NO_BALANCE (new orders are refused)",
 )
+FX_RATE_REJECTED = Gauge(
+    "sms4sats_fx_rate_rejected",
+    "1 while the BTC/USD source answers a rate too far from the stored one (not stored)",
+)
 
 # Counted where they happen.
 TRANSITIONS = Counter(

@@ -19,6 +19,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from libs.common import metrics
 from libs.common.db import Q
 from libs.common.events import CONSUMERS
+from libs.common.store import Alarm
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,8 @@ async def start_ops_server(host: str, port: int, health: Health = HEALTH) -> web
 
 
 async def sample_database(pool: asyncpg.Pool) -> None:
-    """Set the gauges sampled from PostgreSQL: orders, invoices, stuck orders, the rate's age."""
+    """Set the gauges sampled from PostgreSQL: orders, invoices, stuck orders, the rate's age
+    and whether the last rate fetched was refused."""
     orders = await pool.fetch(Q.metrics_orders_by_status)
     invoices = await pool.fetch(Q.metrics_invoices_by_state)
     stuck = await pool.fetchval(Q.metrics_paid_past_deadline, STUCK_GRACE_SECONDS)
@@ -149,6 +151,9 @@ async def sample_database(pool: asyncpg.Pool) -> None:
     fx_age = await pool.fetchval(Q.metrics_fx_rate_age)
     if fx_age is not None:
         metrics.FX_RATE_AGE.set(fx_age)
+    # From the alarm row, so every replica agrees whichever scheduler fetched last.
+    rejected = await pool.fetchrow(Q.alarm_active, Alarm.FX_RATE_JUMP)
+    metrics.FX_RATE_REJECTED.set(0 if rejected is None else 1)
 
 
 async def sample_consumers(js: JetStreamContext, stream: str) -> None:

@@ -42,7 +42,8 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
     # FAILED: a non-refundable order (reactivation) whose SMS never came.
     S.WAITING_FOR_SMS: frozenset({S.CODE_RECEIVED, S.REFUND_PENDING, S.FAILED}),
     S.CODE_RECEIVED: frozenset({S.COMPLETED}),
-    S.RENT_ACTIVE: frozenset({S.COMPLETED}),
+    # REFUND_PENDING: the provider ended the rental early; the unused time is paid back.
+    S.RENT_ACTIVE: frozenset({S.COMPLETED, S.REFUND_PENDING}),
     S.REFUND_PENDING: frozenset({S.REFUNDED, S.REFUND_FAILED}),
     S.COMPLETED: frozenset(),
     S.REFUNDED: frozenset(),

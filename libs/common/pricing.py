@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from decimal import ROUND_CEILING, Decimal
 
 SATS_PER_BTC = Decimal(100_000_000)
@@ -25,3 +26,25 @@ def quote_sats(
     provider_sats = usd_to_sats(cost_usd, btc_usd)
     price = int((Decimal(provider_sats) * multiplier).to_integral_value(rounding=ROUND_CEILING))
     return max(price, min_sats)
+
+
+def refund_fee_limit_sat(amount_sats: int, *, ppm: int, ceiling_sat: int) -> int:
+    """The routing fee we accept on a refund: `ppm` of the amount, rounded down, at most ceiling.
+
+    The customer picks the refund invoice and so its route hints: a share keeps a small
+    refund from costing us more in fees than a flat cap allows on a large one.
+    """
+    if amount_sats < 0 or ppm < 0 or ceiling_sat < 0:
+        raise ValueError("amount, share and ceiling must not be negative")
+    return min(amount_sats * ppm // 1_000_000, ceiling_sat)
+
+
+def unused_rent_sats(price_sats: int, *, total_seconds: int, unused_seconds: float) -> int:
+    """The share of a rental's price for time it could not be used, rounded up (ours to lose).
+
+    ceil(price x unused / total), unused clamped to [0, total]; whole seconds, rounded up.
+    """
+    if price_sats < 0 or total_seconds <= 0:
+        raise ValueError("price must not be negative and the rental must last")
+    unused = min(max(math.ceil(unused_seconds), 0), total_seconds)
+    return -(-price_sats * unused // total_seconds)

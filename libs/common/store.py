@@ -178,3 +178,5 @@ class Alarm:
 
     # The provider account ran out of money: nothing can be bought until it is topped up.
     NO_BALANCE: Final = "no_balance"
+    # The BTC/USD source answered a rate too far from the stored one; it was not stored.
+    FX_RATE_JUMP: Final = "fx_rate_jump"

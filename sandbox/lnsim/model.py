@@ -15,6 +15,22 @@ IN_FLIGHT = "IN_FLIGHT"
 SUCCEEDED = "SUCCEEDED"
 FAILED = "FAILED"
 
+# Macaroon permissions as LND names them (BakeMacaroon's valid entities and actions).
+MACAROON_ENTITIES = (
+    "onchain",
+    "offchain",
+    "address",
+    "message",
+    "peers",
+    "info",
+    "invoices",
+    "signer",
+    "macaroon",
+)
+MACAROON_ACTIONS = ("read", "write", "generate")
+# The admin macaroon's: every entity with every action.
+ALL_PERMISSIONS = frozenset(f"{e}:{a}" for e in MACAROON_ENTITIES for a in MACAROON_ACTIONS)
+
 REASON_NONE = "FAILURE_REASON_NONE"
 REASON_TIMEOUT = "FAILURE_REASON_TIMEOUT"
 REASON_NO_ROUTE = "FAILURE_REASON_NO_ROUTE"

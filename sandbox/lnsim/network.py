@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import json
 import logging
 import secrets
@@ -21,6 +22,7 @@ from bolt11 import Bolt11, Feature, Features, FeatureState, MilliSatoshi, TagCha
 from . import marshal
 from .model import (
     ACCEPTED,
+    ALL_PERMISSIONS,
     CANCELED,
     FAILED,
     IN_FLIGHT,
@@ -167,6 +169,8 @@ class SimNode:
         self.privkey = self._load_key()
         self.pubkey = self.privkey.public_key.format(compressed=True).hex()
         self.macaroon_hex = self._load_macaroon()
+        self._baked_path = self._node_dir / "macaroons.json"
+        self.baked = self._load_baked()
         self.state = self._load_state()
         self.alias = name
         self.rest_url = ""
@@ -192,6 +196,28 @@ class SimNode:
         mac = secrets.token_bytes(64).hex()
         atomic_write_text(self.macaroon_path, mac, mode=0o600)
         return mac
+
+    def _load_baked(self) -> dict[str, frozenset[str]]:
+        """Macaroons baked with BakeMacaroon: hex -> "entity:action" permissions."""
+        if not self._baked_path.exists():
+            return {}
+        data = json.loads(self._baked_path.read_text())
+        return {mac: frozenset(perms) for mac, perms in data.items()}
+
+    def bake_macaroon(self, permissions: frozenset[str]) -> str:
+        """A new macaroon granting exactly `permissions` (kept across restarts)."""
+        mac = secrets.token_bytes(64).hex()
+        self.baked[mac] = permissions
+        self._node_dir.mkdir(parents=True, exist_ok=True)
+        data = {m: sorted(p) for m, p in self.baked.items()}
+        atomic_write_text(self._baked_path, json.dumps(data, indent=1), mode=0o600)
+        return mac
+
+    def permissions_of(self, macaroon_hex: str) -> frozenset[str] | None:
+        """What a macaroon may do: None if this node never issued it; the admin one may all."""
+        if hmac.compare_digest(macaroon_hex.encode(), self.macaroon_hex.encode()):
+            return ALL_PERMISSIONS
+        return self.baked.get(macaroon_hex)
 
     def _load_state(self) -> NodeState:
         if self._meta_path.exists():

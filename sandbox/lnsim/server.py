@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -11,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from . import marshal
-from .model import FAILURE_REASONS, IN_FLIGHT
+from .model import FAILURE_REASONS, IN_FLIGHT, MACAROON_ACTIONS, MACAROON_ENTITIES
 from .network import SimNode, Subscription, decode_payreq
 from .util import (
     GRPC_INVALID_ARGUMENT,
@@ -73,6 +72,27 @@ async def _lnd_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return _error_response(err, stream=stream)
 
 
+# The permission each route needs, as in LND's rpcserver.go and sub-servers (routerrpc,
+# invoicesrpc: LookupInvoiceV2 needs invoices:write there too).
+ROUTE_PERMISSIONS: dict[tuple[str, str], str] = {
+    ("GET", "/v1/getinfo"): "info:read",
+    ("GET", "/v1/balance/channels"): "offchain:read",
+    ("POST", "/v1/invoices"): "invoices:write",
+    ("GET", "/v1/invoices"): "invoices:read",
+    ("GET", "/v1/invoice/{r_hash_str}"): "invoices:read",
+    ("GET", "/v1/invoices/subscribe"): "invoices:read",
+    ("GET", "/v1/payreq/{pay_req}"): "offchain:read",
+    ("POST", "/v1/macaroon"): "macaroon:generate",
+    ("POST", "/v2/invoices/hodl"): "invoices:write",
+    ("POST", "/v2/invoices/settle"): "invoices:write",
+    ("POST", "/v2/invoices/cancel"): "invoices:write",
+    ("GET", "/v2/invoices/lookup"): "invoices:write",
+    ("GET", "/v2/invoices/subscribe/{r_hash}"): "invoices:read",
+    ("POST", "/v2/router/send"): "offchain:write",
+    ("GET", "/v2/router/track/{payment_hash}"): "offchain:read",
+}
+
+
 def _check_macaroon(request: web.Request) -> None:
     values = request.headers.getall(MACAROON_HEADER, [])
     if len(values) != 1:
@@ -82,9 +102,14 @@ def _check_macaroon(request: web.Request) -> None:
         bytes.fromhex(given)
     except ValueError as exc:
         raise RpcError(f"unable to decode macaroon: {exc}") from exc
-    expected = _node(request).macaroon_hex
-    if not hmac.compare_digest(given.encode(), expected.encode()):
+    granted = _node(request).permissions_of(given)
+    if granted is None:
         raise RpcError("verification failed: signature mismatch after caveat verification")
+    resource = request.match_info.route.resource
+    path = resource.canonical if resource is not None else request.path
+    needed = ROUTE_PERMISSIONS.get((request.method, path))
+    if needed is None or needed not in granted:
+        raise RpcError("permission denied")  # LND: gRPC Unknown, HTTP 500
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
@@ -391,6 +416,29 @@ async def sim_mine(request: web.Request) -> web.StreamResponse:
     return _json_response({"block_height": height})
 
 
+async def bake_macaroon(request: web.Request) -> web.StreamResponse:
+    """POST /v1/macaroon (BakeMacaroon): a macaroon with exactly the permissions asked for."""
+    body = await _body(request)
+    raw = body.get("permissions")
+    if not isinstance(raw, list) or not raw:
+        raise RpcError("permission list cannot be empty", GRPC_INVALID_ARGUMENT)
+    help_msg = (
+        f"supported actions are [{' '.join(MACAROON_ACTIONS)}], supported entities are "
+        f"[{' '.join(MACAROON_ENTITIES)}]"
+    )
+    granted: set[str] = set()
+    for item in raw:
+        if not isinstance(item, dict):
+            raise RpcError("proto: syntax error: permissions", GRPC_INVALID_ARGUMENT)
+        entity, action = item.get("entity"), item.get("action")
+        if action not in MACAROON_ACTIONS:
+            raise RpcError(f"invalid permission action. {help_msg}")
+        if entity not in MACAROON_ENTITIES:
+            raise RpcError(f"invalid permission entity. {help_msg}")
+        granted.add(f"{entity}:{action}")
+    return _json_response({"macaroon": _node(request).bake_macaroon(frozenset(granted))})
+
+
 async def sim_info(request: web.Request) -> web.StreamResponse:
     """GET /sim/info: name, pubkey, balances (no macaroon needed)."""
     node = _node(request)
@@ -425,6 +473,7 @@ def make_app(node: SimNode) -> web.Application:
     r.add_get("/v2/invoices/subscribe/{r_hash}", subscribe_single_invoice)
     r.add_post("/v2/router/send", send_payment)
     r.add_get("/v2/router/track/{payment_hash}", track_payment)
+    r.add_post("/v1/macaroon", bake_macaroon)
     r.add_post("/sim/fail-next-payments", sim_fail_next_payments)
     r.add_post("/sim/mine", sim_mine)
     r.add_get("/sim/info", sim_info)

@@ -769,6 +769,25 @@ async def sim_get_rental(request: web.Request) -> web.Response:
     return web.json_response(rental.to_json())
 
 
+async def sim_end_rental(request: web.Request) -> web.Response:
+    """POST /sim/rentals/{id}/end {"status": "finish" | "cancel"}: the provider ends an active
+    rental before its time; getRentStatus answers STATUS_FINISH / STATUS_CANCEL from now on."""
+    state = request.app[STATE_KEY]
+    body = await _json_body(request)
+    status = {"finish": FINISHED, "cancel": CANCEL}.get(str(body.get("status", "finish")))
+    if status is None:
+        return _control_error(400, "BAD_STATUS", "status must be finish or cancel")
+    try:
+        rental = state.get_rental(request.match_info["rent_id"])
+    except SimError as err:
+        return _control_error(404, err.title, err.details)
+    try:
+        state.end_rent_early(rental, status)
+    except SimError as err:
+        return _control_error(409, err.title, err.details)
+    return web.json_response(rental.to_json())
+
+
 async def sim_webhooks(request: web.Request) -> web.Response:
     """GET /sim/webhooks: every rent webhook push with its attempts; DELETE forgets them."""
     pusher = request.app[PUSHER_KEY]
@@ -811,6 +830,7 @@ def build_app(state: SimState | None = None) -> web.Application:
     app.router.add_post("/sim/rent-sms", sim_rent_sms)
     app.router.add_get("/sim/rentals", sim_list_rentals)
     app.router.add_get("/sim/rentals/{rent_id}", sim_get_rental)
+    app.router.add_post("/sim/rentals/{rent_id}/end", sim_end_rental)
     app.router.add_get("/sim/webhooks", sim_webhooks)
     app.router.add_delete("/sim/webhooks", sim_webhooks)
     app.router.add_get("/api/v3/simple/price", simple_price)

@@ -385,9 +385,8 @@ def default_rent_stock() -> dict[tuple[int, str], int]:
     return {(c.id, s.code): DEFAULT_RENT_STOCK for c in COUNTRIES if c.rent for s in SERVICES}
 
 
-def rent_cost(country_id: int, service: str, hours: int) -> Decimal:
-    """Deterministic rent price: the activation price scaled by duration, cheaper per hour."""
-    base = default_cost(country_id, service)
+def rent_cost(base: Decimal, hours: int) -> Decimal:
+    """Rent price: the pair's activation price scaled by duration, cheaper per hour."""
     factor = Decimal(hours) ** Decimal("0.75")
     return (base * 4 * factor).quantize(Decimal("0.01"))
 
@@ -663,6 +662,12 @@ class SimState:
             raise err_bad_time()
         return hours
 
+    def rent_price(self, country_id: int, service: str, hours: int) -> Decimal:
+        """What renting costs now: follows the pair's price, so /sim/stock `cost` moves it."""
+        pair = self.stock.get((country_id, service))
+        base = pair.cost if pair is not None else default_cost(country_id, service)
+        return rent_cost(base, hours)
+
     def rent_countries(self) -> list[int]:
         """Ids of the countries that rent numbers."""
         return [c.id for c in COUNTRIES if c.rent]
@@ -678,7 +683,7 @@ class SimState:
         services: dict[str, Any] = {}
         for (cid, code), count in sorted(self.rent_stock.items()):
             if cid == country_id:
-                services[code] = {"cost": float(rent_cost(cid, code, hours)), "quant": count}
+                services[code] = {"cost": float(self.rent_price(cid, code, hours)), "quant": count}
         return {
             "countries": {str(i): cid for i, cid in enumerate(countries)},
             "operators": {"0": "any"},
@@ -707,7 +712,7 @@ class SimState:
         count = self.rent_stock.get((country_id, service), 0)
         if country is None or count <= 0:
             raise err_no_numbers()
-        cost = rent_cost(country_id, service, hours)
+        cost = self.rent_price(country_id, service, hours)
         if self.balance < cost:
             raise err_no_balance()
         self.rent_stock[(country_id, service)] = count - 1
@@ -757,12 +762,19 @@ class SimState:
             return
         raise err_bad_status()
 
+    def end_rent_early(self, rental: SimRental, status: str) -> None:
+        """The provider ends an active rental before its time (FINISHED or CANCEL), as its
+        support does when a number is withdrawn; the account balance is left as it is."""
+        if rental.status != WAIT_CODE:
+            raise err_rent_over(rental.status)
+        rental.status = status
+
     def continue_rent(self, rental: SimRental, hours_raw: str | None) -> SimRental:
         """continueRentNumber: extend an active rental, charged like a new one."""
         if rental.status != WAIT_CODE:
             raise err_rent_over(rental.status)
         hours = self._rent_hours(hours_raw)
-        cost = rent_cost(rental.country, rental.service, hours)
+        cost = self.rent_price(rental.country, rental.service, hours)
         if self.balance < cost:
             raise err_no_balance()
         self.balance -= cost

@@ -18,6 +18,7 @@ from libs.common.invoices import RefundInvoiceError, check_refund_invoice, curre
 from libs.common.lightning import LndClient, LndError, Payment, PaymentNotInitiated
 from libs.common.orders import Status
 from libs.common.outbox import enqueue
+from libs.common.pricing import refund_fee_limit_sat
 from libs.common.runtime import Worker
 
 log = logging.getLogger(__name__)
@@ -125,12 +126,20 @@ class RefundPayer:
         # Still IN_FLIGHT: keep the claim; when the lease runs out the next claim tracks it.
 
     def _send(self, refund: asyncpg.Record) -> AsyncIterator[Payment]:
-        """Pay the refund invoice the refund amount, within the fee limit and timeout."""
+        """Pay the refund invoice the refund amount, within the fee limit and timeout.
+
+        The fee is ours, on top of the amount: the customer gets back exactly what was owed.
+        """
+        settings = self._w.settings
         return self._lnd.send_payment(
             refund["payment_request"],
             amt_sat=refund["amount_sats"],
-            fee_limit_sat=self._w.settings.refund_fee_limit_sat,
-            timeout_seconds=self._w.settings.refund_timeout_seconds,
+            fee_limit_sat=refund_fee_limit_sat(
+                refund["amount_sats"],
+                ppm=settings.refund_fee_limit_ppm,
+                ceiling_sat=settings.refund_fee_limit_sat,
+            ),
+            timeout_seconds=settings.refund_timeout_seconds,
         )
 
     def _expired(self, payment_request: str) -> str | None:

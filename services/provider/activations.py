@@ -123,19 +123,53 @@ class Activations:
             return
         log.info("number allocated", extra={"order_id": order_id})
 
+    def _price_cap(self, order: asyncpg.Record) -> Decimal:
+        """The most we pay the provider for this order: the quoted cost x PRICE_MULTIPLIER."""
+        cap: Decimal = order["provider_cost_usd"] * self._w.settings.price_multiplier
+        return cap
+
     async def _obtain(self, order: asyncpg.Record) -> sms.Activation:
         """Buy a new activation, or reactivate the earlier order's number."""
         if order["type"] == OrderType.RECEIVE_SMS_REACTIVATE:
             earlier = await store.get(self._w.pool, order["reactivates"])
             if earlier is None or not earlier["activation_id"]:
                 raise sms.NotFound("NO_ACTIVATION", detail="the earlier activation is unknown")
-            return await self._provider.reactivate(earlier["activation_id"])
+            activation = await self._provider.reactivate(earlier["activation_id"])
+            # `reactivate` takes no maxPrice: check the cost it reports against our quote.
+            if activation.cost_usd > self._price_cap(order):
+                log.warning(
+                    "reactivation cost %s USD is above the quote; cancelling it",
+                    activation.cost_usd,
+                    extra={"order_id": order["id"]},
+                )
+                # Unused activations the provider refuses to cancel now are refunded to us
+                # when they expire.
+                await self._cancel_quietly(activation.id)
+                raise sms.PriceTooLow(detail=f"reactivation cost {activation.cost_usd} USD")
+            return activation
         # Never pay the provider more than the customer paid us.
         return await self._provider.buy(
             service=order["service"],
             country_id=order["country_id"],
-            max_price_usd=order["provider_cost_usd"] * self._w.settings.price_multiplier,
+            max_price_usd=self._price_cap(order),
         )
+
+    async def _check_rent_price(self, order: asyncpg.Record) -> None:
+        """Refuse (PriceTooLow) to rent when the provider's current price is above our quote.
+
+        getRentNumber takes no maxPrice and its reply names no price, so the price list is
+        read right before renting; a number not listed for this service counts as none.
+        """
+        offers = await self._provider.rent_offers(order["rent_hours"], order["country_id"])
+        listed = [
+            o.cost_usd
+            for o in offers.offers
+            if o.service == order["service"] and o.hours == order["rent_hours"]
+        ]
+        if not listed:
+            raise sms.NoNumbers(detail="no rent offer listed for the service")
+        if min(listed) > self._price_cap(order):
+            raise sms.PriceTooLow(detail=f"rent price {min(listed)} USD")
 
     async def _allocation_error(self, order: asyncpg.Record, exc: sms.ProviderError) -> None:
         """A failed purchase: a transient error is retried until the deadline, others refund.
@@ -159,6 +193,7 @@ class Activations:
         """Rent a number for the order's hours; SMS then arrive by webhook and polling."""
         order_id = order["id"]
         try:
+            await self._check_rent_price(order)
             rental = await self._provider.rent(
                 service=order["service"],
                 country=order["country_id"],

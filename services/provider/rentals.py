@@ -12,11 +12,19 @@ import asyncpg
 from libs.common import messages, ops, sms, store
 from libs.common.bus import Retry
 from libs.common.db import Q, transaction
+from libs.common.events import Event, EventType
 from libs.common.messages import Message
 from libs.common.orders import Status
+from libs.common.outbox import enqueue
+from libs.common.pricing import unused_rent_sats
 from libs.common.runtime import Worker
+from libs.common.store import Timer
 
 log = logging.getLogger(__name__)
+
+# A rental the provider ends less than this before its end counts as ended on time: our
+# clock and the provider's differ by a few seconds, which must not cost a refund payment.
+EARLY_END_TOLERANCE_SECONDS = 60.0
 
 
 class Rentals:
@@ -41,7 +49,10 @@ class Rentals:
         return True
 
     async def end(self, order_id: str, *, ended_at_provider: bool = False) -> None:
-        """The rental time is up (or the provider ended it): take the last SMS, complete."""
+        """The rental time is up (or the provider ended it): take the last SMS, complete.
+
+        Ended by the provider well before its time, it is refunded the unused share instead.
+        """
         order = await store.get(self._w.pool, order_id)
         if order is None or order["status"] != Status.RENT_ACTIVE:
             return
@@ -55,6 +66,9 @@ class Rentals:
             if exc.transient and not self._given_up(order):
                 raise Retry(f"provider error {exc.code}", delay=5.0) from exc
             log.warning("last rental poll failed (%s)", exc.code, extra={"order_id": order_id})
+        if ended_at_provider and early > EARLY_END_TOLERANCE_SECONDS:
+            if await self._refund_unused(order, early):
+                return
         async with transaction(self._w.pool) as conn:
             done = await store.complete(
                 conn,
@@ -65,6 +79,45 @@ class Rentals:
             )
         if done:
             log.info("rental ended", extra={"order_id": order_id})
+
+    async def _refund_unused(self, order: asyncpg.Record, early: float) -> bool:
+        """The provider ended the rental `early` seconds before its end: refund the unused time.
+
+        The customer cannot end a rental, so time the provider took away is paid back. It may
+        have ended up to one poll interval before we saw it; that interval counts as unused.
+        False when nothing is owed or the order cannot be paid back by a refund payment.
+        """
+        order_id: str = order["id"]
+        amount = unused_rent_sats(
+            order["price_sats"],
+            total_seconds=int(order["rent_hours"]) * 3600,
+            unused_seconds=early + self._w.settings.rent_poll_interval_seconds,
+        )
+        if amount <= 0 or order["payment_mode"] != "standard":
+            return False
+        settings = self._w.settings
+        async with transaction(self._w.pool) as conn:
+            moved = await store.transition(
+                conn, order_id, Status.RENT_ACTIVE, Status.REFUND_PENDING
+            )
+            if moved is None:
+                return True  # already ended by another worker
+            await store.cancel_timer(conn, order_id, Timer.RENT_END)
+            # The rental's SMS are purged after the retention, as for a completed one.
+            await store.set_timer(conn, order_id, Timer.PURGE_CODE, settings.code_retention_seconds)
+            # The intent row, with the partial amount, makes the payments worker pay it once.
+            await conn.execute(Q.refund_insert_amount, order_id, amount)
+            await enqueue(
+                conn, Event(EventType.REFUND_REQUESTED, order_id), prefix=settings.subject_prefix
+            )
+        log.warning(
+            "the provider ended the rental %.0f s early; refunding %d of %d sats",
+            early,
+            amount,
+            order["price_sats"],
+            extra={"order_id": order_id},
+        )
+        return True
 
     def _given_up(self, order: asyncpg.Record) -> bool:
         """Whether the rental ended long enough ago to stop waiting for the provider."""

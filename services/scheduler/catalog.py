@@ -37,7 +37,9 @@ from libs.common.config import Settings, load_settings
 from libs.common.countries import Country, Offer, static_iso
 from libs.common.db import Q, transaction
 from libs.common.logs import setup_logging
+from libs.common.metrics import FX_RATE_REJECTED
 from libs.common.sms import HeroSmsClient, ProviderError, SmsProvider
+from libs.common.store import Alarm
 
 log = logging.getLogger(__name__)
 
@@ -193,14 +195,47 @@ async def refresh_catalog(
 
 
 async def refresh_fx(
-    pool: asyncpg.Pool, session: aiohttp.ClientSession, url: str, interval: float = 0.0
+    pool: asyncpg.Pool,
+    session: aiohttp.ClientSession,
+    url: str,
+    interval: float = 0.0,
+    *,
+    max_change: float = 0.0,
 ) -> Decimal:
-    """Fetch the BTC/USD rate and cache it in PostgreSQL (next periodic run in `interval`)."""
+    """Fetch the BTC/USD rate and cache it in PostgreSQL (next periodic run in `interval`).
+
+    A rate more than `max_change` away from the stored one is not stored: the fx_rate_jump
+    alarm goes up (FxRateRejected) and the stored rate keeps ageing, so the max-age rule
+    stops sales if the source never comes back in range. A rate in range clears the alarm.
+    """
     rate = await fx.fetch_rate(session, url)
+    last = await fx.load_rate(pool)
+    if last is not None and fx.implausible_change(rate, last.rate, max_change=max_change):
+        await _raise_fx_alarm(pool, rate, last.rate)
+        raise fx.FxRateRejected(
+            f"{fx.PAIR} {rate:f} is more than {max_change:.0%} from {last.rate:f}"
+        )
     await fx.store_rate(pool, rate, urlsplit(url).netloc or url)
     await pool.execute(Q.refresh_job_ok, FX_JOB, {"rate": str(rate)}, interval)
+    if await pool.fetchval(Q.alarm_clear, Alarm.FX_RATE_JUMP) is not None:
+        log.warning("BTC/USD rate back within range; the fx_rate_jump alarm is cleared")
+    FX_RATE_REJECTED.set(0)
     log.info("BTC/USD rate refreshed")
     return rate
+
+
+async def _raise_fx_alarm(pool: asyncpg.Pool, rate: Decimal, last: Decimal) -> None:
+    """Tell the operator (once per episode) that the source answered an implausible rate."""
+    FX_RATE_REJECTED.set(1)
+    if await pool.fetchval(Q.alarm_raise, Alarm.FX_RATE_JUMP, f"{rate:f} vs {last:f}") is not None:
+        log.error(
+            "ALARM: the BTC/USD source answered %s, too far from the stored %s; not stored. "
+            "Quotes use the stored rate until it is too old (then new orders are refused); "
+            "if the move is real, run `python -m services.scheduler.catalog refresh "
+            "--accept-rate`",
+            format(rate, "f"),
+            format(last, "f"),
+        )
 
 
 async def run_if_due(
@@ -241,7 +276,13 @@ async def refresh_forever(
                     pool,
                     FX_JOB,
                     settings.fx_refresh_seconds,
-                    lambda: refresh_fx(pool, session, settings.fx_url, settings.fx_refresh_seconds),
+                    lambda: refresh_fx(
+                        pool,
+                        session,
+                        settings.fx_url,
+                        settings.fx_refresh_seconds,
+                        max_change=settings.fx_max_change_ratio,
+                    ),
                 )
             except Exception:
                 log.exception("catalog job tick failed")
@@ -251,8 +292,11 @@ async def refresh_forever(
                 pass
 
 
-async def refresh_once(settings: Settings) -> int:
-    """The on-demand refresh: catalog (waiting for a running one) and rate; prints counts."""
+async def refresh_once(settings: Settings, *, accept_rate: bool = False) -> int:
+    """The on-demand refresh: catalog (waiting for a running one) and rate; prints counts.
+
+    `accept_rate` stores the fetched rate however far it moved (an operator confirmed it).
+    """
     pool = await db.create_pool(settings.database_url, min_size=2, max_size=2)
     provider = HeroSmsClient.from_settings(settings)
     status = 0
@@ -265,7 +309,13 @@ async def refresh_once(settings: Settings) -> int:
             status = 1
         try:
             async with aiohttp.ClientSession() as session:
-                rate = await refresh_fx(pool, session, settings.fx_url, settings.fx_refresh_seconds)
+                rate = await refresh_fx(
+                    pool,
+                    session,
+                    settings.fx_url,
+                    settings.fx_refresh_seconds,
+                    max_change=0.0 if accept_rate else settings.fx_max_change_ratio,
+                )
             print(f"fx: {fx.PAIR}={rate}")
         except fx.FxSourceError as exc:
             print(f"fx: refresh failed ({exc}); the stored rate is unchanged")
@@ -280,10 +330,15 @@ def main(argv: list[str] | None = None) -> None:
     """Command line: `refresh` loads the catalog and the rate now."""
     parser = argparse.ArgumentParser(prog="python -m services.scheduler.catalog")
     parser.add_argument("command", choices=["refresh"], help="refresh: load catalog and rate now")
-    parser.parse_args(argv)
+    parser.add_argument(
+        "--accept-rate",
+        action="store_true",
+        help="store the fetched BTC/USD rate even if it moved more than FX_MAX_CHANGE_RATIO",
+    )
+    args = parser.parse_args(argv)
     settings = load_settings()
     setup_logging("catalog", settings.log_level)
-    sys.exit(asyncio.run(refresh_once(settings)))
+    sys.exit(asyncio.run(refresh_once(settings, accept_rate=args.accept_rate)))
 
 
 if __name__ == "__main__":

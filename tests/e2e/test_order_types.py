@@ -149,6 +149,38 @@ async def test_a_rental_shows_every_sms_once_from_webhook_and_polling(api: Api) 
     assert status == 400 and body["error"]["code"] == "VALIDATION_ERROR"
 
 
+async def test_a_rental_the_provider_ends_early_refunds_the_unused_time(api: Api) -> None:
+    refund, refund_hash = await _refund_invoice(api.wallet)
+    body = {"type": "rent-number", "country": "US", "service": "tg", "durationMinutes": 120}
+    async with api.http.post(
+        f"{api.base}/v2/l402/order", json={**body, "refundInvoice": refund}
+    ) as resp:
+        assert resp.status == 402
+        challenge = await resp.json()
+    preimage = await _pay(api.wallet, challenge["invoice"])
+    order_id, auth = challenge["orderId"], f"L402 {challenge['macaroon']}:{preimage}"
+    order = await api.poll(order_id, auth, {"rent_active"} | TERMINAL)
+    assert order["status"] == "rent_active", order
+    rental = next(
+        r
+        for r in await api.sim("GET", "/sim/rentals")
+        if r["phoneNumber"] == order["phoneNumber"][1:]
+    )
+
+    # The provider ends the rental minutes into its two hours (the customer cannot).
+    await api.sim("POST", f"/sim/rentals/{rental['rentId']}/end", {"status": "cancel"})
+    order = await api.poll(order_id, auth, TERMINAL)
+
+    assert order["status"] == "refunded", order
+    price, paid_back = order["priceSats"], order["refund"]["amountSats"]
+    # Almost all of it was unused: the share, rounded up, never above the price.
+    assert price * (7200 - 120) / 7200 <= paid_back <= price
+    assert order["refund"]["status"] == "paid"
+    invoice = await api.wallet.lookup_invoice(refund_hash)
+    assert invoice.state == "SETTLED" and invoice.amt_paid_msat == paid_back * 1000
+    assert len(invoice.htlc_expiry_heights) == 1  # paid once
+
+
 async def test_a_reactivation_reuses_the_number_of_an_earlier_order(api: Api) -> None:
     first_id, first_auth = await api.buy({"country": "US", "service": "tg"})
     first = await api.poll(first_id, first_auth, TERMINAL)

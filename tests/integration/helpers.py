@@ -33,15 +33,18 @@ async def insert_order(
     conn: asyncpg.Connection | asyncpg.Pool,
     *,
     price_sats: int = 150,
-    cost_usd: Decimal = Decimal("1.00"),
+    cost_usd: Decimal | None = None,
     order_type: str = "receive-sms",
     rent_hours: int | None = None,
     reactivates: str | None = None,
 ) -> str:
     """Insert a pending_payment (US, tg) order with random hashes; returns its id.
 
-    The quoted provider cost is above every simulator price unless a test lowers it.
+    The quoted provider cost is above every simulator price unless a test lowers it (rentals
+    cost more than activations: up to 90 USD for a week).
     """
+    if cost_usd is None:
+        cost_usd = Decimal("100.00") if order_type == "rent-number" else Decimal("1.00")
     order_id = str(uuid.uuid4())
     await conn.execute(
         Q.order_insert,

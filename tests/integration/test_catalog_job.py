@@ -13,16 +13,19 @@ import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from prometheus_client import REGISTRY
 
-from libs.common import catalog, fx
+from libs.common import catalog, fx, ops
 from libs.common.config import Settings
 from libs.common.db import Q
 from libs.common.sms import HeroSmsClient, ProviderError
+from libs.common.store import Alarm
 from services.scheduler.catalog import (
     LOCK_KEY,
     refresh_catalog,
     refresh_forever,
     refresh_fx,
+    refresh_once,
     run_if_due,
 )
 from tests.integration.conftest import running_smssim
@@ -267,3 +270,87 @@ async def test_the_scheduler_loop_loads_catalog_and_rate_at_start(
 async def _loaded(pool: asyncpg.Pool) -> bool:
     async with pool.acquire() as conn:
         return (await catalog.load(conn)).loaded
+
+
+async def _set_sim_rate(http: aiohttp.ClientSession, sim_url: str, rate: float) -> None:
+    async with http.post(f"{sim_url}/sim/config", json={"btcUsd": rate}) as resp:
+        assert resp.status == 200, await resp.text()
+
+
+async def test_a_rate_far_from_the_stored_one_raises_the_alarm_and_is_not_stored(
+    pool: asyncpg.Pool, sim_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"{sim_url}/api/v3/simple/price"
+    async with aiohttp.ClientSession() as http:
+        try:
+            await _set_sim_rate(http, sim_url, 100000)
+            assert await refresh_fx(pool, http, url, max_change=0.5) == Decimal(100000)
+            stored = await fx.load_rate(pool)
+            assert stored is not None
+
+            # The source slips a unit: 1000 USD per bitcoin. Not stored; the alarm is up.
+            await _set_sim_rate(http, sim_url, 1000)
+            with caplog.at_level("ERROR"), pytest.raises(fx.FxRateRejected):
+                await refresh_fx(pool, http, url, max_change=0.5)
+            kept = await fx.load_rate(pool)
+            assert kept is not None and (kept.rate, kept.fetched_at) == (
+                stored.rate,
+                stored.fetched_at,
+            )
+            alarm = await pool.fetchrow(Q.alarm_active, Alarm.FX_RATE_JUMP)
+            assert alarm is not None and alarm["detail"] == "1000 vs 100000"
+            assert sum("ALARM" in r.getMessage() for r in caplog.records) == 1
+            await ops.sample_database(pool)
+            assert REGISTRY.get_sample_value("sms4sats_fx_rate_rejected") == 1
+            # Raised once per episode: a second refusal logs no second ALARM.
+            with caplog.at_level("ERROR"), pytest.raises(fx.FxRateRejected):
+                await refresh_fx(pool, http, url, max_change=0.5)
+            assert sum("ALARM" in r.getMessage() for r in caplog.records) == 1
+
+            # The stored rate keeps ageing, so the max-age rule stops sales eventually.
+            await pool.execute("UPDATE fx_rates SET fetched_at = now() - interval '2 hours'")
+            aged = await fx.load_rate(pool)
+            assert aged is not None and aged.rate == Decimal(100000)
+            assert fx.freshness(aged.age_seconds, stale_after=600, max_age=3600) is (
+                fx.Freshness.TOO_STALE
+            )
+
+            # Back within range of the stored rate: stored, and the alarm clears.
+            await _set_sim_rate(http, sim_url, 120000)
+            assert await refresh_fx(pool, http, url, max_change=0.5) == Decimal(120000)
+            fresh = await fx.load_rate(pool)
+            assert fresh is not None and fresh.rate == Decimal(120000) and fresh.age_seconds < 60
+            assert await pool.fetchrow(Q.alarm_active, Alarm.FX_RATE_JUMP) is None
+            await ops.sample_database(pool)
+            assert REGISTRY.get_sample_value("sms4sats_fx_rate_rejected") == 0
+        finally:
+            await _set_sim_rate(http, sim_url, 100000)
+
+
+async def test_an_operator_accepts_a_real_move_of_the_rate(
+    pool: asyncpg.Pool, database_url: str, sim_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = Settings(
+        database_url=database_url,
+        provider_url=sim_url,
+        provider_api_key=API_KEY,
+        fx_url=f"{sim_url}/api/v3/simple/price",
+    )
+    async with aiohttp.ClientSession() as http:
+        try:
+            await _set_sim_rate(http, sim_url, 100000)
+            assert await refresh_once(settings) == 0
+            await _set_sim_rate(http, sim_url, 40000)  # -60 %: refused, alarm up
+            assert await refresh_once(settings) == 1
+            assert "more than 50%" in capsys.readouterr().out
+            assert await pool.fetchrow(Q.alarm_active, Alarm.FX_RATE_JUMP) is not None
+            stored = await fx.load_rate(pool)
+            assert stored is not None and stored.rate == Decimal(100000)
+
+            # `refresh --accept-rate`: the operator confirmed the move.
+            assert await refresh_once(settings, accept_rate=True) == 0
+            accepted = await fx.load_rate(pool)
+            assert accepted is not None and accepted.rate == Decimal(40000)
+            assert await pool.fetchrow(Q.alarm_active, Alarm.FX_RATE_JUMP) is None
+        finally:
+            await _set_sim_rate(http, sim_url, 100000)

@@ -130,3 +130,21 @@ async def test_node_checks_compare_with_the_lightning_node(
     assert ("paid_invoice_unknown", unknown) in kinds
     assert ("settled_but_expired", expired) in kinds
     assert ("refund_not_at_node", ghost) in kinds
+
+
+async def test_a_rental_refunded_for_unused_time_is_clean_but_never_above_its_price(
+    pool: asyncpg.Pool,
+) -> None:
+    path = (S.PAID, S.ALLOCATING_NUMBER, S.RENT_ACTIVE, S.REFUND_PENDING)
+    partial = await insert_order(pool, order_type="rent-number", rent_hours=4, price_sats=150)
+    await _walk(pool, partial, *path, paid_at=NOW)
+    # Its SMS came before the provider ended it: the refund is for the time, not the SMS.
+    await pool.execute("UPDATE orders SET sms_received_at = now() WHERE id = $1", partial)
+    await pool.execute(Q.refund_insert_amount, partial, 75)
+    assert await check(pool, None) == []
+
+    too_much = await insert_order(pool, order_type="rent-number", rent_hours=4, price_sats=150)
+    await _walk(pool, too_much, *path, paid_at=NOW)
+    await pool.execute(Q.refund_insert_amount, too_much, 151)
+    found = {(f.kind, f.order_id) for f in await check(pool, None)}
+    assert found == {("refund_above_price", too_much)}

@@ -34,6 +34,7 @@ from libs.common.lightning import (
     PaymentInTransition,
     PaymentNotInitiated,
 )
+from sandbox.lnsim.macaroons import bake
 
 pytestmark = pytest.mark.integration
 
@@ -486,6 +487,11 @@ async def test_restart_keeps_state(tmp_path: Path) -> None:
             assert (await take(updates, 1))[0].status == "IN_FLIGHT"
         assert (await merchant.lookup_invoice(held_hash)).state == "ACCEPTED"
         balance = await payer.channel_balance_sat()
+        invoice_only = bake(
+            first.nodes["merchant"]["rest_url"],
+            first.nodes["merchant"]["macaroon_hex"],
+            ("invoices:write",),
+        )
         await merchant.close()
         await payer.close()
     finally:
@@ -508,6 +514,12 @@ async def test_restart_keeps_state(tmp_path: Path) -> None:
             await pay(payer, added.payment_request)
         added2 = await merchant.add_invoice(value_msat=1000, memo="after", expiry=3600)
         assert added2.add_index == added.add_index + 3
+        # A baked macaroon is kept with the node's files, permissions and all.
+        baked = LndClient(second.url("merchant"), invoice_only)
+        assert (await baked.add_invoice(value_msat=1000, memo="baked", expiry=60)).payment_request
+        with pytest.raises(LndError, match="permission denied"):
+            await baked.channel_balance_sat()
+        await baked.close()
 
         async with closing_stream(payer.track_payment(held_hash)) as tracking:
             assert (await take(tracking, 1))[0].status == "IN_FLIGHT"
@@ -905,3 +917,64 @@ async def test_money_calls_have_their_own_connections(sim: Sim, merchant: LndCli
             assert client.connections() == {"other": 1, "money": 1}
     finally:
         await client.close()
+
+
+async def test_baked_macaroons_grant_only_their_permissions(
+    sim: Sim, merchant: LndClient, payer: LndClient
+) -> None:
+    url = sim.url("merchant")
+    admin = {MACAROON_HEADER: sim.nodes["merchant"]["macaroon_hex"]}
+    async with aiohttp.ClientSession(headers=admin) as http:
+        perms = [
+            {"entity": "invoices", "action": "read"},
+            {"entity": "invoices", "action": "write"},
+        ]
+        status, body = await _get_json(http, "POST", url + "/v1/macaroon", {"permissions": perms})
+        assert status == 200
+        Conformance().check("lnrpcBakeMacaroonResponse", body)
+        invoice_only = body["macaroon"]
+        # LND's validation of what may be baked.
+        for bad, message in (
+            ([], "permission list cannot be empty"),
+            ([{"entity": "invoices", "action": "pay"}], "invalid permission action"),
+            ([{"entity": "wallet", "action": "read"}], "invalid permission entity"),
+        ):
+            status, err = await _get_json(http, "POST", url + "/v1/macaroon", {"permissions": bad})
+            assert status in (400, 500) and message in err["message"], err
+
+    gateway = LndClient(url, invoice_only)
+    try:
+        # What the gateway does: invoices and hold invoices.
+        added = await gateway.add_invoice(value_msat=1_000_000, memo="ok", expiry=600)
+        _preimage, payment_hash = new_preimage()
+        held = await gateway.add_hold_invoice(
+            payment_hash=payment_hash, value_msat=2_000_000, memo="held", expiry=600, cltv_expiry=80
+        )
+        assert held.payment_request
+        # What it must not: send money or read payments; nor bake itself a better macaroon.
+        refund = await payer.add_invoice(value_msat=0, memo="refund", expiry=600)
+        with pytest.raises(LndError) as denied:
+            await take(
+                gateway.send_payment(
+                    refund.payment_request, amt_sat=10, fee_limit_sat=0, timeout_seconds=30
+                ),
+                1,
+            )
+        assert (denied.value.http_status, denied.value.grpc_code) == (500, 2)
+        assert denied.value.message == "permission denied"
+        with pytest.raises(LndError, match="permission denied"):
+            await take(gateway.track_payment(added.r_hash), 1)
+        with pytest.raises(LndError, match="permission denied"):
+            await gateway.channel_balance_sat()
+        async with aiohttp.ClientSession(headers={MACAROON_HEADER: invoice_only}) as http:
+            everything = [{"entity": "offchain", "action": "write"}]
+            status, err = await _get_json(
+                http, "POST", url + "/v1/macaroon", {"permissions": everything}
+            )
+            assert status == 500 and err["message"] == "permission denied"
+        # Nothing was paid; the refund invoice is still open.
+        assert (await payer.lookup_invoice(refund.r_hash)).state == "OPEN"
+        # The admin macaroon still does everything.
+        assert await merchant.channel_balance_sat() > 0
+    finally:
+        await gateway.close()

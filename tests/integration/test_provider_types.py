@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -162,25 +163,73 @@ async def test_a_rental_collects_each_sms_once_and_completes_at_its_end(
     ]
 
 
-async def test_a_rental_the_provider_ends_early_completes_at_once(
+async def run_rent_poller(stage: Stage, order_id: str, until: set[Status]) -> asyncpg.Record:
+    """Run the rental poller until the order reaches one of `until` (10 s at most)."""
+    poller = asyncio.create_task(stage.rentals.poll_forever())
+    try:
+        for _ in range(200):
+            order = await get(stage.pool, order_id)
+            if order["status"] in until:
+                return order
+            await asyncio.sleep(0.05)
+    finally:
+        stage.worker.stop.set()
+        await poller
+    return await get(stage.pool, order_id)
+
+
+async def test_a_rental_the_provider_ends_early_is_refunded_the_unused_time(
+    stage: Stage,
+    sim: Sim,  # noqa: F811
+) -> None:
+    # 1,440 sats for 4 hours: one sat per 10 s of rental.
+    order_id = await paid(stage, order_type="rent-number", rent_hours=4, price_sats=1_440)
+    await stage.acts.allocate(order_id)
+    rent_id = (await get(stage.pool, order_id))["activation_id"]
+    await sim.request("POST", "/sim/rent-sms", {"rentId": rent_id, "text": "Code 12345"})
+    assert await stage.rentals.collect(await get(stage.pool, order_id))
+    # Half the rental has passed (by our clock) when the provider ends it.
+    await stage.pool.execute(
+        "UPDATE orders SET rent_ends_at = now() + interval '2 hours' WHERE id = $1", order_id
+    )
+    await sim.request("POST", f"/sim/rentals/{rent_id}/end", {"status": "cancel"})
+
+    order = await run_rent_poller(stage, order_id, {S.REFUND_PENDING, S.COMPLETED})
+
+    assert order["status"] == S.REFUND_PENDING
+    refund = await stage.pool.fetchrow(Q.refund_get, order_id)
+    assert refund is not None and refund["status"] == "pending"
+    # ceil(1440 x (2 h + the 10 s poll interval, less the test's few seconds) / 4 h): 721.
+    assert 720 < refund["amount_sats"] <= 721
+    assert await refund_rows(stage.pool, order_id) == 1
+    # The SMS that came before the end stays the customer's, and is purged on schedule.
+    assert [m.text for m in await messages.for_order(stage.pool, order_id)] == ["Code 12345"]
+    armed = await timers(stage.pool, order_id)
+    assert "rent_end" not in armed and "purge_code" in armed
+    # The rent_end timer (or a redelivered event) later changes nothing.
+    await stage.rentals.end(order_id, ended_at_provider=True)
+    assert (await get(stage.pool, order_id))["status"] == S.REFUND_PENDING
+    assert await refund_rows(stage.pool, order_id) == 1
+    await assert_each_status_entered_once(stage.pool, order_id)
+
+
+async def test_a_rental_the_provider_ends_at_its_end_completes_without_refund(
     stage: Stage,
     sim: Sim,  # noqa: F811
 ) -> None:
     order_id = await paid(stage, order_type="rent-number", rent_hours=4)
     await stage.acts.allocate(order_id)
     rent_id = (await get(stage.pool, order_id))["activation_id"]
-    await stage.provider.cancel_rent(rent_id)  # ended at the provider (e.g. by its support)
+    # The provider's clock is a little ahead of ours: it ends the rental 30 s "early".
+    await stage.pool.execute(
+        "UPDATE orders SET rent_ends_at = now() + interval '30 seconds' WHERE id = $1", order_id
+    )
+    await sim.request("POST", f"/sim/rentals/{rent_id}/end", {"status": "finish"})
 
-    poller = asyncio.create_task(stage.rentals.poll_forever())
-    try:
-        for _ in range(100):
-            if (await get(stage.pool, order_id))["status"] == S.COMPLETED:
-                break
-            await asyncio.sleep(0.05)
-    finally:
-        stage.worker.stop.set()
-        await poller
-    assert (await get(stage.pool, order_id))["status"] == S.COMPLETED
+    order = await run_rent_poller(stage, order_id, {S.REFUND_PENDING, S.COMPLETED})
+
+    assert order["status"] == S.COMPLETED
+    assert await refund_rows(stage.pool, order_id) == 0
 
 
 async def test_a_rental_that_cannot_be_allocated_is_refunded(
@@ -240,6 +289,85 @@ async def test_a_reactivation_the_provider_refuses_is_refunded(
 
     assert (await get(stage.pool, order_id))["status"] == S.REFUND_PENDING
     assert await refund_rows(stage.pool, order_id) == 1
+
+
+# ----------------------------------------------------------------------------- price caps
+
+
+async def test_a_reactivation_dearer_than_the_quote_is_cancelled_and_refunded(
+    stage: Stage,
+    sim: Sim,  # noqa: F811
+) -> None:
+    earlier = await completed_receive_sms(stage, sim)
+    # Quoted at the provider's price then (cap: x1.5 = 0.72 USD); the price rises before
+    # the reactivation is bought, and `reactivate` takes no maxPrice.
+    order_id = await paid(
+        stage,
+        order_type="receive-sms-reactivate",
+        reactivates=earlier["id"],
+        cost_usd=Decimal("0.48"),
+    )
+    await sim.request("POST", "/sim/stock", {"country": 187, "service": "tg", "cost": 0.80})
+
+    await stage.acts.allocate(order_id)
+
+    order = await get(stage.pool, order_id)
+    assert order["status"] == S.REFUND_PENDING
+    assert order["activation_id"] is None  # the dear number is never shown
+    assert await refund_rows(stage.pool, order_id) == 1
+    bought = [a for a in await sim.request("GET", "/sim/activations") if a["cost"] == 0.8]
+    assert len(bought) == 1 and bought[0]["status"] == "CANCEL"  # cancelled at the provider
+    await assert_each_status_entered_once(stage.pool, order_id)
+
+
+async def test_a_reactivation_within_the_quote_is_bought(
+    stage: Stage,
+    sim: Sim,  # noqa: F811
+) -> None:
+    earlier = await completed_receive_sms(stage, sim)
+    order_id = await paid(
+        stage,
+        order_type="receive-sms-reactivate",
+        reactivates=earlier["id"],
+        cost_usd=Decimal("0.48"),
+    )
+    # Dearer than the quoted cost, but within cost x PRICE_MULTIPLIER (0.72 USD).
+    await sim.request("POST", "/sim/stock", {"country": 187, "service": "tg", "cost": 0.70})
+
+    await stage.acts.allocate(order_id)
+
+    assert (await get(stage.pool, order_id))["status"] == S.WAITING_FOR_SMS
+
+
+async def test_a_rental_dearer_than_the_quote_is_not_rented_and_refunded(
+    stage: Stage,
+    sim: Sim,  # noqa: F811
+) -> None:
+    offers = await stage.provider.rent_offers(4, 187)
+    quoted = next(o.cost_usd for o in offers.offers if o.service == "tg")
+    order_id = await paid(stage, order_type="rent-number", rent_hours=4, cost_usd=quoted)
+    # The pair's price more than doubles after the quote; getRentNumber takes no maxPrice.
+    await sim.request("POST", "/sim/stock", {"country": 187, "service": "tg", "cost": 1.00})
+
+    await stage.acts.allocate(order_id)
+
+    assert (await get(stage.pool, order_id))["status"] == S.REFUND_PENDING
+    assert await refund_rows(stage.pool, order_id) == 1
+    assert await sim.request("GET", "/sim/rentals") == []  # nothing rented, nothing paid
+
+
+async def test_a_rental_at_the_quoted_price_is_rented(
+    stage: Stage,
+    sim: Sim,  # noqa: F811
+) -> None:
+    offers = await stage.provider.rent_offers(4, 187)
+    quoted = next(o.cost_usd for o in offers.offers if o.service == "tg")
+    order_id = await paid(stage, order_type="rent-number", rent_hours=4, cost_usd=quoted)
+
+    await stage.acts.allocate(order_id)
+
+    assert (await get(stage.pool, order_id))["status"] == S.RENT_ACTIVE
+    assert len(await sim.request("GET", "/sim/rentals")) == 1
 
 
 # ----------------------------------------------------------------------------- another SMS

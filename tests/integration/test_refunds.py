@@ -734,3 +734,61 @@ async def test_failed_refunds_are_listed_for_operators(
     listed = await failed_refunds()
     assert [(r["orderId"], r["amountSats"]) for r in listed] == [(order.id, order.price)]
     assert listed[0]["refundInvoice"] == order.refund_invoice
+
+
+class FeeRecordingLnd(LndClient):
+    """The merchant's real client, noting the fee limit of every payment it sends.
+
+    The simulator charges no fees and does not keep the limit it was sent; the payer's
+    decision is observed where it leaves our code, and the payment still goes to the node.
+    """
+
+    def __init__(self, rest_url: str, macaroon_hex: str) -> None:
+        super().__init__(rest_url, macaroon_hex, None, timeout=10)
+        self.fee_limits: list[int] = []
+
+    def send_payment(
+        self,
+        payment_request: str,
+        *,
+        amt_sat: int | None = None,
+        fee_limit_sat: int,
+        timeout_seconds: int,
+    ) -> AsyncIterator[Payment]:
+        """Record the fee limit, then send as the real client does."""
+        self.fee_limits.append(fee_limit_sat)
+        return super().send_payment(
+            payment_request,
+            amt_sat=amt_sat,
+            fee_limit_sat=fee_limit_sat,
+            timeout_seconds=timeout_seconds,
+        )
+
+
+async def test_a_small_refund_is_sent_with_a_fee_limit_that_is_a_share_of_it(
+    database_url: str, nats_url: str, bootstrapped: tuple[str, str], ln: Lightning
+) -> None:
+    settings = make_settings(
+        database_url,
+        nats_url,
+        bootstrapped,
+        refund_fee_limit_sat=10,
+        refund_fee_limit_ppm=20_000,
+    )
+    info = ln.running.nodes_info["merchant"]
+    lnd = FeeRecordingLnd(info["rest_url"], info["macaroon_hex"])
+    try:
+        async with open_worker("payments", settings, asyncio.Event()) as worker:
+            payer = RefundPayer(worker, lnd)
+            small = await make_order(worker.pool, ln, price=150)
+            large = await make_order(worker.pool, ln, price=5_000)
+
+            await payer.request(small.id)
+            await payer.request(large.id)
+
+            # 2 % of 150 sat is 3 sat, not the flat 10; a large refund keeps the flat ceiling.
+            assert lnd.fee_limits == [3, 10]
+            await assert_refunded_once(worker.pool, ln, small)
+            await assert_refunded_once(worker.pool, ln, large)
+    finally:
+        await lnd.close()

@@ -26,6 +26,8 @@ from libs.common.sms import (
     PriceTooLow,
     ProviderUnavailable,
     RateLimited,
+    RentCatalog,
+    RentEnded,
     TooEarlyToCancel,
 )
 from tests.integration.conftest import running_smssim
@@ -309,3 +311,34 @@ async def test_expiry(client: HeroSmsClient, control: Control) -> None:
         assert await client.balance_usd() == Decimal("100.50") - used.cost_usd
     finally:
         await control.post("/sim/config", {"activationLifetimeSeconds": 1200})
+
+
+async def test_the_provider_ends_a_rental_early(client: HeroSmsClient, control: Control) -> None:
+    rental = await client.rent(service="tg", country=187, hours=4)
+    ended = await control.post(f"/sim/rentals/{rental.rent_id}/end", {"status": "cancel"})
+    assert ended["status"] == "CANCEL"
+    with pytest.raises(RentEnded) as raised:
+        await client.rent_messages(rental.rent_id)
+    assert raised.value.code == "STATUS_CANCEL"
+    # Over already: a second end is refused; an unknown rental is not found.
+    await control.post(f"/sim/rentals/{rental.rent_id}/end", {"status": "finish"}, status=409)
+    await control.post("/sim/rentals/999999/end", {"status": "finish"}, status=404)
+    other = await client.rent(service="tg", country=187, hours=4)
+    await control.post(f"/sim/rentals/{other.rent_id}/end", {"status": "soon"}, status=400)
+    await control.post(f"/sim/rentals/{other.rent_id}/end", {"status": "finish"})
+    with pytest.raises(RentEnded) as raised:
+        await client.rent_messages(other.rent_id)
+    assert raised.value.code == "STATUS_FINISH"
+
+
+async def test_rent_prices_follow_the_pair_price(client: HeroSmsClient, control: Control) -> None:
+    def tg(catalog: RentCatalog) -> Decimal:
+        return next(o.cost_usd for o in catalog.offers if o.service == "tg")
+
+    before = tg(await client.rent_offers(4, 187))
+    await control.post("/sim/stock", {"country": 187, "service": "tg", "cost": 1.0})
+    after = tg(await client.rent_offers(4, 187))
+    assert after > before
+    assert after == (Decimal(4) * Decimal(4) ** Decimal("0.75")).quantize(Decimal("0.01"))
+    rental = await client.rent(service="tg", country=187, hours=4)
+    assert (await control.get(f"/sim/rentals/{rental.rent_id}"))["cost"] == float(after)

@@ -362,11 +362,18 @@ def test_compose_images_commands_env_ports_and_volumes() -> None:
                 assert source in named_volumes, f"{name}: undeclared volume {source}"
     for var in sandbox_env:
         assert not var.startswith("SMS4SATS_") or var in SETTINGS_VARS, var
-    # The sandbox volume the services mount is the one lnsim writes.
-    assert sandbox_env["LND_DIR"] in named_volumes
+    # The sandbox volumes the services mount are the ones the macaroon one-shot writes, from
+    # the state lnsim writes.
     lnsim = doc["services"]["lnsim"]
     state_dir = lnsim["command"][lnsim["command"].index("--state-dir") + 1]
-    assert f"{sandbox_env['LND_DIR']}:{state_dir}" in lnsim["volumes"]
+    baker = doc["services"]["lnsim-macaroon"]
+    assert baker["command"][baker["command"].index("--state-dir") + 1] == state_dir
+    assert any(v.startswith("lnsim-state:" + state_dir) for v in baker["volumes"])
+    check_command(baker["command"])
+    for var, flag in (("LND_GATEWAY_DIR", "--gateway-dir"), ("LND_PAYMENTS_DIR", "--payments-dir")):
+        assert sandbox_env[var] in named_volumes
+        target = baker["command"][baker["command"].index(flag) + 1]
+        assert f"{sandbox_env[var]}:{target}" in baker["volumes"], var
     # Ports: the sandbox URLs hit the simulators' ports; the gateway publishes its API port.
     nodes = dict(a.split("=") for a in lnsim["command"] if "=" in a)
     assert urlsplit(sandbox_env["SMS4SATS_LND_REST_URL"]).port == int(nodes["merchant"])
@@ -382,8 +389,35 @@ def test_compose_images_commands_env_ports_and_volumes() -> None:
         assert env["SMS4SATS_OPS_HOST"] == "0.0.0.0"
         port = env["SMS4SATS_OPS_PORT"]
         assert f"127.0.0.1:{port}/readyz" in " ".join(doc["services"][name]["healthcheck"]["test"])
-        assert interpolation_default(env["SMS4SATS_LND_MACAROON_PATH"]).startswith("/run/lnd/")
-        assert any(v.endswith(":/run/lnd:ro") for v in doc["services"][name]["volumes"])
+    check_compose_lnd_roles(doc)
+
+
+# The macaroon each role holds (README "LND credentials"): only payments can send.
+LND_ROLES = {"gateway": "invoice.macaroon", "payments": "payments.macaroon"}
+SENDING_MACAROON = LND_ROLES["payments"]
+K8S_LND_SECRETS = {"gateway": "lnd-invoices", "payments": "lnd-payments"}
+
+
+def check_compose_lnd_roles(doc: Obj) -> None:
+    """Gateway and payments mount their own LND directory; provider and scheduler none."""
+    mounted: dict[str, str] = {}
+    for name in ("gateway", "payments", "provider", "scheduler"):
+        service = doc["services"][name]
+        env = service["environment"]
+        lnd_mounts = [v for v in service.get("volumes", []) if v.endswith(":/run/lnd:ro")]
+        if name not in LND_ROLES:
+            assert not lnd_mounts, f"{name} mounts LND credentials"
+            assert not any(v.startswith("SMS4SATS_LND_") for v in env), name
+            continue
+        assert env["SMS4SATS_LND_MACAROON_PATH"] == f"/run/lnd/{LND_ROLES[name]}", name
+        assert len(lnd_mounts) == 1, name
+        mounted[name] = lnd_mounts[0].split(":")[0]
+    # The directory holding the sending macaroon is mounted by payments alone.
+    assert mounted["gateway"] != mounted["payments"]
+    for name, service in doc["services"].items():
+        for volume in service.get("volumes", []):
+            if volume.split(":")[0] == mounted["payments"]:
+                assert name == "payments", f"{name} mounts the payments macaroon"
 
 
 def test_compose_secrets_override_mounts_defined_secrets() -> None:
@@ -398,6 +432,10 @@ def test_compose_secrets_override_mounts_defined_secrets() -> None:
             assert value.removeprefix("/run/secrets/") in service["secrets"], var
     for secret in doc["secrets"].values():
         assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]+\}", secret["file"]), secret
+    # Only payments gets the sending macaroon; the provider and scheduler no LND secret.
+    holders = {n for n, svc in doc["services"].items() if "lnd_payments_macaroon" in svc["secrets"]}
+    assert holders == {"payments"}
+    assert set(doc["services"]) == set(LND_ROLES)
 
 
 # ---------------------------------------------------------------- kubernetes
@@ -558,6 +596,22 @@ def test_containers_reference_what_exists(overlay: str) -> None:
                     assert directory in mounts, f"{name}: {var} is not mounted"
                     secret = volumes[mounts[directory]]["secret"]
                     assert filename in {i["path"] for i in secret["items"]}, f"{name}: {var}"
+            # Least privilege: each role mounts its own macaroon; only payments can send.
+            lnd_secrets = {
+                v["secret"]["secretName"]
+                for v in volumes.values()
+                if "secret" in v and v["secret"]["secretName"].startswith("lnd-")
+            }
+            macaroon = env.get("SMS4SATS_LND_MACAROON_PATH", "").rpartition("/")[2]
+            if name in LND_ROLES:
+                assert macaroon == LND_ROLES[name], name
+                assert lnd_secrets == {K8S_LND_SECRETS[name]}, name
+            else:
+                assert not macaroon and not lnd_secrets, f"{name} holds LND credentials"
+            if SENDING_MACAROON in {
+                i["key"] for v in volumes.values() if "secret" in v for i in v["secret"]["items"]
+            }:
+                assert name == "payments", f"{name} mounts the sending macaroon"
             if workload["kind"] != "Deployment":
                 continue
             ports = {p["name"]: p["containerPort"] for p in c["ports"]}

@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 
-from libs.common.fx import Freshness, FxSourceError, freshness, parse_simple_price
+from libs.common.fx import (
+    Freshness,
+    FxSourceError,
+    freshness,
+    implausible_change,
+    parse_simple_price,
+)
 
 
 @pytest.mark.parametrize(
@@ -52,3 +58,27 @@ def test_parses_coingecko_simple_price() -> None:
 def test_refuses_anything_but_a_positive_number(data: Any) -> None:
     with pytest.raises(FxSourceError):
         parse_simple_price(data)
+
+
+@pytest.mark.parametrize(
+    ("new", "last", "refused"),
+    [
+        ("100000", None, False),  # nothing stored yet: the first rate is taken
+        ("150000", "100000", False),  # exactly 50 % up: still in range
+        ("50000", "100000", False),  # exactly 50 % down
+        ("150001", "100000", True),
+        ("49999", "100000", True),
+        ("1000", "100000", True),  # a unit slip (cents, thousands...)
+        ("10000000", "100000", True),
+        ("101000", "100000", False),
+    ],
+)
+def test_a_rate_too_far_from_the_stored_one_is_refused(
+    new: str, last: str | None, refused: bool
+) -> None:
+    stored = None if last is None else Decimal(last)
+    assert implausible_change(Decimal(new), stored, max_change=0.5) is refused
+
+
+def test_the_change_check_can_be_turned_off() -> None:
+    assert implausible_change(Decimal(1), Decimal(100000), max_change=0) is False

@@ -135,8 +135,9 @@ def test_only_receive_sms_is_refunded_when_no_sms_comes() -> None:
     assert can_transition(S.WAITING_FOR_SMS, S.REFUND_PENDING)
     # Every type can be refunded when no number was allocated.
     assert can_transition(S.ALLOCATING_NUMBER, S.REFUND_PENDING)
-    # A rental runs until its end and is never refunded once active.
-    assert TRANSITIONS[S.RENT_ACTIVE] == {S.COMPLETED}
+    # A rental runs until its end; once active only the time the provider took away is paid
+    # back (the customer cannot cancel one: see the cancel rules).
+    assert TRANSITIONS[S.RENT_ACTIVE] == {S.COMPLETED, S.REFUND_PENDING}
 
 
 @pytest.mark.parametrize("order_type", [OrderType.RECEIVE_SMS, OrderType.RECEIVE_SMS_REACTIVATE])

@@ -141,11 +141,17 @@ WHERE o.payment_mode = 'standard' AND ((r.status IS NOT DISTINCT FROM 'succeeded
    OR (r.status IS NOT DISTINCT FROM 'failed') <> (o.status = 'refund_failed'));
 
 -- name: invariant_refund_after_code
--- Nobody is paid back for a code they received.
+-- Nobody is paid back for a code they received. (A rental's refund pays back time the
+-- provider took away, not its SMS: only the amount is checked, below.)
 SELECT o.id, o.status FROM orders o
-WHERE o.sms_received_at IS NOT NULL
+WHERE o.sms_received_at IS NOT NULL AND o.type <> 'rent-number'
   AND (o.status IN ('refund_pending', 'refunded', 'refund_failed')
        OR EXISTS (SELECT 1 FROM refunds r WHERE r.order_id = o.id));
+
+-- name: invariant_refund_above_price
+-- A refund never pays back more than the order's price.
+SELECT o.id, o.price_sats, r.amount_sats FROM orders o JOIN refunds r ON r.order_id = o.id
+WHERE r.amount_sats > o.price_sats;
 
 -- name: invariant_completed_without_code
 SELECT id FROM orders WHERE status = 'completed' AND sms_received_at IS NULL

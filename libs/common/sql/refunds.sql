@@ -7,6 +7,13 @@ SELECT id, refund_invoice, refund_payment_hash, price_sats FROM orders
 WHERE id = $1 AND payment_mode = 'standard'
 ON CONFLICT DO NOTHING;
 
+-- name: refund_insert_amount
+-- refund_insert for part of the price ($2 sats): a rental the provider ended early.
+INSERT INTO refunds (order_id, payment_request, payment_hash, amount_sats)
+SELECT id, refund_invoice, refund_payment_hash, $2 FROM orders
+WHERE id = $1 AND payment_mode = 'standard'
+ON CONFLICT DO NOTHING;
+
 -- name: refund_get
 SELECT * FROM refunds WHERE order_id = $1;
 
