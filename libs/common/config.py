@@ -43,8 +43,11 @@ class Settings:
     webhook_secret: str = field(default="", repr=False)
     rate_challenges_per_minute: int = 30
     rate_polls_per_minute: int = 120
-    # Only behind a proxy you run: take the client address from X-Forwarded-For.
+    # Deprecated: true means trusted_proxy_hops = 1 (when that is 0).
     trust_forwarded_for: bool = False
+    # How many proxies we run in front of the gateway, each appending to X-Forwarded-For; the
+    # client is the entry that many from the right (0: the socket peer, the header ignored).
+    trusted_proxy_hops: int = 0
     # How long the gateway reuses what it read from the catalog tables (PG is the truth).
     catalog_ttl_seconds: float = 2.0
     # The scheduler reloads the provider's catalog into PostgreSQL this often.
