@@ -74,11 +74,14 @@ async def rent_sms(request: web.Request) -> web.Response:
         sms = body.get("sms")
         if not isinstance(sms, dict):
             raise ApiError(400, "VALIDATION_ERROR", "sms: must be an object")
+        # No usable date (absent, garbage, out of range in UTC): when we saw it, kept out
+        # of the de-duplication key so a retried push is stored once.
+        sent_at = parse_provider_time(_text(sms.get("date"), "sms.date"))
         msg = Message(
-            received_at=parse_provider_time(_text(sms.get("date"), "sms.date"))
-            or datetime.now(UTC),
+            received_at=sent_at or datetime.now(UTC),
             text=_text(sms.get("text"), "sms.text"),
             phone_from=_text(sms.get("phoneFrom"), "sms.phoneFrom", 64),
+            dated=sent_at is not None,
         )
         order = await pool.fetchrow(Q.order_by_rent_id, rent_id)
         if order is None or order["status"] != Status.RENT_ACTIVE:

@@ -118,14 +118,20 @@ def _to_str(value: Any) -> str | None:
 
 
 def parse_provider_time(value: Any, tz: tzinfo = UTC) -> datetime | None:
-    """Parse "YYYY-MM-DD HH:MM:SS" (naive → `tz`) or ISO 8601; None if absent or invalid."""
+    """Parse "YYYY-MM-DD HH:MM:SS" (naive → `tz`) or ISO 8601, in UTC; None if absent or unusable.
+
+    A time whose offset takes it past year 1 or 9999 in UTC (0001-01-01T00:00:00+01:00) is
+    unusable: every later comparison, conversion or database write of it would overflow.
+    """
     if not isinstance(value, str) or not value.strip():
         return None
     try:
         parsed = datetime.fromisoformat(value.strip())
-    except ValueError:
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=tz)
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
         return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=tz)
 
 
 def _error(
