@@ -71,6 +71,8 @@ class Settings:
     invoice_expiry_seconds: int = 600
     macaroon_ttl_seconds: int = 86400
     code_retention_seconds: int = 3600
+    # The floor of a refund invoice's validity; the rule is derived from the clocks below
+    # (libs/common/invoices.py refund_min_validity_seconds).
     refund_min_validity_seconds: int = 1800
     allocation_deadline_seconds: int = 120
     # A code_received L402 order stays open this long (capped by its deadline) so the customer
