@@ -60,11 +60,11 @@ def refund_min_validity_seconds(settings: Settings) -> int:
     cancel = max(settings.provider_giveup_seconds, settings.hold_grace_seconds)
     attempts = max(1, settings.refund_max_attempts)
     paying = attempts * (settings.refund_timeout_seconds + REFUND_ATTEMPT_SLACK_SECONDS)
-    backoff = sum(
+    backoff: float = sum(
         min(settings.refund_retry_base_seconds * 2 ** (n - 1), REFUND_MAX_BACKOFF_SECONDS)
         for n in range(1, attempts)
     )
-    derived = (
+    derived: float = (
         settings.invoice_expiry_seconds
         + outcome
         + cancel

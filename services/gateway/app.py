@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,7 +15,7 @@ from libs.common.config import Settings
 from libs.common.events import CORRELATION_HEADER
 from libs.common.invoices import currency_for_network
 from libs.common.lightning import LndClient
-from libs.common.logs import LOG_CONTEXT
+from libs.common.logs import ACCESS_LOGGER, LOG_CONTEXT, AccessLogger, register_secret
 from libs.common.runtime import close_all, start_background
 from libs.common.sms import HeroSmsClient
 from services.gateway import classic, classic_catalog, discovery, views, webhooks
@@ -50,6 +51,18 @@ async def observe_middleware(
     return resp
 
 
+def make_runner(app: web.Application, settings: Settings) -> web.AppRunner:
+    """The runner the service serves the app with: our redacted access log, or none."""
+    access = {"access_log_class": AccessLogger, "access_log": logging.getLogger(ACCESS_LOGGER)}
+    # Headers up to 16 KiB reach our code, which answers oversized credentials with JSON.
+    return web.AppRunner(
+        app,
+        handle_signals=False,
+        max_field_size=16384,
+        **(access if settings.access_log else {"access_log": None}),
+    )
+
+
 def setup_routes(app: web.Application) -> None:
     """Register every route."""
     app.router.add_get("/health", views.health)
@@ -79,6 +92,8 @@ def setup_routes(app: web.Application) -> None:
 
 def init_app(settings: Settings, stop: asyncio.Event) -> web.Application:
     """Build the application; connections open on startup and close on cleanup."""
+    # The secret also travels in the webhook URL's ?token=: never write it in a log line.
+    register_secret(settings.webhook_secret)
     app = web.Application(
         middlewares=[observe_middleware, error_middleware, rate_limit_middleware(settings)],
         client_max_size=MAX_BODY_BYTES,
