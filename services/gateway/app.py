@@ -7,6 +7,7 @@ import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 from aiohttp import web
 
@@ -24,6 +25,8 @@ from services.gateway.keys import JS_CONN, LND, NETWORK, POOL, PROVIDER, SETTING
 from services.gateway.limits import rate_limit_middleware
 
 MAX_BODY_BYTES = 16 * 1024
+CLASSIC_OPENAPI_PATH = Path(__file__).with_name("openapi-classic.json")
+CLASSIC_OPENAPI_ROUTE = "/classic/openapi.json"
 # A caller's correlation id is taken as is only if it is short and plain (it goes into logs).
 _CORRELATION_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
@@ -63,6 +66,12 @@ def make_runner(app: web.Application, settings: Settings) -> web.AppRunner:
     )
 
 
+async def classic_openapi(request: web.Request) -> web.Response:
+    """GET /classic/openapi.json: the classic API's OpenAPI 3.1 document."""
+    del request
+    return web.Response(body=CLASSIC_OPENAPI_PATH.read_bytes(), content_type="application/json")
+
+
 def setup_routes(app: web.Application) -> None:
     """Register every route."""
     app.router.add_get("/health", views.health)
@@ -74,6 +83,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/v2/l402/catalog", discovery.catalog)
     app.router.add_post("/v2/l402/webhooks/rent", webhooks.rent_sms)
     # The classic API: hold invoices, paid only when the code is delivered.
+    app.router.add_get(CLASSIC_OPENAPI_ROUTE, classic_openapi)
     app.router.add_post("/createorder", classic.create_order)
     app.router.add_get("/orderstatus", classic.order_status)
     app.router.add_get("/cancelorder", classic.cancel_order)
