@@ -76,19 +76,23 @@ class JsonFormatter(logging.Formatter):
 
 
 ACCESS_LOGGER = "sms4sats.access"
+# Query parameters that carry a bearer secret: the webhook secret, and the classic API's
+# orderId (whoever knows it reads the order and its code).
+_SECRET_PARAMS = frozenset({"token", "orderid"})
 
 
 class AccessLogger(AbstractAccessLogger):
     """One line per request: method, path and query (token redacted), status, size, time.
 
-    No header is logged (credentials, API keys and the webhook secret travel in headers).
+    No header is logged (credentials, API keys and the webhook secret travel in headers), and
+    query parameters that carry a secret are redacted.
     """
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         """Write the request's line."""
         # Rebuilt from the decoded query, so "tok%65n=" is caught as "token=" is.
         query = urlencode(
-            [(k, REDACTED if k.lower() == "token" else v) for k, v in request.query.items()],
+            [(k, REDACTED if k.lower() in _SECRET_PARAMS else v) for k, v in request.query.items()],
             errors="backslashreplace",  # undecodable bytes arrive as lone surrogates
         )
         self.logger.info(

@@ -164,3 +164,16 @@ async def unused_upstream() -> AsyncIterator[tuple[str, list[str]]]:
         yield f"http://127.0.0.1:{port}", seen
     finally:
         await runner.cleanup()
+
+
+async def test_the_classic_order_id_a_bearer_secret_is_redacted_from_the_access_log(
+    gateway: Gateway, captured: io.StringIO
+) -> None:
+    order_id = "ab" * 32
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{gateway.url}/orderstatus", params={"orderId": order_id}) as resp:
+            await resp.read()
+    await asyncio.sleep(0.1)
+    text = captured.getvalue()
+    assert "/orderstatus?orderId=REDACTED" in text, text
+    assert order_id not in text
