@@ -48,7 +48,8 @@ class Settings:
     # How many proxies we run in front of the gateway, each appending to X-Forwarded-For; the
     # client is the entry that many from the right (0: the socket peer, the header ignored).
     trusted_proxy_hops: int = 0
-    # The gateway's access log: one line per request (token query parameters redacted).
+    # The gateway's access log: one line per request, never headers, secret query values
+    # (token, the classic orderId) redacted.
     access_log: bool = True
     # How long the gateway reuses what it read from the catalog tables (PG is the truth).
     catalog_ttl_seconds: float = 2.0
