@@ -179,6 +179,8 @@ EDGE_DATES = [
     "9999-12-31T23:59:59-01:00",
     "0001-01-01T00:00:00+23:59",
     "2026-05-08T10:20:00+99:00",
+    # Exists in UTC, but read back as an epoch float it rounds into year 10000.
+    "9999-12-31T23:59:59.999999Z",
 ]
 
 

@@ -1155,6 +1155,8 @@ EDGE_TIMES = [
     "0001-01-01T00:00:00+23:59",  # the largest offset ISO 8601 allows
     "9999-12-31T23:59:59.999999-23:59",
     "0001-01-01 00:30:00",  # naive, read in a zone east of UTC (below)
+    "9999-12-31T23:59:59.999999+00:00",  # in range, but its epoch float rounds past 9999
+    "0001-01-01T01:00:00+01:00",  # exactly the first instant: any zone applied overflows
 ]
 
 
@@ -1172,10 +1174,10 @@ def test_a_huge_offset_is_unusable(value: str) -> None:
     assert parse_provider_time(value) is None
 
 
-def test_times_at_the_edge_but_in_range_are_kept_in_utc() -> None:
-    assert parse_provider_time("0001-01-01T01:00:00+01:00") == datetime(1, 1, 1, tzinfo=UTC)
-    assert parse_provider_time("9999-12-31T22:59:59-01:00") == datetime(
-        9999, 12, 31, 23, 59, 59, tzinfo=UTC
+def test_times_a_year_from_the_ends_are_kept_in_utc() -> None:
+    assert parse_provider_time("0002-01-01T01:00:00+01:00") == datetime(2, 1, 1, tzinfo=UTC)
+    assert parse_provider_time("9998-12-31T22:59:59-01:00") == datetime(
+        9998, 12, 31, 23, 59, 59, tzinfo=UTC
     )
     # Whatever zone it came in, the result is in UTC (callers compare and store it).
     parsed = parse_provider_time("2026-05-08T10:20:00+03:00")
