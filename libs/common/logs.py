@@ -88,6 +88,11 @@ class AccessLogger(AbstractAccessLogger):
     query parameters that carry a secret are redacted.
     """
 
+    @property
+    def enabled(self) -> bool:
+        """Skip building the line when its level is off (SMS4SATS_LOG_LEVEL=WARNING)."""
+        return self.logger.isEnabledFor(logging.INFO)
+
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         """Write the request's line."""
         # Rebuilt from the decoded query, so "tok%65n=" is caught as "token=" is.
