@@ -120,13 +120,18 @@ async def test_forged_credentials_are_charged_like_plain_order_creation(
     # The burst of 5, plus what refilled while they ran; before the fix all 15 minted.
     allowed = CHALLENGES_PER_MINUTE // 6 + int(elapsed * CHALLENGES_PER_MINUTE / 60) + 1
     assert 1 <= minted <= allowed, (statuses, elapsed)
-    assert statuses[-1] == 429, statuses
+    assert 429 in statuses, statuses
     assert await _order_count(edge_stack) - before == minted
-    # The same bucket as plain creation: a plain POST right after is refused too.
-    plain = {"country": "US", "service": "tg", "refundInvoice": await _refund(wallet)}
-    async with http.post(f"{edge_stack['gateway_url']}/v2/l402/order", json=plain) as resp:
-        assert resp.status == 429
-        assert int(resp.headers["Retry-After"]) >= 1
+    # The same bucket as plain creation: plain POSTs right after are refused too (at most one
+    # token can refill while three go out).
+    plain_statuses = []
+    for _ in range(3):
+        plain = {"country": "US", "service": "tg", "refundInvoice": "lnbcrt1invalid"}
+        async with http.post(f"{edge_stack['gateway_url']}/v2/l402/order", json=plain) as resp:
+            plain_statuses.append(resp.status)
+            if resp.status == 429:
+                assert int(resp.headers["Retry-After"]) >= 1
+    assert plain_statuses.count(429) >= 2, plain_statuses
 
 
 async def test_a_refund_invoice_valid_for_the_old_minimum_is_refused(
