@@ -53,8 +53,14 @@ class Settings:
     webhook_secret: str = field(default="", repr=False)
     rate_challenges_per_minute: int = 30
     rate_polls_per_minute: int = 120
-    # Only behind a proxy you run: take the client address from X-Forwarded-For.
+    # Deprecated: true means trusted_proxy_hops = 1 (when that is 0).
     trust_forwarded_for: bool = False
+    # How many proxies we run in front of the gateway, each appending to X-Forwarded-For; the
+    # client is the entry that many from the right (0: the socket peer, the header ignored).
+    trusted_proxy_hops: int = 0
+    # The gateway's access log: one line per request, never headers, secret query values
+    # (token, the classic orderId) redacted.
+    access_log: bool = True
     # How long the gateway reuses what it read from the catalog tables (PG is the truth).
     catalog_ttl_seconds: float = 2.0
     # The scheduler reloads the provider's catalog into PostgreSQL this often.
@@ -81,6 +87,8 @@ class Settings:
     invoice_expiry_seconds: int = 600
     macaroon_ttl_seconds: int = 86400
     code_retention_seconds: int = 3600
+    # The floor of a refund invoice's validity; the rule is derived from the clocks below
+    # (libs/common/invoices.py refund_min_validity_seconds).
     refund_min_validity_seconds: int = 1800
     allocation_deadline_seconds: int = 120
     # A code_received L402 order stays open this long (capped by its deadline) so the customer

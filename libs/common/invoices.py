@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Final
 
 import bolt11
+
+from libs.common.config import Settings
 
 INVALID_REFUND_INVOICE: Final = "INVALID_REFUND_INVOICE"
 REFUND_INVOICE_EXPIRES_TOO_SOON: Final = "REFUND_INVOICE_EXPIRES_TOO_SOON"
@@ -30,6 +33,46 @@ _NETWORK_BY_CURRENCY: Final = {
 _PREFIX: Final = "lightning:"
 # Invoices with many route hints stay below 2 KiB; the cap bounds decoding work (~1.7 ms/KiB).
 MAX_INVOICE_LENGTH: Final = 4096
+
+
+# Time a refund attempt may take beyond the payment timeout before another claim takes it
+# over (services/payments/refunds.py: the node wait is the timeout + 5 s, the lease 10 s more).
+REFUND_ATTEMPT_SLACK_SECONDS: Final = 15
+# Same cap as refunds.py puts on one backoff delay.
+REFUND_MAX_BACKOFF_SECONDS: Final = 600.0
+# Room for what no setting bounds exactly: a deadline re-fired after a lost message (a minute
+# plus the 10 s check), a worker restart, a redelivery, clock skew with the customer's node.
+REFUND_VALIDITY_MARGIN_SECONDS: Final = 300
+
+
+def refund_min_validity_seconds(settings: Settings) -> int:
+    """How long a refund invoice must stay valid from order creation (pure, from the settings).
+
+    The latest automatic refund of any order type: its invoice is paid at the end of its
+    window; without a number (allocation retried until its deadline) or an SMS (the order
+    timeout) it is cancelled at the provider, which may take until the give-up (or the hold
+    grace) past the deadline; then every refund attempt may run to its timeout and lease,
+    with the doubling backoff in between; plus a margin. A rental or a reactivation is
+    refundable only until it gets its number, so the allocation deadline bounds it. The
+    configured SMS4SATS_REFUND_MIN_VALIDITY_SECONDS is a floor.
+    """
+    outcome = max(settings.order_timeout_seconds, settings.allocation_deadline_seconds)
+    cancel = max(settings.provider_giveup_seconds, settings.hold_grace_seconds)
+    attempts = max(1, settings.refund_max_attempts)
+    paying = attempts * (settings.refund_timeout_seconds + REFUND_ATTEMPT_SLACK_SECONDS)
+    backoff: float = sum(
+        min(settings.refund_retry_base_seconds * 2 ** (n - 1), REFUND_MAX_BACKOFF_SECONDS)
+        for n in range(1, attempts)
+    )
+    derived: float = (
+        settings.invoice_expiry_seconds
+        + outcome
+        + cancel
+        + paying
+        + backoff
+        + REFUND_VALIDITY_MARGIN_SECONDS
+    )
+    return max(settings.refund_min_validity_seconds, math.ceil(derived))
 
 
 class RefundInvoiceError(Exception):
@@ -114,7 +157,8 @@ def check_refund_invoice(
     if expires_at - now < min_validity_seconds:
         raise RefundInvoiceError(
             REFUND_INVOICE_EXPIRES_TOO_SOON,
-            f"refundInvoice must stay valid for at least {min_validity_seconds // 60} more minutes",
+            f"refundInvoice must stay valid for at least {math.ceil(min_validity_seconds / 60)} "
+            "more minutes",
         )
     return RefundInvoice(
         payment_request=text, payment_hash=payment_hash, expires_at=expires_at, payee=payee

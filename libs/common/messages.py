@@ -24,10 +24,18 @@ class Message:
     text: str | None
     code: str | None = None
     phone_from: str | None = None
+    # False when the provider gave no usable time and received_at is only when we saw it:
+    # the key then leaves the time out, so a retried push is still stored once.
+    dated: bool = True
 
     def dedup_key(self) -> str:
         """The same SMS from the webhook and from polling yields the same key."""
-        at = self.received_at.astimezone(UTC).replace(microsecond=0).isoformat()
+        at = ""
+        if self.dated:
+            try:
+                at = self.received_at.astimezone(UTC).replace(microsecond=0).isoformat()
+            except OverflowError:  # past year 9999 (or before 1) in UTC: still one stable key
+                at = self.received_at.replace(microsecond=0).isoformat()
         # The code is left out: one source may report it and the other not.
         body = self.text if self.text is not None else (self.code or "")
         raw = f"{self.phone_from or ''}\x00{body}\x00{at}"

@@ -8,14 +8,13 @@ from aiohttp import web
 
 from libs.common.config import Settings
 from libs.common.runtime import close_reserve, run
-from services.gateway.app import init_app
+from services.gateway.app import init_app, make_runner
 
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:
     """Serve the API until stop (the ops server on its own port is started by `run`)."""
     app = init_app(settings, stop)
-    # Headers up to 16 KiB reach our code, which answers oversized credentials with JSON.
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, max_field_size=16384)
+    runner = make_runner(app, settings)
     await runner.setup()
     grace = settings.shutdown_grace_seconds
     # In-flight requests get the grace, less what closing the connections afterwards needs.

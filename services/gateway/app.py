@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 from aiohttp import web
 
@@ -14,7 +16,7 @@ from libs.common.config import Settings
 from libs.common.events import CORRELATION_HEADER
 from libs.common.invoices import currency_for_network
 from libs.common.lightning import LndClient
-from libs.common.logs import LOG_CONTEXT
+from libs.common.logs import ACCESS_LOGGER, LOG_CONTEXT, AccessLogger, register_secret
 from libs.common.runtime import close_all, start_background
 from libs.common.sms import HeroSmsClient
 from services.gateway import classic, classic_catalog, discovery, views, webhooks
@@ -23,6 +25,8 @@ from services.gateway.keys import JS_CONN, LND, NETWORK, POOL, PROVIDER, SETTING
 from services.gateway.limits import rate_limit_middleware
 
 MAX_BODY_BYTES = 16 * 1024
+CLASSIC_OPENAPI_PATH = Path(__file__).with_name("openapi-classic.json")
+CLASSIC_OPENAPI_ROUTE = "/classic/openapi.json"
 # A caller's correlation id is taken as is only if it is short and plain (it goes into logs).
 _CORRELATION_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
@@ -50,6 +54,24 @@ async def observe_middleware(
     return resp
 
 
+def make_runner(app: web.Application, settings: Settings) -> web.AppRunner:
+    """The runner the service serves the app with: our redacted access log, or none."""
+    access = {"access_log_class": AccessLogger, "access_log": logging.getLogger(ACCESS_LOGGER)}
+    # Headers up to 16 KiB reach our code, which answers oversized credentials with JSON.
+    return web.AppRunner(
+        app,
+        handle_signals=False,
+        max_field_size=16384,
+        **(access if settings.access_log else {"access_log": None}),
+    )
+
+
+async def classic_openapi(request: web.Request) -> web.Response:
+    """GET /classic/openapi.json: the classic API's OpenAPI 3.1 document."""
+    del request
+    return web.Response(body=CLASSIC_OPENAPI_PATH.read_bytes(), content_type="application/json")
+
+
 def setup_routes(app: web.Application) -> None:
     """Register every route."""
     app.router.add_get("/health", views.health)
@@ -61,6 +83,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/v2/l402/catalog", discovery.catalog)
     app.router.add_post("/v2/l402/webhooks/rent", webhooks.rent_sms)
     # The classic API: hold invoices, paid only when the code is delivered.
+    app.router.add_get(CLASSIC_OPENAPI_ROUTE, classic_openapi)
     app.router.add_post("/createorder", classic.create_order)
     app.router.add_get("/orderstatus", classic.order_status)
     app.router.add_get("/cancelorder", classic.cancel_order)
@@ -79,6 +102,8 @@ def setup_routes(app: web.Application) -> None:
 
 def init_app(settings: Settings, stop: asyncio.Event) -> web.Application:
     """Build the application; connections open on startup and close on cleanup."""
+    # The secret also travels in the webhook URL's ?token=: never write it in a log line.
+    register_secret(settings.webhook_secret)
     app = web.Application(
         middlewares=[observe_middleware, error_middleware, rate_limit_middleware(settings)],
         client_max_size=MAX_BODY_BYTES,

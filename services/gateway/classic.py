@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from libs.common import accounts, countries, store
 from libs.common.accounts import key_hash
@@ -52,20 +53,39 @@ def _error(status: int, reason: str) -> web.Response:
     return web.json_response({"status": "error", "reason": reason}, status=status)
 
 
+# What reading a body can raise on hostile input: ValueError (bad JSON, bad UTF-8, a multipart
+# without boundary), LookupError (unknown charset), RecursionError (absurd nesting),
+# RequestPayloadError (a body that fails to decompress), HttpProcessingError (a malformed
+# multipart part header).
+_UNREADABLE = (
+    ValueError,
+    LookupError,
+    RecursionError,
+    web.RequestPayloadError,
+    HttpProcessingError,
+)
+
+
 async def _params(request: web.Request) -> dict[str, Any]:
-    """Request fields from the query, a form or a JSON object."""
+    """Request fields from the query, a form or a JSON object; 400 for an unreadable body."""
     fields: dict[str, Any] = dict(request.query)
     if request.can_read_body:
         if request.content_type == "application/json":
             try:
                 body = await request.json()
-            except (ValueError, RecursionError, LookupError, web.RequestPayloadError):
+            except _UNREADABLE:
                 body = None
             if not isinstance(body, dict):
                 raise ApiError(400, "VALIDATION_ERROR", "body must be a JSON object")
             fields.update(body)
         else:
-            fields.update(await request.post())
+            try:
+                form = await request.post()
+            except _UNREADABLE as exc:
+                raise ApiError(
+                    400, "VALIDATION_ERROR", "body must be a form, multipart form or JSON object"
+                ) from exc
+            fields.update(form)
     return fields
 
 
@@ -173,15 +193,24 @@ async def create_order(request: web.Request) -> web.Response:
     )
 
 
-async def _account(request: web.Request) -> int | web.Response:
-    """The account of the X-API-Key header, or the classic error to answer."""
+async def _account_row(request: web.Request) -> Any:
+    """The account row of the X-API-Key header, or the classic error to answer."""
     api_key = request.headers.get("X-API-Key", "")
     if not api_key:
         return _error(400, "X-API-Key header is required")
+    if not accounts.plausible_key(api_key):
+        # Non-ASCII bytes, control characters, absurd length: no key we issued looks so.
+        return _error(401, "unknown or revoked API key")
     row = await request.app[POOL].fetchrow(Q.account_by_key, key_hash(api_key))
     if row is None:
         return _error(401, "unknown or revoked API key")
-    return int(row["id"])
+    return row
+
+
+async def _account(request: web.Request) -> int | web.Response:
+    """The account id of the X-API-Key header, or the classic error to answer."""
+    found = await _account_row(request)
+    return found if isinstance(found, web.Response) else int(found["id"])
 
 
 class _Insufficient(Exception):
@@ -258,11 +287,10 @@ async def fund(request: web.Request) -> web.Response:
 
 async def balance(request: web.Request) -> web.Response:
     """GET /balance: the prepaid balance in sats."""
-    found = await _account(request)
-    if isinstance(found, web.Response):
-        return found
-    row = await request.app[POOL].fetchrow(Q.account_by_key, key_hash(request.headers["X-API-Key"]))
-    return web.json_response({"status": "OK", "balance": row["balance_sats"] if row else 0})
+    row = await _account_row(request)
+    if isinstance(row, web.Response):
+        return row
+    return web.json_response({"status": "OK", "balance": row["balance_sats"]})
 
 
 async def history(request: web.Request) -> web.Response:

@@ -49,6 +49,7 @@ async def discovery(request: web.Request) -> web.Response:
             "protocol": "L402",
             "orderTypes": [t.value for t in OrderType],
             "openapi": "/v2/l402/openapi.json",
+            "classicOpenapi": "/classic/openapi.json",
             "endpoints": {
                 "services": "GET /v2/l402/services",
                 "catalog": "GET /v2/l402/catalog",

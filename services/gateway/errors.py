@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -14,16 +15,27 @@ log = logging.getLogger(__name__)
 class ApiError(Exception):
     """An error answered to the client as {"error": {"code", "message"}} with an HTTP status."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers or {}
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:
     """The JSON body every error uses."""
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+def rate_limited(wait_seconds: float) -> ApiError:
+    """429 RATE_LIMITED with the Retry-After (whole seconds, at least 1) the client should wait."""
+    retry_after = str(max(1, math.ceil(wait_seconds)))
+    return ApiError(
+        429, "RATE_LIMITED", "too many requests; slow down", headers={"Retry-After": retry_after}
+    )
 
 
 class StaleCredential(ApiError):
@@ -51,7 +63,9 @@ async def error_middleware(
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc.status, exc.code, exc.message)
+        resp = error_response(exc.status, exc.code, exc.message)
+        resp.headers.update(exc.headers)
+        return resp
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Awaitable, Callable
 
@@ -11,20 +10,73 @@ from aiohttp.typedefs import Middleware
 
 from libs.common.config import Settings
 from libs.common.ratelimit import RateLimiter
-from services.gateway.errors import error_response
+from services.gateway.errors import rate_limited
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+# A proxy's entry is an address (maybe with a port); anything longer is junk, and a bucket key.
+_MAX_ADDRESS = 64
 
-def client_address(request: web.Request, *, trust_forwarded_for: bool) -> str:
-    """The address a limit is counted against."""
-    if trust_forwarded_for:
-        # Our proxy appends the address it saw; anything to its left is client-controlled.
-        forwarded = request.headers.get("X-Forwarded-For", "")
-        last = forwarded.split(",")[-1].strip()
-        if last:
-            return last
-    return request.remote or "unknown"
+
+def proxy_hops(settings: Settings) -> int:
+    """How many proxies we run in front of the gateway (the deprecated boolean means one)."""
+    if settings.trusted_proxy_hops > 0:
+        return settings.trusted_proxy_hops
+    return 1 if settings.trust_forwarded_for else 0
+
+
+def client_address(request: web.Request, settings: Settings) -> str:
+    """The client as the outermost of our trusted proxies saw it (the socket peer for 0 hops).
+
+    Each trusted proxy appends the address it received the request from, so the rightmost
+    `hops` entries of X-Forwarded-For are ours and the hops-th from the right is the client;
+    everything to its left was sent by the client and is never trusted. With fewer entries
+    than hops (a request that skipped our outer proxies), every entry present was still
+    written by one of ours, so the leftmost is used; with none, the socket peer.
+    """
+    peer = request.remote or "unknown"
+    hops = proxy_hops(settings)
+    if hops == 0:
+        return peer
+    # Several X-Forwarded-For headers are one comma-separated list, in order (RFC 9110 5.3).
+    entries = ",".join(request.headers.getall("X-Forwarded-For", [])).split(",")
+    if entries == [""]:
+        return peer
+    chosen = entries[-hops] if len(entries) >= hops else entries[0]
+    return chosen.strip()[:_MAX_ADDRESS] or peer
+
+
+class ChallengeBudget:
+    """One client's order-creation budget for one request, charged at most once."""
+
+    def __init__(self, limiter: RateLimiter, key: str) -> None:
+        self._limiter = limiter
+        self._key = key
+        self.charged = False
+
+    def charge(self) -> None:
+        """Take a token from the client's challenge bucket; 429 RATE_LIMITED when it is empty."""
+        if self.charged:
+            return
+        self.charged = True
+        wait = self._limiter.hit(self._key, time.monotonic())
+        if wait is not None:
+            raise rate_limited(wait)
+
+
+CHALLENGE_BUDGET = web.RequestKey("challenge_budget", ChallengeBudget)
+
+
+def charge_challenge(request: web.Request) -> None:
+    """Charge the request to the challenge bucket before it mints an order (once per request).
+
+    A credentialed POST /v2/l402/order is first counted as a poll, since it may only read its
+    order; the handler calls this as soon as it is going to mint instead, so a forged or stale
+    credential buys no extra orders.
+    """
+    budget = request.get(CHALLENGE_BUDGET)
+    if budget is not None:
+        budget.charge()
 
 
 def rate_limit_middleware(settings: Settings) -> Middleware:
@@ -34,26 +86,31 @@ def rate_limit_middleware(settings: Settings) -> Middleware:
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        limiter = None
         route = request.match_info.route.resource
         canonical = route.canonical if route is not None else ""
         if canonical == "/v2/l402/order" and request.method == "POST":
-            # A credential-carrying re-POST reads an existing order: it counts as a poll.
-            limiter = polls if "Authorization" in request.headers else challenges
+            key = client_address(request, settings)
+            budget = ChallengeBudget(challenges, key)
+            request[CHALLENGE_BUDGET] = budget
+            if "Authorization" in request.headers:
+                # It may only read an existing order (a poll); charge_challenge if it mints.
+                _charge(polls, key)
+            else:
+                budget.charge()
         elif canonical == "/createorder":
-            limiter = challenges
+            _charge(challenges, client_address(request, settings))
         elif canonical.startswith("/v2/l402/order/") or canonical in (
             "/orderstatus",
             "/cancelorder",
         ):
-            limiter = polls
-        if limiter is not None:
-            key = client_address(request, trust_forwarded_for=settings.trust_forwarded_for)
-            wait = limiter.hit(key, time.monotonic())
-            if wait is not None:
-                resp = error_response(429, "RATE_LIMITED", "too many requests; slow down")
-                resp.headers["Retry-After"] = str(max(1, math.ceil(wait)))
-                return resp
+            _charge(polls, client_address(request, settings))
         return await handler(request)
 
     return middleware
+
+
+def _charge(limiter: RateLimiter, key: str) -> None:
+    """Take a token for key from limiter; 429 RATE_LIMITED when there is none."""
+    wait = limiter.hit(key, time.monotonic())
+    if wait is not None:
+        raise rate_limited(wait)

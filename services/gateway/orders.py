@@ -14,7 +14,12 @@ from libs.common import countries
 from libs.common.catalog import Catalog
 from libs.common.config import Settings
 from libs.common.countries import Country, CountryIndex, Offer
-from libs.common.invoices import RefundInvoice, RefundInvoiceError, check_refund_invoice
+from libs.common.invoices import (
+    RefundInvoice,
+    RefundInvoiceError,
+    check_refund_invoice,
+    refund_min_validity_seconds,
+)
 from libs.common.messages import Message
 from libs.common.orders import OrderType, Status
 from libs.common.pricing import quote_sats
@@ -101,7 +106,7 @@ def _refund_invoice(
             raw_refund,
             currency=network,
             now=now,
-            min_validity_seconds=settings.refund_min_validity_seconds,
+            min_validity_seconds=refund_min_validity_seconds(settings),
         )
     except RefundInvoiceError as exc:
         raise ApiError(400, exc.code, exc.message) from exc

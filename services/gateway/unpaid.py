@@ -31,7 +31,7 @@ REASON = "too many unpaid orders from your address; pay one or wait until one ex
 
 def _address(request: web.Request) -> str:
     """The address the cap is counted against (the rate limiter's)."""
-    return client_address(request, trust_forwarded_for=request.app[SETTINGS].trust_forwarded_for)
+    return client_address(request, request.app[SETTINGS])
 
 
 def retry_after(first_expiry: datetime | None, now: datetime) -> int:

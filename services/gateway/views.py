@@ -37,6 +37,7 @@ from services.gateway.discovery import (
 )
 from services.gateway.errors import ApiError, StaleCredential, read_json
 from services.gateway.keys import JS_CONN, LND, NETWORK, POOL, SETTINGS
+from services.gateway.limits import charge_challenge
 from services.gateway.orders import (
     OrderRequest,
     best_offer,
@@ -101,6 +102,8 @@ async def create_order(request: web.Request) -> web.Response:
                 # Generic L402 clients re-send the original request with the credential.
                 return web.json_response(await order_body(request, row))
             owned = row
+    # From here on it mints an order: the challenge bucket pays, whatever headers it carried.
+    charge_challenge(request)
     settings = request.app[SETTINGS]
     body = await read_json(request)
     now = int(time.time())

@@ -99,7 +99,8 @@ schemathesis.openapi.format("_l402_auth", _AUTHORIZATION)
 
 
 # --------------------------------------------------------------------- the schema
-def _config() -> schemathesis.Config:
+def _config(auth: dict[str, Any] | None = None) -> schemathesis.Config:
+    """The fuzzer's settings; `auth` replaces the L402 document's (the webhook secret)."""
     return schemathesis.Config.from_dict(
         {
             "generation": {
@@ -112,7 +113,7 @@ def _config() -> schemathesis.Config:
             "request-timeout": 10,
             # The webhook's 200/400 answers are only reachable with the shared secret; the
             # 401 answer is checked explicitly below.
-            "auth": {"openapi": {"WebhookSecret": {"api_key": WEBHOOK_SECRET}}},
+            "auth": auth or {"openapi": {"WebhookSecret": {"api_key": WEBHOOK_SECRET}}},
         }
     )
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from unittest import mock
 
+import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
+from multidict import CIMultiDict
 
 from libs.common.config import Settings
 from services.gateway.errors import error_middleware
-from services.gateway.limits import rate_limit_middleware
+from services.gateway.limits import charge_challenge, client_address, rate_limit_middleware
 
 
 async def _ok(request: web.Request) -> web.Response:
@@ -70,3 +73,82 @@ async def test_forwarded_for_counts_the_address_our_proxy_appended() -> None:
             "/v2/l402/order/a", headers={"X-Forwarded-For": "2.2.2.2, 9.9.9.9"}
         )
         assert (first.status, again.status) == (200, 429)
+
+
+def _request(peer: str, *forwarded: str) -> web.Request:
+    headers = CIMultiDict[str]()
+    for value in forwarded:
+        headers.add("X-Forwarded-For", value)
+    transport = mock.Mock()
+    transport.get_extra_info.side_effect = lambda name, default=None: (
+        (peer, 4242) if name == "peername" else default
+    )
+    return make_mocked_request("GET", "/", headers=headers, transport=transport)
+
+
+def _hops(n: int, *, legacy: bool = False) -> Settings:
+    return replace(Settings(), trusted_proxy_hops=n, trust_forwarded_for=legacy)
+
+
+@pytest.mark.parametrize(
+    ("hops", "forwarded", "expected"),
+    [
+        # No proxy of ours: the header is the client's own words, ignored.
+        (0, ("6.6.6.6",), "10.0.0.9"),
+        # One proxy: it appended what it saw; the client's own entries are to the left.
+        (1, ("6.6.6.6, 1.1.1.1",), "1.1.1.1"),
+        (1, ("1.1.1.1",), "1.1.1.1"),
+        # Two proxies: the outer one saw the client, the inner one saw the outer proxy.
+        (2, ("6.6.6.6, 7.7.7.7, 1.1.1.1, 10.0.0.2",), "1.1.1.1"),
+        (2, ("1.1.1.1, 10.0.0.2",), "1.1.1.1"),
+        # Several headers are one list, in order.
+        (2, ("6.6.6.6, 1.1.1.1", "10.0.0.2"), "1.1.1.1"),
+        # Fewer entries than hops: every entry is still one of ours; the leftmost is the client.
+        (3, ("1.1.1.1, 10.0.0.2",), "1.1.1.1"),
+        # No header at all: the request reached us directly.
+        (2, (), "10.0.0.9"),
+        # Junk in our slot falls back to the peer; surrounding spaces are ignored.
+        (1, ("6.6.6.6,  ",), "10.0.0.9"),
+        (1, ("6.6.6.6,  1.1.1.1 ",), "1.1.1.1"),
+    ],
+)
+def test_client_address_counts_trusted_hops_from_the_right(
+    hops: int, forwarded: tuple[str, ...], expected: str
+) -> None:
+    assert client_address(_request("10.0.0.9", *forwarded), _hops(hops)) == expected
+
+
+def test_a_spoofed_leftmost_entry_never_becomes_the_client() -> None:
+    settings = _hops(1)
+    seen = {
+        client_address(_request("10.0.0.2", f"{spoof}, 1.1.1.1"), settings)
+        for spoof in ("6.6.6.6", "2.2.2.2", "1.1.1.1, 3.3.3.3")
+    }
+    assert seen == {"1.1.1.1"}
+
+
+def test_the_deprecated_boolean_means_one_hop() -> None:
+    request = _request("10.0.0.2", "6.6.6.6, 1.1.1.1, 10.0.0.3")
+    assert client_address(request, _hops(0, legacy=True)) == "10.0.0.3"
+    # The count wins when both are set.
+    assert client_address(request, _hops(2, legacy=True)) == "1.1.1.1"
+
+
+async def _mints(request: web.Request) -> web.Response:
+    """Stands for create_order falling through to minting (unknown or stale credential)."""
+    charge_challenge(request)
+    return web.json_response({"minted": True}, status=402)
+
+
+async def test_a_credentialed_post_that_mints_pays_the_challenge_bucket() -> None:
+    settings = replace(Settings(), rate_challenges_per_minute=6, rate_polls_per_minute=6000)
+    app = web.Application(middlewares=[error_middleware, rate_limit_middleware(settings)])
+    app.router.add_post("/v2/l402/order", _mints)
+    async with TestClient(TestServer(app)) as client:
+        forged = {"Authorization": "L402 forged:00"}
+        statuses = [(await client.post("/v2/l402/order", headers=forged)).status for _ in range(4)]
+        # 6 per minute allows a burst of one, as for plain POSTs; a plain one is refused too.
+        assert statuses == [402, 429, 429, 429]
+        resp = await client.post("/v2/l402/order")
+        assert resp.status == 429
+        assert int(resp.headers["Retry-After"]) >= 1

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
-from libs.common.logs import LOG_CONTEXT, JsonFormatter
+from libs.common import logs
+from libs.common.logs import LOG_CONTEXT, JsonFormatter, redact, register_secret
 
 
 def _line(**extra: object) -> dict[str, object]:
@@ -29,3 +31,36 @@ def test_context_of_the_event_being_handled() -> None:
     finally:
         LOG_CONTEXT.reset(token)
     assert "order_id" not in _line()
+
+
+def test_token_query_parameters_are_redacted_from_every_line() -> None:
+    record = logging.LogRecord(
+        "t", logging.ERROR, __file__, 1, "POST %s failed", ("/hook?a=1&token=s3cr%2Ft&b=2",), None
+    )
+    try:
+        raise RuntimeError("while calling https://gw.example/hook?TOKEN=s3cr%2Ft")
+    except RuntimeError:
+        record.exc_info = sys.exc_info()
+    text = JsonFormatter("svc").format(record)
+    assert "s3cr" not in text
+    line = json.loads(text)
+    assert line["msg"] == "POST /hook?a=1&token=REDACTED&b=2 failed"
+    assert "?TOKEN=REDACTED" in line["exc"]
+
+
+def test_redact_leaves_other_text_alone() -> None:
+    plain = "tokens=3 and ?tokenx=1 and no_token=2"
+    assert redact(plain) == plain
+    quoted = '{"url": "http://h/p?token=abc"}'
+    assert redact(quoted) == '{"url": "http://h/p?token=REDACTED"}'
+
+
+def test_a_registered_secret_is_masked_in_any_form() -> None:
+    register_secret("sixteen/chars+ab")
+    try:
+        for form in ("sixteen/chars+ab", "sixteen%2Fchars%2Bab"):
+            assert redact(f"header was {form}!") == "header was REDACTED!"
+    finally:
+        logs._SECRETS.clear()
+    register_secret("")  # nothing to mask: an unset secret
+    assert redact("a b") == "a b" and not logs._SECRETS

@@ -73,3 +73,21 @@ def test_provider_text_is_made_storable() -> None:
     assert storable(None) is None
     # A key can be made of any text the provider sends.
     assert Message(datetime(2026, 1, 1, tzinfo=UTC), "\udc80\x00").dedup_key()
+
+
+def test_an_undated_message_keeps_one_key_whenever_it_is_seen() -> None:
+    first = Message(datetime(2026, 5, 8, 10, 0, tzinfo=UTC), "code 1234", dated=False)
+    retried = Message(datetime(2026, 5, 8, 10, 7, tzinfo=UTC), "code 1234", dated=False)
+    assert first.dedup_key() == retried.dedup_key()
+    assert first.dedup_key() != Message(first.received_at, "code 1234").dedup_key()
+
+
+@pytest.mark.parametrize(
+    "at",
+    [
+        datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1))),
+        datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone(timedelta(hours=-1))),
+    ],
+)
+def test_a_time_out_of_range_in_utc_still_has_a_stable_key(at: datetime) -> None:
+    assert Message(at, "x").dedup_key() == Message(at, "x").dedup_key()

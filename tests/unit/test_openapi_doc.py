@@ -55,6 +55,7 @@ CLASSIC_PATHS = {
     "/getnumbersstatus",
     "/getRentalCountries",
     "/price",
+    "/classic/openapi.json",
 }
 
 

@@ -54,8 +54,11 @@ from libs.common.sms import (
     TooEarlyToCancel,
     ban_wait_seconds,
     metric_code,
+    parse_activation,
     parse_countries,
     parse_provider_time,
+    parse_rent_messages,
+    parse_rental,
     parse_reply,
     parse_status_v2,
 )
@@ -1144,3 +1147,62 @@ def test_client_from_settings() -> None:
     client = HeroSmsClient.from_settings(settings)
     assert client.limiter.rate == 7.5
     assert repr(client) == "HeroSmsClient('http://sms.test/stubs/handler_api.php')"
+
+
+EDGE_TIMES = [
+    "0001-01-01T00:00:00+01:00",  # before year 1 in UTC
+    "9999-12-31T23:59:59-01:00",  # past year 9999 in UTC
+    "0001-01-01T00:00:00+23:59",  # the largest offset ISO 8601 allows
+    "9999-12-31T23:59:59.999999-23:59",
+    "0001-01-01 00:30:00",  # naive, read in a zone east of UTC (below)
+    "9999-12-31T23:59:59.999999+00:00",  # in range, but its epoch float rounds past 9999
+    "0001-01-01T01:00:00+01:00",  # exactly the first instant: any zone applied overflows
+]
+
+
+@pytest.mark.parametrize("value", EDGE_TIMES)
+def test_a_time_out_of_range_in_utc_is_unusable(value: str) -> None:
+    moscow = timezone(timedelta(hours=3))
+    assert parse_provider_time(value, moscow) is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["0001-01-01T00:00:00+24:00", "2026-05-08T10:20:00+99:99", "2026-05-08T10:20:00+1000000:00"],
+)
+def test_a_huge_offset_is_unusable(value: str) -> None:
+    assert parse_provider_time(value) is None
+
+
+def test_times_a_year_from_the_ends_are_kept_in_utc() -> None:
+    assert parse_provider_time("0002-01-01T01:00:00+01:00") == datetime(2, 1, 1, tzinfo=UTC)
+    assert parse_provider_time("9998-12-31T22:59:59-01:00") == datetime(
+        9998, 12, 31, 23, 59, 59, tzinfo=UTC
+    )
+    # Whatever zone it came in, the result is in UTC (callers compare and store it).
+    parsed = parse_provider_time("2026-05-08T10:20:00+03:00")
+    assert parsed is not None and parsed.tzinfo is UTC
+
+
+@pytest.mark.parametrize("value", EDGE_TIMES[:3])
+def test_edge_times_elsewhere_in_the_provider_replies(value: str) -> None:
+    now = datetime(2026, 5, 8, tzinfo=UTC)
+    # A ban whose end cannot be read is not a pause we can time.
+    assert ban_wait_seconds(value, now) is None
+    # A rental SMS with such a date is left out, never an overflow while sorting or storing.
+    messages = parse_rent_messages(
+        {"values": [{"text": "a", "date": value}, {"text": "b", "date": "2026-05-08 10:00:00"}]}
+    )
+    assert [m.text for m in messages] == ["b"]
+    with pytest.raises(ProviderUnavailable):
+        parse_rental({"phone": {"id": "1", "number": "+1 555", "endDate": value}})
+    activation = parse_activation(
+        {
+            "activationId": "7",
+            "phoneNumber": "1555",
+            "activationCost": "0.5",
+            "activationEndTime": value,
+        },
+        fallback_country=187,
+    )
+    assert activation.ends_at is None

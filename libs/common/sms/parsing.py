@@ -117,15 +117,28 @@ def _to_str(value: Any) -> str | None:
     return str(value)
 
 
+# Provider times must be at least a year away from datetime's ends (see parse_provider_time).
+_FIRST_USABLE_YEAR = 2
+_LAST_USABLE_YEAR = 9998
+
+
 def parse_provider_time(value: Any, tz: tzinfo = UTC) -> datetime | None:
-    """Parse "YYYY-MM-DD HH:MM:SS" (naive → `tz`) or ISO 8601; None if absent or invalid."""
+    """Parse "YYYY-MM-DD HH:MM:SS" (naive → `tz`) or ISO 8601, in UTC; None if absent or unusable.
+
+    A time in year 1 or 9999 in UTC is unusable: with its offset it may not exist in UTC at
+    all (0001-01-01T00:00:00+01:00 raises OverflowError), and near the ends any later
+    conversion (an epoch float rounded up, a zone applied) overflows where it is read.
+    """
     if not isinstance(value, str) or not value.strip():
         return None
     try:
         parsed = datetime.fromisoformat(value.strip())
-    except ValueError:
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=tz)
+        parsed = parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
         return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=tz)
+    return parsed if _FIRST_USABLE_YEAR <= parsed.year <= _LAST_USABLE_YEAR else None
 
 
 def _error(
