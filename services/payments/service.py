@@ -21,6 +21,7 @@ def lnd_client(settings: Settings) -> LndClient:
         settings.macaroon_hex(),
         settings.lnd_tls_cert_path or None,
         money_connections=settings.lnd_money_connections,
+        settle_connections=settings.lnd_settle_connections,
         other_connections=settings.lnd_other_connections,
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import uuid
 from dataclasses import replace
@@ -11,7 +12,8 @@ from decimal import Decimal
 import asyncpg
 
 from libs.common.config import Settings
-from libs.common.db import Q
+from libs.common.db import Q, transaction
+from libs.common.lightning import LndClient
 
 
 def settings_for(
@@ -60,3 +62,37 @@ async def insert_order(
         reactivates,
     )
     return order_id
+
+
+async def insert_hold_order(
+    pool: asyncpg.Pool, merchant: LndClient, *, price_sats: int = 300
+) -> tuple[str, str, bytes]:
+    """A pending classic order with a real hold invoice at the merchant, as the gateway makes it.
+
+    Returns (order id, payment request, payment hash).
+    """
+    preimage = secrets.token_bytes(32)
+    payment_hash = hashlib.sha256(preimage).digest()
+    invoice = await merchant.add_hold_invoice(
+        payment_hash=payment_hash,
+        value_msat=price_sats * 1000,
+        memo="h",
+        expiry=600,
+        cltv_expiry=80,
+    )
+    order_id = uuid.uuid4().hex * 2
+    async with transaction(pool) as conn:
+        await conn.execute(
+            Q.order_insert_hold,
+            order_id,
+            "receive-sms",
+            "tg",
+            187,
+            price_sats,
+            Decimal("0.1"),
+            payment_hash,
+            invoice.payment_request,
+            datetime.now(UTC) + timedelta(minutes=10),
+            preimage,
+        )
+    return order_id, invoice.payment_request, payment_hash
