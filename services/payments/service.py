@@ -34,7 +34,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
             invoices = InvoiceWatcher(worker, lnd)
             refunds = RefundPayer(worker, lnd)
             holds = HoldInvoices(worker, lnd, invoices)
-            balances = Balances(worker, lnd)
+            balances = Balances(worker, lnd, invoices)
 
             async def handle(event: Event) -> None:
                 # CREATED needs nothing here: the hold sweep's paged scan finds an accepted

@@ -5,15 +5,17 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 
 from libs.common.config import Settings
 from libs.common.db import Q, transaction
-from libs.common.lightning import LndClient
+from libs.common.lightning import Invoice, InvoicePage, LndClient
 
 
 def settings_for(
@@ -29,6 +31,29 @@ def settings_for(
         subject_prefix=prefix,
         **extra,  # type: ignore[arg-type]
     )
+
+
+class CountingClient(LndClient):
+    """An LND client counting the invoice calls a sweep makes (list, lookup, settle)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls: Counter[str] = Counter()
+
+    async def list_invoices(self, **kwargs: Any) -> InvoicePage:
+        """Count, then ListInvoices."""
+        self.calls["list"] += 1
+        return await super().list_invoices(**kwargs)
+
+    async def lookup_invoice(self, payment_hash: bytes) -> Invoice:
+        """Count, then LookupInvoiceV2."""
+        self.calls["lookup"] += 1
+        return await super().lookup_invoice(payment_hash)
+
+    async def settle_invoice(self, preimage: bytes) -> None:
+        """Count, then SettleInvoice."""
+        self.calls["settle"] += 1
+        await super().settle_invoice(preimage)
 
 
 async def insert_order(

@@ -9,42 +9,22 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from typing import Any
 
 import asyncpg
 import pytest
 
 from libs.common import store
-from libs.common.lightning import Invoice, InvoicePage, LndClient
 from libs.common.orders import Status
 from libs.common.runtime import open_worker
 from services.payments.hold import HoldInvoices
 from services.payments.invoices import InvoiceWatcher
 from tests.integration.conftest import Lightning
-from tests.integration.helpers import insert_hold_order, settings_for
+from tests.integration.helpers import CountingClient, insert_hold_order, settings_for
 
 pytestmark = pytest.mark.integration
 
 PRICE = 300
 PAGE = 2
-
-
-class CountingClient(LndClient):
-    """The merchant's client, counting the invoice calls the sweep makes."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.calls: Counter[str] = Counter()
-
-    async def list_invoices(self, **kwargs: Any) -> InvoicePage:
-        """Count, then ListInvoices."""
-        self.calls["list"] += 1
-        return await super().list_invoices(**kwargs)
-
-    async def lookup_invoice(self, payment_hash: bytes) -> Invoice:
-        """Count, then LookupInvoiceV2."""
-        self.calls["lookup"] += 1
-        return await super().lookup_invoice(payment_hash)
 
 
 async def _hold_order(pool: asyncpg.Pool, ln: Lightning) -> tuple[str, str, bytes]:
