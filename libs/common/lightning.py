@@ -15,10 +15,12 @@ import aiohttp
 
 MACAROON_HEADER = "Grpc-Metadata-macaroon"
 _ZERO_PREIMAGE_HEX = "0" * 64
-# The client's connection pools: "pay" for outgoing payment streams (send, track), "settle"
+# The client's connection pools: "money" for outgoing payment streams (send, track), "settle"
 # for the short calls that take or give back held funds (settle, cancel of a held HTLC),
 # "other" for everything else (invoice streams, scans, lookups).
-Pool = Literal["pay", "settle", "other"]
+Pool = Literal["money", "settle", "other"]
+# Streams may use every pool but "settle": that one only ever waits for short unary calls.
+StreamPool = Literal["money", "other"]
 FINAL_PAYMENT_STATUSES = frozenset({"SUCCEEDED", "FAILED"})
 
 
@@ -283,7 +285,7 @@ class LndClient:
         self._tls_cert_path = tls_cert_path
         self._timeout = timeout
         self._limits: dict[Pool, int] = {
-            "pay": money_connections,
+            "money": money_connections,
             "settle": settle_connections,
             "other": other_connections,
         }
@@ -321,7 +323,7 @@ class LndClient:
                 held = len(getattr(connector, "_acquired", ())) + sum(
                     len(v) for v in getattr(connector, "_conns", {}).values()
                 )
-            out["money" if pool == "pay" else pool] = held
+            out[pool] = held
         return out
 
     async def close(self) -> None:
@@ -373,7 +375,7 @@ class LndClient:
         *,
         body: Mapping[str, Any] | None = None,
         params: Mapping[str, str] | None = None,
-        pool: Pool = "other",
+        pool: StreamPool = "other",
     ) -> AsyncIterator[dict[str, Any]]:
         """Yield each `result` of a grpc-gateway NDJSON stream; raise on `error` lines."""
         session = self._get_session(pool)
@@ -567,13 +569,13 @@ class LndClient:
         }
         if amt_sat is not None:
             body["amt"] = str(amt_sat)
-        async for result in self._stream("POST", "/v2/router/send", body=body, pool="pay"):
+        async for result in self._stream("POST", "/v2/router/send", body=body, pool="money"):
             yield parse_payment(result)
 
     async def track_payment(self, payment_hash: bytes) -> AsyncIterator[Payment]:
         """TrackPaymentV2: current state, then updates until final (PaymentNotInitiated)."""
         path = "/v2/router/track/" + quote(_b64url(payment_hash), safe="=")
-        async for result in self._stream("GET", path, pool="pay"):
+        async for result in self._stream("GET", path, pool="money"):
             yield parse_payment(result)
 
     async def pay(
