@@ -26,9 +26,13 @@ class Settings:
     lnd_macaroon_path: str = ""
     lnd_tls_cert_path: str = ""
     lnd_network: str = "regtest"
-    # The payments worker's connection pools to LND: money calls (send, track, settle,
-    # cancel of a held HTLC) get their own, which no stream, lookup or sweep can take.
+    # The payments worker's connection pools to LND: outgoing payments (send, track) get
+    # their own, which no invoice stream, lookup or sweep can take.
     lnd_money_connections: int = 16
+    # Settle and cancel of held funds get a pool of their own too: only these short calls
+    # use it, so refund streams a receiver holds open (a hold invoice as the refund invoice)
+    # can fill the payment pool without ever making a settle or a hold cancel wait.
+    lnd_settle_connections: int = 4
     lnd_other_connections: int = 8
     # Hold invoices are found ACCEPTED by paging ListInvoices (pending only) this many at a
     # time each sweep: the node calls per sweep grow by one per page, never per invoice.

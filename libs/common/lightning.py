@@ -8,13 +8,19 @@ import json
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 import aiohttp
 
 MACAROON_HEADER = "Grpc-Metadata-macaroon"
 _ZERO_PREIMAGE_HEX = "0" * 64
+# The client's connection pools: "money" for outgoing payment streams (send, track), "settle"
+# for the short calls that take or give back held funds (settle, cancel of a held HTLC),
+# "other" for everything else (invoice streams, scans, lookups).
+Pool = Literal["money", "settle", "other"]
+# Streams may use every pool but "settle": that one only ever waits for short unary calls.
+StreamPool = Literal["money", "other"]
 FINAL_PAYMENT_STATUSES = frozenset({"SUCCEEDED", "FAILED"})
 
 
@@ -257,8 +263,10 @@ def parse_payreq(data: Mapping[str, Any]) -> PayReq:
 class LndClient:
     """Async LND REST client (macaroon auth, TLS pinned to the node's cert when given).
 
-    Two connection pools: money calls (send, track, settle, cancel) have their own, so no
-    stream, lookup or sweep, however many, can keep a refund or a settle waiting.
+    Three connection pools, so that no stream, lookup or sweep, however many, can keep a
+    refund or a settle waiting: outgoing payments (send, track) have one; settle and cancel
+    of held funds have their own, which only short unary calls use, so even payment streams
+    a receiver holds open for minutes cannot keep held funds from being taken or given back.
     """
 
     def __init__(
@@ -269,14 +277,19 @@ class LndClient:
         *,
         timeout: float = 30.0,
         money_connections: int = 20,
+        settle_connections: int = 4,
         other_connections: int = 20,
     ) -> None:
         self._base = rest_url.rstrip("/")
         self._headers = {MACAROON_HEADER: macaroon_hex.strip()}
         self._tls_cert_path = tls_cert_path
         self._timeout = timeout
-        self._limits = {True: money_connections, False: other_connections}
-        self._sessions: dict[bool, aiohttp.ClientSession] = {}
+        self._limits: dict[Pool, int] = {
+            "money": money_connections,
+            "settle": settle_connections,
+            "other": other_connections,
+        }
+        self._sessions: dict[Pool, aiohttp.ClientSession] = {}
 
     def __repr__(self) -> str:
         """Show the URL only (never the macaroon)."""
@@ -291,18 +304,18 @@ class LndClient:
             return ctx
         return True
 
-    def _get_session(self, money: bool = False) -> aiohttp.ClientSession:
-        session = self._sessions.get(money)
+    def _get_session(self, pool: Pool) -> aiohttp.ClientSession:
+        session = self._sessions.get(pool)
         if session is None or session.closed:
-            connector = aiohttp.TCPConnector(ssl=self._ssl(), limit=self._limits[money])
+            connector = aiohttp.TCPConnector(ssl=self._ssl(), limit=self._limits[pool])
             session = aiohttp.ClientSession(connector=connector, headers=self._headers)
-            self._sessions[money] = session
+            self._sessions[pool] = session
         return session
 
     def connections(self) -> dict[str, int]:
         """Connections each pool holds open now (in use or idle), for the ops gauge."""
-        out = {}
-        for money, session in self._sessions.items():
+        out: dict[str, int] = {}
+        for pool, session in self._sessions.items():
             connector = session.connector
             held = 0
             if connector is not None and not session.closed:
@@ -310,7 +323,7 @@ class LndClient:
                 held = len(getattr(connector, "_acquired", ())) + sum(
                     len(v) for v in getattr(connector, "_conns", {}).values()
                 )
-            out["money" if money else "other"] = held
+            out[pool] = held
         return out
 
     async def close(self) -> None:
@@ -327,9 +340,9 @@ class LndClient:
         *,
         body: Mapping[str, Any] | None = None,
         params: Mapping[str, str] | None = None,
-        money: bool = False,
+        pool: Pool = "other",
     ) -> dict[str, Any]:
-        session = self._get_session(money)
+        session = self._get_session(pool)
         timeout = aiohttp.ClientTimeout(total=self._timeout)
         try:
             async with session.request(
@@ -362,10 +375,10 @@ class LndClient:
         *,
         body: Mapping[str, Any] | None = None,
         params: Mapping[str, str] | None = None,
-        money: bool = False,
+        pool: StreamPool = "other",
     ) -> AsyncIterator[dict[str, Any]]:
         """Yield each `result` of a grpc-gateway NDJSON stream; raise on `error` lines."""
-        session = self._get_session(money)
+        session = self._get_session(pool)
         timeout = aiohttp.ClientTimeout(
             total=None, connect=self._timeout, sock_connect=self._timeout, sock_read=None
         )
@@ -502,7 +515,7 @@ class LndClient:
     async def settle_invoice(self, preimage: bytes) -> None:
         """SettleInvoice (idempotent on LND's side when already settled)."""
         await self._request(
-            "POST", "/v2/invoices/settle", body={"preimage": _b64(preimage)}, money=True
+            "POST", "/v2/invoices/settle", body={"preimage": _b64(preimage)}, pool="settle"
         )
 
     async def cancel_invoice(self, payment_hash: bytes, *, money: bool = True) -> None:
@@ -512,7 +525,10 @@ class LndClient:
         burst of those must not take the connections that give held funds back.
         """
         await self._request(
-            "POST", "/v2/invoices/cancel", body={"payment_hash": _b64(payment_hash)}, money=money
+            "POST",
+            "/v2/invoices/cancel",
+            body={"payment_hash": _b64(payment_hash)},
+            pool="settle" if money else "other",
         )
 
     async def subscribe_invoice(self, payment_hash: bytes) -> AsyncIterator[Invoice]:
@@ -553,13 +569,13 @@ class LndClient:
         }
         if amt_sat is not None:
             body["amt"] = str(amt_sat)
-        async for result in self._stream("POST", "/v2/router/send", body=body, money=True):
+        async for result in self._stream("POST", "/v2/router/send", body=body, pool="money"):
             yield parse_payment(result)
 
     async def track_payment(self, payment_hash: bytes) -> AsyncIterator[Payment]:
         """TrackPaymentV2: current state, then updates until final (PaymentNotInitiated)."""
         path = "/v2/router/track/" + quote(_b64url(payment_hash), safe="=")
-        async for result in self._stream("GET", path, money=True):
+        async for result in self._stream("GET", path, pool="money"):
             yield parse_payment(result)
 
     async def pay(

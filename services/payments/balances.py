@@ -10,10 +10,11 @@ import asyncpg
 from libs.common import accounts, store
 from libs.common.db import Q, transaction
 from libs.common.events import Event, EventType
-from libs.common.lightning import LndClient, LndError
+from libs.common.lightning import Invoice, LndClient, LndError
 from libs.common.orders import Status
 from libs.common.outbox import enqueue
 from libs.common.runtime import Worker
+from services.payments.invoices import InvoiceWatcher
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +24,10 @@ SWEEP_SECONDS = 2.0
 class Balances:
     """The payments side of prepaid accounts."""
 
-    def __init__(self, worker: Worker, lnd: LndClient) -> None:
+    def __init__(self, worker: Worker, lnd: LndClient, invoices: InvoiceWatcher) -> None:
         self._w = worker
         self._lnd = lnd
+        self._invoices = invoices
 
     async def credit_back(self, order_id: str) -> None:
         """A balance order that got no code: the price goes back to the balance, once."""
@@ -65,11 +67,30 @@ class Balances:
             await self._w.pool.execute(Q.funding_mark, funding["id"], "credited")
 
     async def sweep_fundings(self) -> None:
-        """Settle accepted top-ups (then credit them); expire the ones never paid."""
-        for funding in await self._w.pool.fetch(Q.fundings_pending, 500):
+        """Settle accepted top-ups (then credit them); expire the ones never paid.
+
+        One paged scan of the node's pending invoices answers for every open top-up, so the
+        node calls per sweep do not grow with the number of unpaid top-ups; only a top-up
+        whose invoice left the pending states (settled, canceled, lost) is looked up alone.
+        """
+        # Rows first, then the scan (see InvoiceWatcher.reconcile): a top-up's invoice exists
+        # before its row, so one the scan misses has really left the pending states.
+        fundings = await self._w.pool.fetch(Q.fundings_pending, 500)
+        if not fundings:
+            return
+        try:
+            pending = await self._invoices.pending_at_node()
+        except LndError as exc:
+            log.warning("top-up sweep: pending invoice scan failed: %s", exc.message)
+            return
+        for funding in fundings:
             payment_hash = bytes(funding["payment_hash"])
             try:
-                invoice = await self._lnd.lookup_invoice(payment_hash)
+                invoice: Invoice | None = pending.get(payment_hash)
+                if invoice is not None and invoice.state == "OPEN":
+                    continue  # not paid yet: nothing to ask the node
+                if invoice is None:
+                    invoice = await self._lnd.lookup_invoice(payment_hash)
                 if invoice.state == "ACCEPTED":
                     # Settle first, then credit: a crash in between is caught next sweep
                     # (SETTLED, not yet credited), and nothing is credited that was not paid.

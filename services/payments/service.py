@@ -21,6 +21,7 @@ def lnd_client(settings: Settings) -> LndClient:
         settings.macaroon_hex(),
         settings.lnd_tls_cert_path or None,
         money_connections=settings.lnd_money_connections,
+        settle_connections=settings.lnd_settle_connections,
         other_connections=settings.lnd_other_connections,
     )
 
@@ -33,7 +34,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
             invoices = InvoiceWatcher(worker, lnd)
             refunds = RefundPayer(worker, lnd)
             holds = HoldInvoices(worker, lnd, invoices)
-            balances = Balances(worker, lnd)
+            balances = Balances(worker, lnd, invoices)
 
             async def handle(event: Event) -> None:
                 # CREATED needs nothing here: the hold sweep's paged scan finds an accepted

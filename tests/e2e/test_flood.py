@@ -28,9 +28,9 @@ pytestmark = pytest.mark.e2e
 FLOOD = 2_000
 CONCURRENCY = 24  # creates in flight at once: a flood, but bounded
 DEADLINE = 5.0  # seconds, from the acceptance
-# Both LND pools of the payments worker at their defaults (16 money + 8 other): whatever the
-# flood, the worker never holds more connections to the node than that.
-MAX_CONNECTIONS = 24
+# The payments worker's LND pools at their defaults (16 payment + 4 settle + 8 other):
+# whatever the flood, the worker never holds more connections to the node than that.
+MAX_CONNECTIONS = 28
 
 FLOOD_ENV = {
     **E2E_ENV,

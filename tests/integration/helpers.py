@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import uuid
+from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 
 from libs.common.config import Settings
-from libs.common.db import Q
+from libs.common.db import Q, transaction
+from libs.common.lightning import Invoice, InvoicePage, LndClient
 
 
 def settings_for(
@@ -27,6 +31,29 @@ def settings_for(
         subject_prefix=prefix,
         **extra,  # type: ignore[arg-type]
     )
+
+
+class CountingClient(LndClient):
+    """An LND client counting the invoice calls a sweep makes (list, lookup, settle)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls: Counter[str] = Counter()
+
+    async def list_invoices(self, **kwargs: Any) -> InvoicePage:
+        """Count, then ListInvoices."""
+        self.calls["list"] += 1
+        return await super().list_invoices(**kwargs)
+
+    async def lookup_invoice(self, payment_hash: bytes) -> Invoice:
+        """Count, then LookupInvoiceV2."""
+        self.calls["lookup"] += 1
+        return await super().lookup_invoice(payment_hash)
+
+    async def settle_invoice(self, preimage: bytes) -> None:
+        """Count, then SettleInvoice."""
+        self.calls["settle"] += 1
+        await super().settle_invoice(preimage)
 
 
 async def insert_order(
@@ -63,3 +90,37 @@ async def insert_order(
         reactivates,
     )
     return order_id
+
+
+async def insert_hold_order(
+    pool: asyncpg.Pool, merchant: LndClient, *, price_sats: int = 300
+) -> tuple[str, str, bytes]:
+    """A pending classic order with a real hold invoice at the merchant, as the gateway makes it.
+
+    Returns (order id, payment request, payment hash).
+    """
+    preimage = secrets.token_bytes(32)
+    payment_hash = hashlib.sha256(preimage).digest()
+    invoice = await merchant.add_hold_invoice(
+        payment_hash=payment_hash,
+        value_msat=price_sats * 1000,
+        memo="h",
+        expiry=600,
+        cltv_expiry=80,
+    )
+    order_id = uuid.uuid4().hex * 2
+    async with transaction(pool) as conn:
+        await conn.execute(
+            Q.order_insert_hold,
+            order_id,
+            "receive-sms",
+            "tg",
+            187,
+            price_sats,
+            Decimal("0.1"),
+            payment_hash,
+            invoice.payment_request,
+            datetime.now(UTC) + timedelta(minutes=10),
+            preimage,
+        )
+    return order_id, invoice.payment_request, payment_hash

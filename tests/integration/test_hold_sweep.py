@@ -8,26 +8,18 @@ no lookup of their own.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import secrets
-import uuid
 from collections import Counter
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
-from typing import Any
 
 import asyncpg
 import pytest
 
 from libs.common import store
-from libs.common.db import Q, transaction
-from libs.common.lightning import Invoice, InvoicePage, LndClient
 from libs.common.orders import Status
 from libs.common.runtime import open_worker
 from services.payments.hold import HoldInvoices
 from services.payments.invoices import InvoiceWatcher
 from tests.integration.conftest import Lightning
-from tests.integration.helpers import settings_for
+from tests.integration.helpers import CountingClient, insert_hold_order, settings_for
 
 pytestmark = pytest.mark.integration
 
@@ -35,47 +27,9 @@ PRICE = 300
 PAGE = 2
 
 
-class CountingClient(LndClient):
-    """The merchant's client, counting the invoice calls the sweep makes."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.calls: Counter[str] = Counter()
-
-    async def list_invoices(self, **kwargs: Any) -> InvoicePage:
-        """Count, then ListInvoices."""
-        self.calls["list"] += 1
-        return await super().list_invoices(**kwargs)
-
-    async def lookup_invoice(self, payment_hash: bytes) -> Invoice:
-        """Count, then LookupInvoiceV2."""
-        self.calls["lookup"] += 1
-        return await super().lookup_invoice(payment_hash)
-
-
 async def _hold_order(pool: asyncpg.Pool, ln: Lightning) -> tuple[str, str, bytes]:
-    """A classic order with a real hold invoice at the merchant, as the gateway makes it."""
-    preimage = secrets.token_bytes(32)
-    payment_hash = hashlib.sha256(preimage).digest()
-    invoice = await ln.merchant.add_hold_invoice(
-        payment_hash=payment_hash, value_msat=PRICE * 1000, memo="h", expiry=600, cltv_expiry=80
-    )
-    order_id = uuid.uuid4().hex * 2
-    async with transaction(pool) as conn:
-        await conn.execute(
-            Q.order_insert_hold,
-            order_id,
-            "receive-sms",
-            "tg",
-            187,
-            PRICE,
-            Decimal("0.1"),
-            payment_hash,
-            invoice.payment_request,
-            datetime.now(UTC) + timedelta(minutes=10),
-            preimage,
-        )
-    return order_id, invoice.payment_request, payment_hash
+    """A classic order with a real hold invoice at the merchant."""
+    return await insert_hold_order(pool, ln.merchant, price_sats=PRICE)
 
 
 async def _status(pool: asyncpg.Pool, order_id: str) -> str:

@@ -914,7 +914,7 @@ async def test_money_calls_have_their_own_connections(sim: Sim, merchant: LndCli
                 await drain(client.track_payment(b"\x02" * 32))
             await client.cancel_invoice(added.r_hash)
             assert (await merchant.lookup_invoice(added.r_hash)).state == "CANCELED"
-            assert client.connections() == {"other": 1, "money": 1}
+            assert client.connections() == {"other": 1, "money": 1, "settle": 1}
     finally:
         await client.close()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import secrets
 import uuid
@@ -31,9 +32,12 @@ from libs.common.lightning import LndClient, Payment, PaymentNotInitiated
 from libs.common.orders import Status
 from libs.common.runtime import Worker, open_worker
 from libs.common.store import NOW
+from services.payments.hold import HoldInvoices
+from services.payments.invoices import InvoiceWatcher
 from services.payments.refunds import RefundPayer
+from services.payments.service import lnd_client
 from tests.integration.conftest import Lightning
-from tests.integration.helpers import settings_for
+from tests.integration.helpers import insert_hold_order, settings_for
 
 pytestmark = pytest.mark.integration
 
@@ -639,28 +643,38 @@ async def test_a_send_that_waited_out_the_pool_is_not_counted_as_a_failed_attemp
 # ----------------------------------------------------------------------------- held payments
 
 
+async def make_held_refund_order(pool: asyncpg.Pool, ln: Lightning) -> tuple[RefundOrder, bytes]:
+    """A refund_pending order whose refund invoice is a hold invoice the customer sits on.
+
+    Returns the order and the preimage only the customer's wallet (the payer node) knows.
+    """
+    preimage = secrets.token_bytes(32)
+    held_invoice = await ln.payer.add_hold_invoice(
+        payment_hash=hashlib.sha256(preimage).digest(),
+        value_msat=0,
+        memo="held refund",
+        expiry=3600,
+        cltv_expiry=80,
+    )
+    order = await make_order(pool, ln)
+    await pool.execute(
+        "UPDATE orders SET refund_invoice = $2, refund_payment_hash = $3 WHERE id = $1",
+        order.id,
+        held_invoice.payment_request,
+        held_invoice.r_hash,
+    )
+    return RefundOrder(order.id, order.price, held_invoice.r_hash, held_invoice.payment_request), (
+        preimage
+    )
+
+
 async def test_a_held_refund_payment_does_not_block_other_refunds(
     database_url: str, nats_url: str, bootstrapped: tuple[str, str], ln: Lightning
 ) -> None:
     settings = make_settings(database_url, nats_url, bootstrapped)
     async with refund_payer(settings, ln) as (worker, payer):
         # The customer's wallet answers the first refund with a hold invoice and sits on it.
-        preimage = secrets.token_bytes(32)
-        held_invoice = await ln.payer.add_hold_invoice(
-            payment_hash=hashlib.sha256(preimage).digest(),
-            value_msat=0,
-            memo="held refund",
-            expiry=3600,
-            cltv_expiry=80,
-        )
-        held = await make_order(worker.pool, ln)
-        await worker.pool.execute(
-            "UPDATE orders SET refund_invoice = $2, refund_payment_hash = $3 WHERE id = $1",
-            held.id,
-            held_invoice.payment_request,
-            held_invoice.r_hash,
-        )
-        held = RefundOrder(held.id, held.price, held_invoice.r_hash, held_invoice.payment_request)
+        held, preimage = await make_held_refund_order(worker.pool, ln)
         other = await make_order(worker.pool, ln)
         for order, age in ((held, 2), (other, 1)):  # both due; the held one first
             await worker.pool.execute(Q.refund_insert, order.id)
@@ -692,6 +706,117 @@ async def test_a_held_refund_payment_does_not_block_other_refunds(
 
         assert held_state == "ACCEPTED"  # the receiver really was holding the HTLC
         assert other_paid_while_held, "a held HTLC stalled the refund retry loop"
+
+
+# What the refund side may use of the payments worker's LND connections: all of its
+# payment pool. Settles and hold cancels have their own pool, which no payment stream takes.
+REFUND_SLOTS = 3
+
+
+async def _until(check: Callable[[], Any], what: str, seconds: float = 10.0) -> None:
+    """Wait until the async `check` answers true; fail naming `what` after `seconds`."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_refunds_held_by_their_receivers_never_keep_a_settle_waiting(
+    database_url: str, nats_url: str, bootstrapped: tuple[str, str], ln: Lightning
+) -> None:
+    info = ln.running.nodes_info["merchant"]
+    settings = make_settings(
+        database_url,
+        nats_url,
+        bootstrapped,
+        lnd_rest_url=info["rest_url"],
+        lnd_macaroon_hex=info["macaroon_hex"],
+        lnd_money_connections=REFUND_SLOTS,
+        lnd_settle_connections=1,
+        refund_timeout_seconds=30,
+    )
+    lnd = lnd_client(settings)  # the payments worker's own client, its pools as configured
+    preimages: list[bytes] = []
+    attempts: list[asyncio.Task[None]] = []
+    try:
+        async with open_worker("payments", settings, asyncio.Event()) as worker:
+            try:
+                await _settle_while_refunds_are_held(worker, lnd, ln, preimages, attempts)
+            finally:
+                # Never leave a refund held, nor an attempt running past its worker.
+                for preimage in preimages:
+                    with contextlib.suppress(Exception):
+                        await ln.payer.settle_invoice(preimage)
+                if attempts:
+                    await asyncio.wait(attempts, timeout=15)
+                for task in attempts:
+                    task.cancel()
+    finally:
+        await lnd.close()
+
+
+async def _settle_while_refunds_are_held(
+    worker: Worker,
+    lnd: LndClient,
+    ln: Lightning,
+    preimages: list[bytes],
+    attempts: list[asyncio.Task[None]],
+) -> None:
+    """Fill every refund slot with a held payment, then settle a classic order's HTLC."""
+    payer = RefundPayer(worker, lnd)
+    watcher = InvoiceWatcher(worker, lnd)
+    holds = HoldInvoices(worker, lnd, watcher)
+    # Customers answer refunds with hold invoices they never settle: each refund's send
+    # stream stays open, IN_FLIGHT, on one of the worker's connections.
+    held: list[RefundOrder] = []
+    for _ in range(REFUND_SLOTS):
+        order, preimage = await make_held_refund_order(worker.pool, ln)
+        held.append(order)
+        preimages.append(preimage)
+        attempts.append(asyncio.create_task(payer.request(order.id)))
+
+    async def all_held() -> bool:
+        states = [(await ln.payer.lookup_invoice(o.refund_hash)).state for o in held]
+        return states == ["ACCEPTED"] * REFUND_SLOTS
+
+    await _until(all_held, "the customers to hold every refund HTLC")
+    assert lnd.connections()["money"] == REFUND_SLOTS  # every payment slot taken
+
+    # Meanwhile a classic order is paid with a hold invoice and its code arrives.
+    order_id, payreq, payment_hash = await insert_hold_order(worker.pool, ln.merchant)
+    paying = asyncio.create_task(ln.payer.pay(payreq, fee_limit_sat=0, timeout_seconds=30))
+
+    async def accepted() -> bool:
+        return (await ln.merchant.lookup_invoice(payment_hash)).state == "ACCEPTED"
+
+    await _until(accepted, "the classic order's HTLC")
+    assert await watcher.mark_paid(await ln.merchant.lookup_invoice(payment_hash))
+    async with transaction(worker.pool) as conn:
+        assert await store.transition(conn, order_id, S.PAID, S.ALLOCATING_NUMBER)
+        assert await store.transition(
+            conn,
+            order_id,
+            S.ALLOCATING_NUMBER,
+            S.WAITING_FOR_SMS,
+            activation_id="1",
+            phone_number="1555",
+        )
+        assert await store.transition(
+            conn, order_id, S.WAITING_FOR_SMS, S.CODE_RECEIVED, code="12345", sms_received_at=NOW
+        )
+
+    # The settle goes through at once although every refund stream is still held.
+    await asyncio.wait_for(holds.settle(order_id), 5)
+    assert await order_status(worker.pool, order_id) == S.COMPLETED
+    assert (await asyncio.wait_for(paying, 5)).status == "SUCCEEDED"
+    assert await all_held(), "the refunds were meant to be held throughout"
+
+    # The customers let go: every held refund completes.
+    for preimage in preimages:
+        await ln.payer.settle_invoice(preimage)
+    await asyncio.wait_for(asyncio.gather(*attempts), 15)
+    for order in held:
+        assert await order_status(worker.pool, order.id) == S.REFUNDED
 
 
 async def test_an_expired_refund_invoice_ends_refund_failed_at_once_and_pays_nothing(
