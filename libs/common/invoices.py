@@ -35,10 +35,12 @@ _PREFIX: Final = "lightning:"
 MAX_INVOICE_LENGTH: Final = 4096
 
 
-# Time a refund attempt may take beyond the payment timeout before another claim takes it
-# over (services/payments/refunds.py: the node wait is the timeout + 5 s, the lease 10 s more).
-REFUND_ATTEMPT_SLACK_SECONDS: Final = 15
-# Same cap as refunds.py puts on one backoff delay.
+# How long a refund attempt waits on the node beyond the payment timeout, and how much longer
+# its claim lasts before another worker may take it over (services/payments/refunds.py).
+REFUND_NODE_WAIT_SLACK_SECONDS: Final = 5.0
+REFUND_LEASE_SLACK_SECONDS: Final = 10.0
+REFUND_ATTEMPT_SLACK_SECONDS: Final = REFUND_NODE_WAIT_SLACK_SECONDS + REFUND_LEASE_SLACK_SECONDS
+# The longest backoff between two refund attempts.
 REFUND_MAX_BACKOFF_SECONDS: Final = 600.0
 # Room for what no setting bounds exactly: a deadline re-fired after a lost message (a minute
 # plus the 10 s check), a worker restart, a redelivery, clock skew with the customer's node.

@@ -14,7 +14,14 @@ from libs.common import metrics, ops, store
 from libs.common.db import Q, transaction
 from libs.common.events import Event, EventType
 from libs.common.faults import crash_point
-from libs.common.invoices import RefundInvoiceError, check_refund_invoice, currency_for_network
+from libs.common.invoices import (
+    REFUND_LEASE_SLACK_SECONDS,
+    REFUND_MAX_BACKOFF_SECONDS,
+    REFUND_NODE_WAIT_SLACK_SECONDS,
+    RefundInvoiceError,
+    check_refund_invoice,
+    currency_for_network,
+)
 from libs.common.lightning import LndClient, LndError, Payment, PaymentNotInitiated
 from libs.common.orders import Status
 from libs.common.outbox import enqueue
@@ -48,8 +55,8 @@ class RefundPayer:
         settings = worker.settings
         # How long one attempt waits on the node; a payment held longer (a hold invoice,
         # a stuck HTLC) stays in_flight and is tracked again once the lease runs out.
-        self._wait = float(settings.refund_timeout_seconds) + 5.0
-        self._lease = self._wait + 10.0
+        self._wait = settings.refund_timeout_seconds + REFUND_NODE_WAIT_SLACK_SECONDS
+        self._lease = self._wait + REFUND_LEASE_SLACK_SECONDS
         self._running: dict[str, asyncio.Task[None]] = {}
         self._currency = currency_for_network(settings.lnd_network)
 
@@ -220,7 +227,10 @@ class RefundPayer:
         if definite and attempts >= settings.refund_max_attempts:
             await self._give_up(refund, claim, reason)
             return
-        delay = min(settings.refund_retry_base_seconds * 2 ** max(attempts - 1, 0), 600.0)
+        delay = min(
+            settings.refund_retry_base_seconds * 2 ** max(attempts - 1, 0),
+            REFUND_MAX_BACKOFF_SECONDS,
+        )
         query = Q.refund_retry_later if counted else Q.refund_retry_uncounted
         await self._w.pool.execute(query, order_id, claim, reason, delay)
         metrics.REFUNDS.labels("retried").inc()
