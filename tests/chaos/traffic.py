@@ -197,7 +197,7 @@ class Traffic:
         if status != 200 or body.get("status") != "OK":
             self.refused["classic"] += 1
             return
-        price = bolt11.decode(body["payreq"]).amount_msat // 1000
+        price = int(bolt11.decode(body["payreq"]).amount_msat or 0) // 1000
         placed = Placed("classic", body["orderId"], price, body["payreq"])
         self.placed.append(placed)
         pay = asyncio.ensure_future(
