@@ -31,7 +31,7 @@ async def run_matrix(
     results: list[PhaseResult] = []
     api_key = _new_account(stack)
     payer, merchant = node_client(stack["payer_lnd"]), node_client(stack["merchant_lnd"])
-    pool = await db.create_pool(stack["database_url"])
+    pool = await db.create_pool(stack["database_url"], min_size=0)  # no floor to refill mid-outage
     try:
         async with aiohttp.ClientSession() as http:
             traffic = Traffic(http, stack, payer, merchant, api_key)
@@ -44,7 +44,7 @@ async def run_matrix(
                 took = time.monotonic() - started
                 print(
                     f"{fault.name}: {result.orders} orders, {len(result.findings)} "
-                    f"finding(s), {took:.0f} s",
+                    f"finding(s), {took:.0f} s ({dict(result.kinds)})",
                     flush=True,
                 )
     finally:

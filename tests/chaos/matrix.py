@@ -198,6 +198,7 @@ class PhaseResult:
     orders: int
     refused: int
     outcomes: Counter[str]
+    kinds: Counter[str]  # orders placed per kind
     recovered_in: float | None
     findings: list[str] = field(default_factory=list)
 
@@ -259,6 +260,7 @@ async def run_phase(chaos: Chaos, fault: Fault) -> PhaseResult:
     stop = asyncio.Event()
     stream = asyncio.ensure_future(traffic.run(stop, ROUND_SECONDS))
     try:
+        await traffic.rent()  # active when the fault hits: its poller and webhook live on
         await asyncio.sleep(WARMUP_SECONDS)
         ended = await fault.inject(chaos)
         recovered = await probe(chaos, ended)
@@ -283,6 +285,7 @@ async def run_phase(chaos: Chaos, fault: Fault) -> PhaseResult:
         orders=len(rows),
         refused=sum(traffic.refused.values()),
         outcomes=outcomes,
+        kinds=Counter(p.kind for p in traffic.placed),
         recovered_in=recovered,
         findings=findings,
     )

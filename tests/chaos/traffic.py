@@ -1,12 +1,13 @@
 """A steady stream of orders of every type and payment mode, each remembered for the checks.
 
 Every round places one order of each kind and one top-up, as customers would: L402
-`receive-sms` that completes, one that gets no number and is refunded, `rent-number`,
+`receive-sms` that completes, one that gets no number and is refunded,
 `receive-sms-reactivate` of an earlier completed order, a classic hold order paid by the
-payer node, and a prepaid `immediate` order debited from an account. A request the stack
-cannot answer during a fault is counted as refused, never retried into a second order.
-Customers poll their orders; the first answer that shows a code is checked against the
-merchant node: the invoice behind it must already be SETTLED.
+payer node, and a prepaid `immediate` order debited from an account; a `rent-number` is
+bought once per phase (`rent`). A request the stack cannot answer during a fault is
+counted as refused, never retried into a second order. Customers poll their orders; the
+first answer that shows a code is checked against the merchant node: the invoice behind
+it must already be SETTLED.
 """
 
 from __future__ import annotations
@@ -96,13 +97,6 @@ class Traffic:
         """One order of each kind, and a top-up that keeps the prepaid account funded."""
         self.spawn(self.l402("l402", {"country": "US", "service": "tg"}))
         self.spawn(self.l402("l402_no_number", {"country": NO_NUMBER_COUNTRY[0], "service": "tg"}))
-        self.spawn(
-            self.l402(
-                "rent",
-                {"type": "rent-number", "country": "US", "service": "tg"}
-                | {"durationMinutes": RENT_MINUTES},
-            )
-        )
         if self.reactivatable:
             earlier = self.reactivatable.pop(0)
             self.spawn(
@@ -115,6 +109,12 @@ class Traffic:
         self.spawn(self.classic())
         self.spawn(self.prepaid())
         self.spawn(self.fund(300))
+
+    async def rent(self) -> None:
+        """Rent a number (once per phase: the provider has a couple of dozen to rent, and a
+        rental outlives the run)."""
+        body = {"type": "rent-number", "country": "US", "service": "tg"}
+        await self.l402("rent", body | {"durationMinutes": RENT_MINUTES})
 
     def spawn(self, coro: Any) -> None:
         """Run one customer in the background."""

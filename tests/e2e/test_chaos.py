@@ -41,7 +41,7 @@ async def chaos(chaos_stack: tuple[dict[str, Any], Path]) -> AsyncIterator[Chaos
     """Customers of every kind against the chaos stack, with a funded prepaid account."""
     stack, crash_dir = chaos_stack
     payer, merchant = node_client(stack["payer_lnd"]), node_client(stack["merchant_lnd"])
-    pool = await db.create_pool(stack["database_url"])
+    pool = await db.create_pool(stack["database_url"], min_size=0)  # no floor to refill mid-outage
     async with aiohttp.ClientSession() as http:
         traffic = Traffic(http, stack, payer, merchant, _new_account(stack))
         ctx = Chaos(stack, http, payer, merchant, pool, traffic, crash_dir)
