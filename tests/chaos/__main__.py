@@ -44,7 +44,8 @@ async def run_matrix(
                 took = time.monotonic() - started
                 print(
                     f"{fault.name}: {result.orders} orders, {len(result.findings)} "
-                    f"finding(s), {took:.0f} s ({dict(result.kinds)})",
+                    f"finding(s), {took:.0f} s; placed {dict(result.kinds)}, "
+                    f"refused by status {dict(result.refusals)}",
                     flush=True,
                 )
     finally:

@@ -199,6 +199,7 @@ class PhaseResult:
     refused: int
     outcomes: Counter[str]
     kinds: Counter[str]  # orders placed per kind
+    refusals: Counter[int]  # refused requests by HTTP status (0: no answer)
     recovered_in: float | None
     findings: list[str] = field(default_factory=list)
 
@@ -286,6 +287,7 @@ async def run_phase(chaos: Chaos, fault: Fault) -> PhaseResult:
         refused=sum(traffic.refused.values()),
         outcomes=outcomes,
         kinds=Counter(p.kind for p in traffic.placed),
+        refusals=Counter(traffic.refusal_statuses),
         recovered_in=recovered,
         findings=findings,
     )

@@ -75,6 +75,7 @@ class Traffic:
     placed: list[Placed] = field(default_factory=list)
     fundings: list[Funding] = field(default_factory=list)
     refused: Counter[str] = field(default_factory=Counter)
+    refusal_statuses: Counter[int] = field(default_factory=Counter)  # 0: no answer at all
     violations: list[str] = field(default_factory=list)
     reactivatable: list[Placed] = field(default_factory=list)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -82,7 +83,12 @@ class Traffic:
     def reset(self) -> None:
         """Forget the orders of the last phase (completed orders stay reactivatable)."""
         self.placed, self.fundings, self.violations = [], [], []
-        self.refused = Counter()
+        self.refused, self.refusal_statuses = Counter(), Counter()
+
+    def refuse(self, kind: str, status: int) -> None:
+        """Count a request the stack did not take, by kind and by the HTTP status answered."""
+        self.refused[kind] += 1
+        self.refusal_statuses[status] += 1
 
     async def run(self, stop: asyncio.Event, interval: float) -> None:
         """Start a round every `interval` seconds until stop."""
@@ -108,7 +114,7 @@ class Traffic:
             )
         self.spawn(self.classic())
         self.spawn(self.prepaid())
-        self.spawn(self.fund(300))
+        self.spawn(self.fund(1000))  # more than an order costs: never short
 
     async def rent(self) -> None:
         """Rent a number (once per phase: the provider has a couple of dozen to rent, and a
@@ -142,10 +148,10 @@ class Traffic:
             ) as resp:
                 status, challenge = resp.status, await resp.json()
         except CLIENT_ERRORS:
-            self.refused[kind] += 1
+            self.refuse(kind, 0)
             return
         if status != 402:
-            self.refused[kind] += 1
+            self.refuse(kind, status)
             return
         placed = Placed(
             kind, challenge["orderId"], challenge["priceSats"], challenge["invoice"], refund_hash
@@ -195,7 +201,7 @@ class Traffic:
         except CLIENT_ERRORS:
             status, body = 0, {}
         if status != 200 or body.get("status") != "OK":
-            self.refused["classic"] += 1
+            self.refuse("classic", status)
             return
         price = int(bolt11.decode(body["payreq"]).amount_msat or 0) // 1000
         placed = Placed("classic", body["orderId"], price, body["payreq"])
@@ -223,7 +229,7 @@ class Traffic:
         except CLIENT_ERRORS:
             status, body = 0, {}
         if status != 200 or body.get("payreq") != "paid":
-            self.refused["prepaid"] += 1
+            self.refuse("prepaid", status)
             return
         placed = Placed("prepaid", body["orderId"], 0, "paid")
         self.placed.append(placed)
@@ -282,7 +288,7 @@ class Traffic:
         except CLIENT_ERRORS:
             status, body = 0, {}
         if status != 200:
-            self.refused["fund"] += 1
+            self.refuse("fund", status)
             return
         self.fundings.append(Funding(body["payreq"], amount))
         try:
