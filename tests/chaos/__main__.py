@@ -45,7 +45,8 @@ async def run_matrix(
                 print(
                     f"{fault.name}: {result.orders} orders, {len(result.findings)} "
                     f"finding(s), {took:.0f} s; placed {dict(result.kinds)}, "
-                    f"refused by status {dict(result.refusals)}",
+                    f"refused by status {dict(result.refusals)}, "
+                    f"{result.orphans} invoice(s) without an order",
                     flush=True,
                 )
     finally:

@@ -200,6 +200,7 @@ class PhaseResult:
     outcomes: Counter[str]
     kinds: Counter[str]  # orders placed per kind
     refusals: Counter[int]  # refused requests by HTTP status (0: no answer)
+    orphans: int  # invoices left at the node without an order or funding row, new this phase
     recovered_in: float | None
     findings: list[str] = field(default_factory=list)
 
@@ -258,6 +259,7 @@ async def run_phase(chaos: Chaos, fault: Fault) -> PhaseResult:
     traffic.reset()
     payer_before = await _retry(chaos.payer.channel_balance_sat)
     account_before = await _retry(account_balance, chaos)
+    orphans_before, _ = await orphan_invoices(chaos)
     stop = asyncio.Event()
     stream = asyncio.ensure_future(traffic.run(stop, ROUND_SECONDS))
     try:
@@ -279,7 +281,8 @@ async def run_phase(chaos: Chaos, fault: Fault) -> PhaseResult:
             lambda: check(chaos.pool, chaos.merchant, grace_seconds=GRACE_SECONDS)
         )
     ]
-    findings += await orphan_invoices(chaos)
+    orphans, orphan_findings = await orphan_invoices(chaos)
+    findings += orphan_findings
     outcomes: Counter[str] = Counter(r["status"] for r in rows.values())
     return PhaseResult(
         fault=fault.name,
@@ -288,6 +291,7 @@ async def run_phase(chaos: Chaos, fault: Fault) -> PhaseResult:
         outcomes=outcomes,
         kinds=Counter(p.kind for p in traffic.placed),
         refusals=Counter(traffic.refusal_statuses),
+        orphans=len(orphans - orphans_before),
         recovered_in=recovered,
         findings=findings,
     )
@@ -390,11 +394,12 @@ async def money_checks(
     return findings
 
 
-async def orphan_invoices(chaos: Chaos) -> list[str]:
-    """No money on an invoice the database does not know (a gateway killed after making it).
+async def orphan_invoices(chaos: Chaos) -> tuple[set[str], list[str]]:
+    """Invoices the database does not know (a gateway killed after making them), and a
+    finding for each that holds money.
 
-    Read from the Lightning simulator's own state files: LND's REST API lists invoices only
-    page by page, and the simulator writes each invoice atomically.
+    Read from the Lightning simulator's state files, written atomically: the simulator does
+    not serve LND's invoice listing (`GET /v1/invoices`).
     """
     known = {
         bytes(r["payment_hash"]).hex()
@@ -404,12 +409,15 @@ async def orphan_invoices(chaos: Chaos) -> list[str]:
             )
         )
     }
-    findings = []
+    orphans, findings = set(), []
     for path in (chaos.state / "lnsim" / "merchant" / "invoices").glob("*.json"):
         invoice = json.loads(path.read_text())
-        if invoice["r_hash"] not in known and invoice["state"] in ("ACCEPTED", "SETTLED"):
+        if invoice["r_hash"] in known:
+            continue
+        orphans.add(invoice["r_hash"])
+        if invoice["state"] in ("ACCEPTED", "SETTLED"):
             findings.append(f"money on an invoice without an order: {invoice['r_hash']}")
-    return findings
+    return orphans, findings
 
 
 def table(results: list[PhaseResult]) -> str:
