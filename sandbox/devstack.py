@@ -132,9 +132,9 @@ class Stack:
                 self.spawn(name, *self.specs[name])
                 restarted.append(f"{name} (exit {proc.returncode})")
         if self.pg is not None and not self.postgres_alive() and not self.held("postgres"):
-            self.restarts["postgres"] = self.restarts.get("postgres", 0) + 1
-            self.restart_postgres()
-            restarted.append("postgres")
+            if self.restart_postgres():
+                self.restarts["postgres"] = self.restarts.get("postgres", 0) + 1
+                restarted.append("postgres")
         return restarted
 
     def postgres_alive(self) -> bool:
@@ -144,22 +144,19 @@ class Stack:
         except Exception:  # no postmaster.pid or a vanished process: not running
             return False
 
-    def restart_postgres(self, timeout: float = 60.0) -> None:
+    def restart_postgres(self) -> bool:
         """Start PostgreSQL again on the same data directory and socket after it died.
 
         Backends of a killed postmaster linger for a moment and keep its shared memory, so a
-        new postmaster may refuse to start at first: retry until it comes up.
+        new postmaster may refuse to start at first: False then, and the caller's loop tries
+        again.
         """
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with self.pg._lock:
-                    self.pg.ensure_postgres_running()
-                return
-            except (subprocess.SubprocessError, AssertionError, OSError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+        try:
+            with self.pg._lock:
+                self.pg.ensure_postgres_running()
+        except Exception:  # whatever pg_ctl or pgserver raised: not up yet, try again
+            return False
+        return True
 
     def start_postgres(self) -> None:
         """Start PostgreSQL from the pgserver wheel and make sure the sms4sats database exists."""
