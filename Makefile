@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-unit test-integration test-e2e bench lint typecheck fmt reset bootstrap catalog clean
+.PHONY: install run test test-unit test-integration test-e2e bench chaos lint typecheck fmt reset bootstrap catalog clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -32,6 +32,9 @@ test-e2e: $(STAMP)
 
 bench: $(STAMP) ## Start the stack, measure create/poll against a bare aiohttp baseline
 	$(PY) -m bench --out bench-results.json
+
+chaos: $(STAMP) ## Start the stack, inject every fault under a stream of orders, print the table
+	$(PY) -m tests.chaos
 
 lint: $(STAMP) ## ruff lint + format check
 	$(VENV)/bin/ruff check .

@@ -117,15 +117,48 @@ class Stack:
         self.specs[name] = (args, env)
         return proc
 
+    def held(self, name: str) -> bool:
+        """Tell whether a fault test asked to keep this part down (`<dir>/hold/<name>` exists)."""
+        return (self.root / "hold" / name).exists()
+
     def restart_dead(self) -> list[str]:
-        """Start again every process that died, as an orchestrator would; returns their names."""
+        """Start again every process that died, as an orchestrator would; returns their names.
+
+        PostgreSQL too (pgserver's postmaster is not our child). A part whose hold file exists
+        stays down until the file is removed, so fault tests can time an outage.
+        """
         restarted = []
         for name, proc in list(self.procs.items()):
-            if proc.poll() is not None:
+            if proc.poll() is not None and not self.held(name):
                 self.restarts[name] = self.restarts.get(name, 0) + 1
                 self.spawn(name, *self.specs[name])
                 restarted.append(f"{name} (exit {proc.returncode})")
+        if self.pg is not None and not self.postgres_alive() and not self.held("postgres"):
+            if self.restart_postgres():
+                self.restarts["postgres"] = self.restarts.get("postgres", 0) + 1
+                restarted.append("postgres")
         return restarted
+
+    def postgres_alive(self) -> bool:
+        """Tell whether the postmaster that pgserver started is still running."""
+        try:
+            return bool(self.pg.get_postmaster_info().process.is_running())
+        except Exception:  # no postmaster.pid or a vanished process: not running
+            return False
+
+    def restart_postgres(self) -> bool:
+        """Start PostgreSQL again on the same data directory and socket after it died.
+
+        Backends of a killed postmaster linger for a moment and keep its shared memory, so a
+        new postmaster may refuse to start at first: False then, and the caller's loop tries
+        again.
+        """
+        try:
+            with self.pg._lock:
+                self.pg.ensure_postgres_running()
+        except Exception:  # whatever pg_ctl or pgserver raised: not up yet, try again
+            return False
+        return True
 
     def start_postgres(self) -> None:
         """Start PostgreSQL from the pgserver wheel and make sure the sms4sats database exists."""

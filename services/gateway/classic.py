@@ -22,6 +22,7 @@ from libs.common.accounts import key_hash
 from libs.common.countries import Offer
 from libs.common.db import Q, transaction
 from libs.common.events import Event, EventType
+from libs.common.faults import crash_point
 from libs.common.lightning import AddedInvoice, LndError
 from libs.common.orders import CancelRefused, OrderType, Status, check_customer_cancel
 from libs.common.outbox import enqueue
@@ -188,6 +189,7 @@ async def create_order(request: web.Request) -> web.Response:
             conn, order_id, Timer.INVOICE_EXPIRED, settings.invoice_expiry_seconds
         )
         await enqueue(conn, Event(EventType.CREATED, order_id), prefix=settings.subject_prefix)
+        crash_point("gateway.hold_order_invoiced")
     return web.json_response(
         {"status": "OK", "orderId": order_id, "payreq": invoice.payment_request}
     )
@@ -244,6 +246,7 @@ async def _create_paid_from_balance(
                 deadline=settings.order_timeout_seconds,
                 prefix=settings.subject_prefix,
             )
+            crash_point("gateway.balance_debited")
     except _Insufficient:
         return _error(402, f"insufficient balance: this order costs {price} sats")
     return web.json_response({"status": "OK", "orderId": order_id, "payreq": "paid"})
@@ -270,6 +273,7 @@ async def fund(request: web.Request) -> web.Response:
         return _error(503, "cannot create an invoice now; retry later")
     preimage, payment_hash, invoice = held
     funding_id = secrets.token_hex(32)
+    crash_point("gateway.funding_invoiced")
     await request.app[POOL].execute(
         Q.funding_insert,
         funding_id,

@@ -17,6 +17,7 @@ from libs.common import l402, messages, store
 from libs.common.countries import Offer
 from libs.common.db import Q, transaction
 from libs.common.events import Event, EventType
+from libs.common.faults import crash_point
 from libs.common.lightning import AddedInvoice, LndError
 from libs.common.orders import (
     CancelRefused,
@@ -169,6 +170,7 @@ async def create_order(request: web.Request) -> web.Response:
                 conn, order_id, Timer.INVOICE_EXPIRED, settings.invoice_expiry_seconds
             )
             await enqueue(conn, Event(EventType.CREATED, order_id), prefix=settings.subject_prefix)
+            crash_point("gateway.order_invoiced")
     except asyncpg.UniqueViolationError as exc:
         # Two concurrent orders with the same refundInvoice: only one may keep it.
         raise ApiError(

@@ -9,6 +9,7 @@ from libs.common import metrics, ops
 from libs.common.config import Settings
 from libs.common.db import Q, transaction
 from libs.common.events import Event, EventType
+from libs.common.faults import crash_point
 from libs.common.outbox import enqueue
 from libs.common.runtime import Worker, open_worker, run_loops
 from libs.common.sms import HeroSmsClient
@@ -47,6 +48,7 @@ async def fire_due(worker: Worker, limit: int = 200) -> int:
             else:
                 log.error("unknown timer kind %s", kind, extra={"order_id": row["order_id"]})
         if rows:
+            crash_point("scheduler.timers_claimed")
             await conn.execute(Q.timers_mark_fired, [r["id"] for r in rows])
     for row in rows:  # counted once committed
         metrics.TIMERS_FIRED.labels(row["kind"]).inc()
