@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
+import asyncpg
 from aiohttp import web
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,16 @@ async def read_json(request: web.Request) -> Any:
         raise ApiError(400, "VALIDATION_ERROR", "body: must be valid JSON") from exc
 
 
+# A server we depend on is unreachable (PostgreSQL down or restarting, a refused or reset
+# connection): nothing was committed, so the client is told to retry, not that we broke.
+UNREACHABLE: Final = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+UNREACHABLE_RETRY_AFTER_SECONDS: Final = 2
+
 _HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE"}
 
 
@@ -73,6 +84,13 @@ async def error_middleware(
         resp = error_response(exc.status, code, exc.reason)
         if exc.status == 405:
             resp.headers["Allow"] = exc.headers.get("Allow", "")
+        return resp
+    except UNREACHABLE as exc:
+        log.warning(
+            "backend unreachable on %s %s: %s", request.method, request.path, type(exc).__name__
+        )
+        resp = error_response(503, "UNAVAILABLE", "temporarily unavailable; retry shortly")
+        resp.headers["Retry-After"] = str(UNREACHABLE_RETRY_AFTER_SECONDS)
         return resp
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)

@@ -275,6 +275,12 @@ async def run_phase(chaos: Chaos, fault: Fault) -> PhaseResult:
     rows, findings = await settle(chaos)
     findings += await money_checks(chaos, rows, payer_before, account_before)
     findings += traffic.violations
+    # A fault may refuse requests (503, or no answer from a killed gateway), never crash them.
+    findings += [
+        f"HTTP {status} answered {n} time(s) during the fault"
+        for status, n in sorted(traffic.refusal_statuses.items())
+        if status >= 500 and status != 503
+    ]
     findings += [
         f"invariant: {f.kind} {f.order_id} {f.detail}"
         for f in await _retry(

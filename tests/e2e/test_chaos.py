@@ -54,8 +54,8 @@ async def chaos(chaos_stack: tuple[dict[str, Any], Path]) -> AsyncIterator[Chaos
 
 def _every_kind_ended(result: PhaseResult) -> None:
     """The phase saw orders of every outcome the stream makes, and no finding."""
-    # Money findings first; a code shown before settlement (issue 10 §2, fixed on another
-    # branch) is reported separately so it cannot hide the others.
+    # Money findings first; a code shown before settlement is reported separately so it
+    # cannot hide the others.
     early_codes = [f for f in result.findings if f.startswith("code shown")]
     assert [f for f in result.findings if f not in early_codes] == [], result.findings
     assert early_codes == []

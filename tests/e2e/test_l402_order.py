@@ -79,7 +79,8 @@ def _provider_log_lines(stack: dict[str, Any]) -> list[str]:
 async def _activations(http: aiohttp.ClientSession, stack: dict[str, Any]) -> list[dict[str, Any]]:
     async with http.get(f"{stack['provider_sim_url']}/sim/activations") as resp:
         data = await resp.json()
-        return data["activations"] if isinstance(data, dict) else data
+        listed: list[dict[str, Any]] = data["activations"] if isinstance(data, dict) else data
+        return listed
 
 
 async def test_happy_path_delivers_the_code(
