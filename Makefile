@@ -41,7 +41,7 @@ lint: $(STAMP) ## ruff lint + format check
 	$(VENV)/bin/ruff format --check .
 
 typecheck: $(STAMP) ## mypy --strict over the code
-	$(VENV)/bin/mypy libs services sandbox bench
+	$(VENV)/bin/mypy libs services sandbox bench tests/chaos
 
 fmt: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
