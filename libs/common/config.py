@@ -123,6 +123,8 @@ class Settings:
     # refund_fee_limit_sat stays the ceiling. 2 % leaves 2 sat on a 100-sat refund: two hops at
     # LND's default 1-sat base fee, and no more whatever route hints the customer's invoice has.
     refund_fee_limit_ppm: int = 20_000
+    # ... but never below this: a smaller budget (a refund under 50 sat at 2 %) finds no route.
+    refund_fee_limit_floor_sat: int = 2
 
     # How long a worker may hold a message before JetStream redelivers it (bootstrap sets it).
     ack_wait_seconds: float = 120.0

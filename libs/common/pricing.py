@@ -28,15 +28,20 @@ def quote_sats(
     return max(price, min_sats)
 
 
-def refund_fee_limit_sat(amount_sats: int, *, ppm: int, ceiling_sat: int) -> int:
-    """The routing fee we accept on a refund: `ppm` of the amount, rounded down, at most ceiling.
+def refund_fee_limit_sat(
+    amount_sats: int, *, ppm: int, ceiling_sat: int, floor_sat: int = 0
+) -> int:
+    """The routing fee we accept on a refund: `ppm` of the amount, rounded down, within
+    [floor, ceiling].
 
     The customer picks the refund invoice and so its route hints: a share keeps a small
-    refund from costing us more in fees than a flat cap allows on a large one.
+    refund from costing us more in fees than a flat cap allows on a large one. The floor keeps
+    a tiny refund (a rental's unused minutes) routable at all: a zero budget pays only
+    fee-free routes, so it would fail every attempt and end refund_failed.
     """
-    if amount_sats < 0 or ppm < 0 or ceiling_sat < 0:
-        raise ValueError("amount, share and ceiling must not be negative")
-    return min(amount_sats * ppm // 1_000_000, ceiling_sat)
+    if amount_sats < 0 or ppm < 0 or ceiling_sat < 0 or floor_sat < 0:
+        raise ValueError("amount, share, floor and ceiling must not be negative")
+    return min(max(amount_sats * ppm // 1_000_000, floor_sat), ceiling_sat)
 
 
 def unused_rent_sats(price_sats: int, *, total_seconds: int, unused_seconds: float) -> int:

@@ -31,6 +31,10 @@ from libs.common.runtime import Worker
 log = logging.getLogger(__name__)
 
 
+# How long a track waits for an in-flight payment to end before leaving it to the lease.
+TRACK_WAIT_SECONDS = 3.0
+
+
 class _Unknown(Exception):
     """The node could not tell us how a payment ended (it errored or went silent)."""
 
@@ -145,6 +149,7 @@ class RefundPayer:
                 refund["amount_sats"],
                 ppm=settings.refund_fee_limit_ppm,
                 ceiling_sat=settings.refund_fee_limit_sat,
+                floor_sat=settings.refund_fee_limit_floor_sat,
             ),
             timeout_seconds=settings.refund_timeout_seconds,
         )
@@ -165,17 +170,25 @@ class RefundPayer:
         return None
 
     async def _track(self, payment_hash: bytes) -> Payment | None:
-        """The node's view of our payment to this hash; None if it never saw one."""
+        """The node's view of our payment to this hash; None if it never saw one.
+
+        A payment still in flight is looked at, not waited on: the claim's lease brings it
+        back. Waiting would let refunds held by their receivers (a customer's hold invoice)
+        keep the money connections busy and stall every other customer's refund.
+        """
         try:
-            return await self._outcome(self._lnd.track_payment(payment_hash))
+            return await self._outcome(
+                self._lnd.track_payment(payment_hash), wait=min(self._wait, TRACK_WAIT_SECONDS)
+            )
         except PaymentNotInitiated:
             return None
 
-    async def _outcome(self, stream: AsyncIterator[Payment]) -> Payment:
-        """Follow a payment stream until final, or give up waiting after a bound."""
+    async def _outcome(self, stream: AsyncIterator[Payment], *, wait: float = 0.0) -> Payment:
+        """Follow a payment stream until final, or stop waiting after `wait` (default: the
+        attempt's whole wait on the node)."""
         last: Payment | None = None
         try:
-            async with asyncio.timeout(self._wait):
+            async with asyncio.timeout(wait or self._wait):
                 async for update in stream:
                     last = update
                     if update.status in ("SUCCEEDED", "FAILED"):

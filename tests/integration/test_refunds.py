@@ -917,3 +917,69 @@ async def test_a_small_refund_is_sent_with_a_fee_limit_that_is_a_share_of_it(
             await assert_refunded_once(worker.pool, ln, large)
     finally:
         await lnd.close()
+
+
+async def test_refunds_held_by_their_receivers_are_tracked_briefly_so_others_still_get_paid(
+    database_url: str, nats_url: str, bootstrapped: tuple[str, str], ln: Lightning
+) -> None:
+    info = ln.running.nodes_info["merchant"]
+    settings = make_settings(
+        database_url,
+        nats_url,
+        bootstrapped,
+        lnd_rest_url=info["rest_url"],
+        lnd_macaroon_hex=info["macaroon_hex"],
+        lnd_money_connections=REFUND_SLOTS,
+        refund_timeout_seconds=30,  # an attempt may wait 35 s on the node for a final state
+    )
+    lnd = lnd_client(settings)
+    preimages: list[bytes] = []
+    try:
+        async with open_worker("payments", settings, asyncio.Event()) as worker:
+            try:
+                await _pay_beside_held_refunds(worker, lnd, ln, preimages)
+            finally:
+                for preimage in preimages:
+                    with contextlib.suppress(Exception):
+                        await ln.payer.settle_invoice(preimage)
+    finally:
+        await lnd.close()
+
+
+async def _pay_beside_held_refunds(
+    worker: Worker, lnd: LndClient, ln: Lightning, preimages: list[bytes]
+) -> None:
+    """Every money connection's worth of refunds held IN_FLIGHT and re-tracked as their
+    leases run out; another customer's refund must still be paid promptly."""
+    payer = RefundPayer(worker, lnd)
+    held: list[RefundOrder] = []
+    sends: list[asyncio.Task[None]] = []
+    for _ in range(REFUND_SLOTS):
+        order, preimage = await make_held_refund_order(worker.pool, ln)
+        held.append(order)
+        preimages.append(preimage)
+        sends.append(asyncio.create_task(payer.request(order.id)))
+
+    async def all_held() -> bool:
+        states = [(await ln.payer.lookup_invoice(o.refund_hash)).state for o in held]
+        return states == ["ACCEPTED"] * REFUND_SLOTS
+
+    await _until(all_held, "the customers to hold every refund HTLC")
+    # The first attempts are over (their payments stay in flight at the node); their leases
+    # run out, and the payer claims each again, as its retry loop does.
+    for task in sends:
+        task.cancel()
+    await asyncio.gather(*sends, return_exceptions=True)
+    await worker.pool.execute(
+        "UPDATE refunds SET lease_until = now() - interval '1 second' WHERE status = 'in_flight'"
+    )
+    retracks = [asyncio.create_task(payer.attempt(o.id)) for o in held]
+    await asyncio.sleep(0.3)  # the re-tracks hold their connections now
+
+    other = await make_order(worker.pool, ln)
+    await asyncio.wait_for(payer.request(other.id), 15)
+    assert await order_status(worker.pool, other.id) == S.REFUNDED
+    await asyncio.gather(*retracks)
+    assert await all_held(), "the refunds were meant to be held throughout"
+    for order in held:
+        assert await order_status(worker.pool, order.id) == S.REFUND_PENDING

@@ -59,6 +59,21 @@ def test_refund_fee_limit_is_a_share_capped_by_the_flat_value(amount: int, expec
     assert refund_fee_limit_sat(amount, ppm=20_000, ceiling_sat=10) == expected
 
 
+@pytest.mark.parametrize(
+    ("amount", "expected"),
+    [
+        (10, 2),  # a tiny partial refund still gets a routable budget
+        (49, 2),
+        (100, 2),
+        (150, 3),  # above the floor the share decides
+        (100_000, 10),
+    ],
+)
+def test_refund_fee_limit_has_a_floor_below_the_ceiling(amount: int, expected: int) -> None:
+    assert refund_fee_limit_sat(amount, ppm=20_000, ceiling_sat=10, floor_sat=2) == expected
+    assert refund_fee_limit_sat(amount, ppm=20_000, ceiling_sat=1, floor_sat=2) == 1
+
+
 def test_refund_fee_limit_refuses_negative_inputs() -> None:
     with pytest.raises(ValueError):
         refund_fee_limit_sat(-1, ppm=20_000, ceiling_sat=10)
