@@ -55,8 +55,10 @@ def refund_min_validity_seconds(settings: Settings) -> int:
     timeout) it is cancelled at the provider, which may take until the give-up (or the hold
     grace) past the deadline; then every refund attempt may run to its timeout and lease,
     with the doubling backoff in between; plus a margin. A rental or a reactivation is
-    refundable only until it gets its number, so the allocation deadline bounds it. The
-    configured SMS4SATS_REFUND_MIN_VALIDITY_SECONDS is a floor.
+    refunded in full only until it gets its number, so the allocation deadline bounds that;
+    a rental the provider ends early later is paid back only while the customer's invoice is
+    still valid (the README asks for one that outlives the rental). The configured
+    SMS4SATS_REFUND_MIN_VALIDITY_SECONDS is a floor.
     """
     outcome = max(settings.order_timeout_seconds, settings.allocation_deadline_seconds)
     cancel = max(settings.provider_giveup_seconds, settings.hold_grace_seconds)
