@@ -516,17 +516,33 @@ class Activations:
             )
 
     async def poll_forever(self) -> None:
-        """Claim due orders, poll them and finish done activations at the provider until stop."""
+        """Claim due orders and poll them at the provider until stop."""
         interval = self._w.settings.sms_poll_interval_seconds
         while not self._w.stop.is_set():
             ops.beat("sms-poller")
             try:
                 orders = await self._w.pool.fetch(Q.orders_claim_sms_poll, 50, interval)
                 await asyncio.gather(*(self.check(o) for o in orders))
-                await self.finish_due()
             except Exception:
                 log.exception("SMS poll failed")
             try:
                 await asyncio.wait_for(self._w.stop.wait(), min(interval, 1.0))
+            except TimeoutError:
+                pass
+
+    async def finish_forever(self) -> None:
+        """Finish done activations at the provider until stop.
+
+        A loop of its own: a provider that hangs on finishing must not slow the SMS poller,
+        which the next codes (and their settlement) wait for.
+        """
+        while not self._w.stop.is_set():
+            ops.beat("activation-finisher")
+            try:
+                await self.finish_due()
+            except Exception:
+                log.exception("finishing activations failed")
+            try:
+                await asyncio.wait_for(self._w.stop.wait(), 1.0)
             except TimeoutError:
                 pass

@@ -38,6 +38,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
                 stop,
                 worker.consumer(handle).run(stop),
                 activations.poll_forever(),
+                activations.finish_forever(),
                 rentals.poll_forever(),
                 activations.watch_balance(),
             )

@@ -314,7 +314,7 @@ async def test_the_poller_leaves_orders_with_a_code_alone_while_setstatus_fails(
     for order_id in (hold_id, late_id, prepaid_id):
         await sim.deliver((await get(stage.pool, order_id))["activation_id"], "123123")
 
-    loop = asyncio.create_task(stage.acts.poll_forever())
+    loop = asyncio.gather(stage.acts.poll_forever(), stage.acts.finish_forever())
     try:
         deadline = asyncio.get_running_loop().time() + 10
         while (await get(stage.pool, prepaid_id))["status"] != S.COMPLETED or (

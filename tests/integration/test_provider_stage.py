@@ -346,14 +346,14 @@ async def test_polled_sms_completes_the_order_and_finishes_the_activation(
 async def test_poller_loop_delivers_the_code(stage: tuple[Worker, Activations], sim: Sim) -> None:
     worker, acts = stage
     order = await waiting_order(worker, acts)
-    loop = asyncio.create_task(acts.poll_forever())
+    loop = asyncio.gather(acts.poll_forever(), acts.finish_forever())
     try:
         await sim.deliver(order["activation_id"], "777001")
         deadline = asyncio.get_running_loop().time() + 5
         while (await get(worker.pool, order["id"]))["status"] != S.COMPLETED:
             assert asyncio.get_running_loop().time() < deadline, "poller never completed"
             await asyncio.sleep(0.05)
-        # The loop finishes the activation at the provider after the completion.
+        # The finisher finishes the activation at the provider after the completion.
         while (await sim.activation(order["activation_id"]))["status"] != "FINISHED":
             assert asyncio.get_running_loop().time() < deadline, "poller never finished"
             await asyncio.sleep(0.05)
