@@ -17,7 +17,7 @@ CRASH_POINTS = {
     "payments.refund_sent": "the refund payment succeeded; nothing recorded",
     "payments.hold_settled": "the held payment was settled; completed not saved",
     "provider.number_bought": "the provider sold us a number; we did not record it",
-    "provider.activation_finished": "finished at the provider; completed not saved",
+    "provider.activation_finished": "finished at the provider; the finish not recorded",
     "gateway.order_invoiced": "L402 invoice made at the node; order row not committed",
     "gateway.hold_order_invoiced": "classic hold invoice made; order row not committed",
     "gateway.balance_debited": "prepaid debit and paid order written; not committed",

@@ -172,6 +172,26 @@ class HoldInvoices:
                     await self.release(order_id)
             except (LndError, Retry) as exc:
                 log.warning("hold sweep: %s", exc, extra={"order_id": order_id})
+        await self.record_missed_settles()
+
+    async def record_missed_settles(self) -> None:
+        """Record the settle of completed hold orders whose settle the node confirms.
+
+        A payments worker of the release before settled_at existed may still complete orders
+        during a rolling deploy; without this their customers, who paid, would never be shown
+        the code. An order whose HTLC the node gave back stays hidden (nothing was paid).
+        """
+        for row in await self._w.pool.fetch(Q.orders_hold_completed_unsettled, 100):
+            try:
+                invoice = await self._lnd.lookup_invoice(bytes(row["payment_hash"]))
+            except LndError as exc:
+                log.warning("hold sweep: %s", exc, extra={"order_id": row["id"]})
+                continue
+            if invoice.state == "SETTLED":
+                await self._w.pool.execute(Q.order_mark_settled, row["id"])
+                log.warning(
+                    "recorded a settle made without settled_at", extra={"order_id": row["id"]}
+                )
 
     async def sweep_forever(self) -> None:
         """Sweep until stop."""

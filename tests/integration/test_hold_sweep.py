@@ -113,3 +113,49 @@ async def test_reconcile_looks_up_only_invoices_no_longer_pending(
             assert (await asyncio.wait_for(sending, 10)).status == "FAILED"
     finally:
         await lnd.close()
+
+
+async def _completed_without_settled_at(pool: asyncpg.Pool, ln: Lightning, *, settle: bool) -> str:
+    """A hold order completed by a payments worker that did not record settled_at (an older
+    release mid deploy): its HTLC settled at the node, or given back when `settle` is false."""
+    order_id, payreq, payment_hash = await _hold_order(pool, ln)
+    paying = asyncio.create_task(ln.payer.pay(payreq, fee_limit_sat=0, timeout_seconds=30))
+    for _ in range(250):
+        if (await ln.merchant.lookup_invoice(payment_hash)).state == "ACCEPTED":
+            break
+        await asyncio.sleep(0.02)
+    order = await store.get(pool, order_id)
+    assert order is not None
+    if settle:
+        await ln.merchant.settle_invoice(bytes(order["preimage"]))
+    else:
+        await ln.merchant.cancel_invoice(payment_hash)
+    await paying
+    await pool.execute(
+        "UPDATE orders SET status = 'completed', paid_at = now(), sms_received_at = now(),"
+        " finished_at = now(), code = '4242', activation_id = '1', phone_number = '1555'"
+        " WHERE id = $1",
+        order_id,
+    )
+    return order_id
+
+
+async def test_the_sweep_records_a_settle_an_older_worker_did_not(
+    database_url: str, nats_url: str, bootstrapped: tuple[str, str], ln: Lightning
+) -> None:
+    settings = settings_for(database_url, nats_url, bootstrapped)
+    lnd = ln.client("merchant")
+    async with open_worker("payments", settings, asyncio.Event()) as worker:
+        holds = HoldInvoices(worker, lnd, InvoiceWatcher(worker, lnd))
+        settled = await _completed_without_settled_at(worker.pool, ln, settle=True)
+        given_back = await _completed_without_settled_at(worker.pool, ln, settle=False)
+
+        try:
+            await holds.sweep_once()
+        finally:
+            await lnd.close()
+
+        # The customer who paid is shown the code (settled_at gates it); the one whose HTLC
+        # went back is not.
+        assert (await store.get(worker.pool, settled))["settled_at"] is not None  # type: ignore[index]
+        assert (await store.get(worker.pool, given_back))["settled_at"] is None  # type: ignore[index]

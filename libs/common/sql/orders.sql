@@ -11,6 +11,15 @@ UPDATE orders SET next_poll_at = NULL WHERE id = $1 AND status = 'code_received'
 -- The hold invoice is SETTLED at the node: from now on the classic API shows the code.
 UPDATE orders SET settled_at = COALESCE(settled_at, now()) WHERE id = $1 AND payment_mode = 'hold';
 
+-- name: orders_hold_completed_unsettled
+-- Completed hold orders still holding a code but no settled_at: completed by a payments
+-- worker that did not record the settle (an older release, mid deploy), or whose HTLC the
+-- node gave back (never shown). Codes are purged after the retention, which ends the list.
+SELECT id, payment_hash FROM orders
+WHERE payment_mode = 'hold' AND status = 'completed' AND settled_at IS NULL
+  AND code IS NOT NULL
+LIMIT $1;
+
 -- name: order_finish_arm
 -- The order has its outcome (or its settle is under way): finish the activation at the
 -- provider as housekeeping, first try now.
