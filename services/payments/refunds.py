@@ -232,10 +232,12 @@ class RefundPayer:
     ) -> None:
         """Schedule another attempt with backoff, or give up once the node confirms no payment.
 
-        counted=False gives back the attempt the claim took: nothing reached the node.
+        counted=False gives back the attempt the claim took, if it took one (a re-claim after a
+        lease took none): nothing reached the node.
         """
         order_id: str = refund["order_id"]
-        attempts: int = refund["attempts"] if counted else refund["attempts"] - 1
+        give_back = not counted and bool(refund["new_attempt"])
+        attempts: int = refund["attempts"] - 1 if give_back else refund["attempts"]
         settings = self._w.settings
         if definite and attempts >= settings.refund_max_attempts:
             await self._give_up(refund, claim, reason)
@@ -244,7 +246,7 @@ class RefundPayer:
             settings.refund_retry_base_seconds * 2 ** max(attempts - 1, 0),
             REFUND_MAX_BACKOFF_SECONDS,
         )
-        query = Q.refund_retry_later if counted else Q.refund_retry_uncounted
+        query = Q.refund_retry_uncounted if give_back else Q.refund_retry_later
         await self._w.pool.execute(query, order_id, claim, reason, delay)
         metrics.REFUNDS.labels("retried").inc()
         log.warning(

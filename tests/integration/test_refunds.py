@@ -28,7 +28,7 @@ from aiohttp import web
 from libs.common import store
 from libs.common.config import Settings
 from libs.common.db import Q, transaction
-from libs.common.lightning import LndClient, Payment, PaymentNotInitiated
+from libs.common.lightning import LndClient, LndError, Payment, PaymentNotInitiated
 from libs.common.orders import Status
 from libs.common.runtime import Worker, open_worker
 from libs.common.store import NOW
@@ -983,3 +983,41 @@ async def _pay_beside_held_refunds(
     assert await all_held(), "the refunds were meant to be held throughout"
     for order in held:
         assert await order_status(worker.pool, order.id) == S.REFUND_PENDING
+
+
+class _TrackNeverAnswers(LndClient):
+    """A client whose track never reaches the node (as when it waits out the pool)."""
+
+    async def track_payment(self, payment_hash: bytes) -> AsyncIterator[Payment]:
+        """Fail before any answer, as aiohttp does when no connection frees up."""
+        raise LndError("LND stream GET /v2/router/track failed: pool wait timed out")
+        yield  # an async generator, like the real one
+
+
+async def test_a_reclaim_after_a_lease_gives_back_no_attempt_it_did_not_take(
+    database_url: str, nats_url: str, bootstrapped: tuple[str, str], ln: Lightning
+) -> None:
+    settings = make_settings(database_url, nats_url, bootstrapped)
+    info = ln.running.nodes_info["merchant"]
+    client = _TrackNeverAnswers(info["rest_url"], info["macaroon_hex"], None, timeout=10)
+    try:
+        async with open_worker("payments", settings, asyncio.Event()) as worker:
+            payer = RefundPayer(worker, client)
+            order = await make_order(worker.pool, ln)
+            await worker.pool.execute(Q.refund_insert, order.id)
+            # A worker claimed it (attempt 1) and died; its lease ran out.
+            first = await worker.pool.fetchrow(Q.refund_claim, order.id, 120.0, uuid.uuid4())
+            assert first is not None and first["new_attempt"] and first["attempts"] == 1
+            await worker.pool.execute(
+                "UPDATE refunds SET lease_until = now() - interval '1 second' WHERE order_id = $1",
+                order.id,
+            )
+
+            await payer.attempt(order.id)  # the re-claim's track never reaches the node
+
+            refund = await refund_row(worker.pool, order.id)
+            assert refund is not None
+            # Retried without counting, and without un-counting the dead worker's attempt.
+            assert (refund["status"], refund["attempts"]) == ("pending", 1)
+    finally:
+        await client.close()

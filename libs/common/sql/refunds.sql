@@ -21,17 +21,20 @@ SELECT * FROM refunds WHERE order_id = $1;
 -- Claims a refund for one attempt: a due pending one, or an in-flight one whose lease ran
 -- out (its worker died). The claimer always tracks the payment at the node before sending,
 -- and every later write names the claim, so a slow former claimer cannot overwrite it.
-UPDATE refunds
+-- new_attempt says whether this claim counted an attempt (only then may it give one back).
+WITH before AS (SELECT order_id, status FROM refunds WHERE order_id = $1 FOR UPDATE)
+UPDATE refunds r
 SET status = 'in_flight',
     -- Re-claiming an in-flight refund after its lease is not a new attempt.
-    attempts = attempts + CASE WHEN status = 'pending' THEN 1 ELSE 0 END,
+    attempts = r.attempts + CASE WHEN r.status = 'pending' THEN 1 ELSE 0 END,
     lease_until = now() + make_interval(secs => $2),
     claim_id = $3,
     updated_at = now()
-WHERE order_id = $1
-  AND ((status = 'pending' AND next_attempt_at <= now())
-       OR (status = 'in_flight' AND lease_until < now()))
-RETURNING *;
+FROM before b
+WHERE r.order_id = b.order_id
+  AND ((r.status = 'pending' AND r.next_attempt_at <= now())
+       OR (r.status = 'in_flight' AND r.lease_until < now()))
+RETURNING r.*, b.status = 'pending' AS new_attempt;
 
 -- name: refunds_due
 SELECT order_id FROM refunds
