@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -206,3 +207,32 @@ async def test_the_cap_query_is_served_by_the_partial_index(pool: asyncpg.Pool) 
         await conn.execute("SET LOCAL enable_seqscan = off")
         plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {Q.unpaid_count_for_client}", "x")
     assert "orders_unpaid_by_client" in json.dumps(plan), plan
+
+
+async def test_an_undecodable_forwarded_entry_is_counted_as_the_peer_not_a_500(
+    database_url: str,
+    nats_url: str,
+    bootstrapped: tuple[str, str],
+    ln: Lightning,
+    sim_url: str,
+    pool: asyncpg.Pool,
+) -> None:
+    settings = replace(
+        _settings(database_url, nats_url, bootstrapped, ln, sim_url), trusted_proxy_hops=1
+    )
+    body = b'{"country": "US", "service": "tg"}'
+    async with gateway(settings, pool) as client:
+        # A client that skipped our proxy writes the entry itself: bytes that are not UTF-8,
+        # which aiohttp keeps as lone surrogates and asyncpg cannot encode.
+        for forwarded in (b"\xff\xfe", b"junk", b"[2001:db8:1:2::9]:443"):
+            reader, writer = await asyncio.open_connection(client.host, client.port)
+            writer.write(
+                b"POST /createorder HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                b"Content-Type: application/json\r\nX-Forwarded-For: " + forwarded + b"\r\n"
+                b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            )
+            answer = await reader.read()
+            writer.close()
+            assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+        rows = await pool.fetch("SELECT client_addr FROM orders ORDER BY created_at")
+        assert [r["client_addr"] for r in rows] == ["127.0.0.1", "127.0.0.1", "2001:db8:1:2::/64"]
