@@ -37,8 +37,9 @@ class Settings:
     # Hold invoices are found ACCEPTED by paging ListInvoices (pending only) this many at a
     # time each sweep: the node calls per sweep grow by one per page, never per invoice.
     hold_scan_page_size: int = 500
-    # Unpaid orders (and top-up invoices) one client address may have open at once; past it
-    # order creation answers 429 RATE_LIMITED. 0 turns the cap off.
+    # Unpaid orders (L402 and classic; /fund top-ups need an API key and are not counted) one
+    # client address may have open at once; past it order creation answers 429 RATE_LIMITED.
+    # 0 turns the cap off.
     max_unpaid_per_client: int = 20
 
     provider_url: str = "http://127.0.0.1:8090"

@@ -20,7 +20,7 @@ from libs.common.logs import ACCESS_LOGGER, LOG_CONTEXT, AccessLogger, register_
 from libs.common.runtime import close_all, start_background
 from libs.common.sms import HeroSmsClient
 from services.gateway import classic, classic_catalog, discovery, views, webhooks
-from services.gateway.errors import error_middleware
+from services.gateway.errors import error_middleware, mark_classic
 from services.gateway.keys import JS_CONN, LND, NETWORK, POOL, PROVIDER, SETTINGS
 from services.gateway.limits import rate_limit_middleware
 
@@ -82,18 +82,22 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/v2/l402/services", views.services)
     app.router.add_get("/v2/l402/catalog", discovery.catalog)
     app.router.add_post("/v2/l402/webhooks/rent", webhooks.rent_sms)
-    # The classic API: hold invoices, paid only when the code is delivered.
-    app.router.add_get(CLASSIC_OPENAPI_ROUTE, classic_openapi)
-    app.router.add_post("/createorder", classic.create_order)
-    app.router.add_get("/orderstatus", classic.order_status)
-    app.router.add_get("/cancelorder", classic.cancel_order)
-    app.router.add_post("/fund", classic.fund)
-    app.router.add_get("/balance", classic.balance)
-    app.router.add_get("/history", classic.history)
-    app.router.add_get("/getCountries", classic_catalog.get_countries)
-    app.router.add_get("/getnumbersstatus", classic_catalog.get_numbers_status)
-    app.router.add_get("/getRentalCountries", classic_catalog.get_rental_countries)
-    app.router.add_get("/price", classic_catalog.price)
+    # The classic API: hold invoices, paid only when the code is delivered. Marked, so that
+    # the gateway-wide errors (413, 429, 503, 500) answer its routes in its own error body.
+    for route in (
+        app.router.add_get(CLASSIC_OPENAPI_ROUTE, classic_openapi),
+        app.router.add_post("/createorder", classic.create_order),
+        app.router.add_get("/orderstatus", classic.order_status),
+        app.router.add_get("/cancelorder", classic.cancel_order),
+        app.router.add_post("/fund", classic.fund),
+        app.router.add_get("/balance", classic.balance),
+        app.router.add_get("/history", classic.history),
+        app.router.add_get("/getCountries", classic_catalog.get_countries),
+        app.router.add_get("/getnumbersstatus", classic_catalog.get_numbers_status),
+        app.router.add_get("/getRentalCountries", classic_catalog.get_rental_countries),
+        app.router.add_get("/price", classic_catalog.price),
+    ):
+        mark_classic(app, route)
     app.router.add_post("/v2/l402/order", views.create_order)
     app.router.add_get("/v2/l402/order/{order_id}", views.get_order)
     app.router.add_post("/v2/l402/order/{order_id}/cancel", views.cancel_order)

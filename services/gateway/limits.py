@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import time
 from collections.abc import Awaitable, Callable
 
@@ -14,8 +16,12 @@ from services.gateway.errors import rate_limited
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-# A proxy's entry is an address (maybe with a port); anything longer is junk, and a bucket key.
-_MAX_ADDRESS = 64
+# An X-Forwarded-For entry: an address, maybe with a port ("1.2.3.4:80", "[2001:db8::1]:80").
+_BRACKETED = re.compile(r"\[([^\]]+)\](?::[0-9]{1,5})?")
+_V4_WITH_PORT = re.compile(r"([0-9.]+):[0-9]{1,5}")
+# Anyone with one IPv6 subscriber line is handed at least a /64: rotating addresses inside it
+# must not buy fresh buckets or a fresh unpaid-order cap.
+_V6_CLIENT_PREFIX = 64
 
 
 def proxy_hops(settings: Settings) -> int:
@@ -25,16 +31,42 @@ def proxy_hops(settings: Settings) -> int:
     return 1 if settings.trust_forwarded_for else 0
 
 
+def address_key(text: str) -> str | None:
+    """The key an address is counted by, or None when text is not one address (maybe with a port).
+
+    IPv4 is counted by the address, IPv6 by its /64 (e.g. "2001:db8:1:2::/64"), and an
+    IPv4-mapped IPv6 address ("::ffff:1.2.3.4") as the IPv4 address it carries. Whatever else
+    a client writes (junk, undecodable bytes, which aiohttp keeps as lone surrogates) is None,
+    so it can neither become a key of its own nor reach the database.
+    """
+    text = text.strip()
+    if (match := _BRACKETED.fullmatch(text) or _V4_WITH_PORT.fullmatch(text)) is not None:
+        text = match.group(1)
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv4Address):
+        return str(address)
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    # From the integer, so a scope id ("fe80::1%eth0") does not survive into the key.
+    prefix = int(address) >> (128 - _V6_CLIENT_PREFIX) << (128 - _V6_CLIENT_PREFIX)
+    return str(ipaddress.IPv6Network((prefix, _V6_CLIENT_PREFIX)))
+
+
 def client_address(request: web.Request, settings: Settings) -> str:
     """The client as the outermost of our trusted proxies saw it (the socket peer for 0 hops).
 
     Each trusted proxy appends the address it received the request from, so the rightmost
     `hops` entries of X-Forwarded-For are ours and the hops-th from the right is the client;
     everything to its left was sent by the client and is never trusted. With fewer entries
-    than hops (a request that skipped our outer proxies), every entry present was still
-    written by one of ours, so the leftmost is used; with none, the socket peer.
+    than hops (a request that skipped our outer proxies), the leftmost entry is used; the
+    client may have written it, so it counts only if it is an address, else the socket peer
+    does. The result is `address_key`'s (an IPv6 client is its /64).
     """
     peer = request.remote or "unknown"
+    peer = address_key(peer) or peer
     hops = proxy_hops(settings)
     if hops == 0:
         return peer
@@ -43,7 +75,7 @@ def client_address(request: web.Request, settings: Settings) -> str:
     if entries == [""]:
         return peer
     chosen = entries[-hops] if len(entries) >= hops else entries[0]
-    return chosen.strip()[:_MAX_ADDRESS] or peer
+    return address_key(chosen) or peer
 
 
 class ChallengeBudget:

@@ -7,8 +7,10 @@ Past the cap, order creation answers 429 RATE_LIMITED with Retry-After and creat
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -17,6 +19,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from libs.common.config import Settings
+from libs.common.db import Q
 from libs.common.sms import HeroSmsClient
 from services.gateway.app import init_app
 from services.scheduler.catalog import refresh_catalog, refresh_fx
@@ -165,3 +168,71 @@ async def test_concurrent_creates_never_leave_more_than_the_cap(
         # An invoice made for a create that lost the race is cancelled, not left open.
         states = [i.state for i in ln.running.nodes["merchant"].state.invoices.values()]
         assert states.count("OPEN") == CAP, states
+
+
+async def test_an_order_whose_invoice_expired_frees_its_slot_before_the_worker_catches_up(
+    database_url: str,
+    nats_url: str,
+    bootstrapped: tuple[str, str],
+    ln: Lightning,
+    sim_url: str,
+    pool: asyncpg.Pool,
+) -> None:
+    settings = _settings(database_url, nats_url, bootstrapped, ln, sim_url)
+    async with gateway(settings, pool) as client:
+        for _ in range(CAP):
+            resp = await client.post("/createorder", json={"country": "US", "service": "tg"})
+            assert resp.status == 200, await resp.text()
+        # The payments worker is down: the oldest order's invoice expired, but its row still
+        # says pending_payment. It can no longer be paid, so it no longer holds a slot.
+        expired = await pool.fetchval(
+            "UPDATE orders SET invoice_expires_at = now() - interval '1 second'"
+            " WHERE id = (SELECT id FROM orders ORDER BY created_at LIMIT 1) RETURNING id"
+        )
+        resp = await client.post("/createorder", json={"country": "US", "service": "tg"})
+        assert resp.status == 200, await resp.text()
+        assert await pool.fetchval("SELECT status FROM orders WHERE id = $1", expired) == (
+            "pending_payment"
+        )
+        # Full again: Retry-After counts down to the oldest order that can still be paid,
+        # never a 1 s retry loop on the expired one.
+        before = await _counts(pool, ln)
+        resp = await client.post("/createorder", json={"country": "US", "service": "tg"})
+        await _assert_refused(resp, pool, ln, before)
+
+
+async def test_the_cap_query_is_served_by_the_partial_index(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        # A tiny table is cheaper to scan whole; forbid that to see whether the index fits.
+        await conn.execute("SET LOCAL enable_seqscan = off")
+        plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {Q.unpaid_count_for_client}", "x")
+    assert "orders_unpaid_by_client" in json.dumps(plan), plan
+
+
+async def test_an_undecodable_forwarded_entry_is_counted_as_the_peer_not_a_500(
+    database_url: str,
+    nats_url: str,
+    bootstrapped: tuple[str, str],
+    ln: Lightning,
+    sim_url: str,
+    pool: asyncpg.Pool,
+) -> None:
+    settings = replace(
+        _settings(database_url, nats_url, bootstrapped, ln, sim_url), trusted_proxy_hops=1
+    )
+    body = b'{"country": "US", "service": "tg"}'
+    async with gateway(settings, pool) as client:
+        # A client that skipped our proxy writes the entry itself: bytes that are not UTF-8,
+        # which aiohttp keeps as lone surrogates and asyncpg cannot encode.
+        for forwarded in (b"\xff\xfe", b"junk", b"[2001:db8:1:2::9]:443"):
+            reader, writer = await asyncio.open_connection(client.host, client.port)
+            writer.write(
+                b"POST /createorder HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                b"Content-Type: application/json\r\nX-Forwarded-For: " + forwarded + b"\r\n"
+                b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            )
+            answer = await reader.read()
+            writer.close()
+            assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+        rows = await pool.fetch("SELECT client_addr FROM orders ORDER BY created_at")
+        assert [r["client_addr"] for r in rows] == ["127.0.0.1", "127.0.0.1", "2001:db8:1:2::/64"]

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
+from types import SimpleNamespace
+from typing import cast
 from unittest import mock
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from libs.common.config import Settings
 from services.gateway.errors import error_middleware
-from services.gateway.limits import charge_challenge, client_address, rate_limit_middleware
+from services.gateway.limits import (
+    address_key,
+    charge_challenge,
+    client_address,
+    rate_limit_middleware,
+)
 
 
 async def _ok(request: web.Request) -> web.Response:
@@ -116,6 +124,103 @@ def test_client_address_counts_trusted_hops_from_the_right(
     hops: int, forwarded: tuple[str, ...], expected: str
 ) -> None:
     assert client_address(_request("10.0.0.9", *forwarded), _hops(hops)) == expected
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "junk",
+        "unknown",
+        "1.2.3.4.5",
+        "01.2.3.4",
+        "1.2.3.4:",
+        "1.2.3.4:port",
+        "1.2.3.4:123456",
+        "[1.2.3.4",
+        "2001:db8::1]:80",
+        "[not-an-address]:80",
+        "\udcff\udcfe",  # undecodable header bytes, as aiohttp hands them over
+        "1.2.3.4\udcff",
+        "x" * 500,
+    ],
+)
+def test_an_entry_that_is_not_an_address_falls_back_to_the_peer(entry: str) -> None:
+    # One hop: the chosen entry is the rightmost, which a client that skipped our proxy wrote.
+    assert client_address(_decoded_request("10.0.0.9", entry), _hops(1)) == "10.0.0.9"
+    # Fewer entries than hops: the leftmost, which the client may have written too.
+    two = _decoded_request("10.0.0.9", f"{entry}, 1.1.1.1")
+    assert client_address(two, _hops(3)) == "10.0.0.9"
+
+
+def _decoded_request(peer: str, forwarded: str) -> web.Request:
+    """A request as the handler sees it once aiohttp decoded its headers (surrogates kept).
+
+    make_mocked_request re-encodes headers as strict UTF-8, which lone surrogates cannot pass.
+    """
+    headers = CIMultiDictProxy(CIMultiDict({"X-Forwarded-For": forwarded}))
+    return cast(web.Request, SimpleNamespace(remote=peer, headers=headers))
+
+
+async def test_undecodable_forwarded_bytes_on_the_wire_never_reach_the_key() -> None:
+    seen: list[str] = []
+
+    async def record(request: web.Request) -> web.Response:
+        key = client_address(request, _hops(1))
+        key.encode()  # what asyncpg does with it: a lone surrogate raises here
+        seen.append(key)
+        return web.json_response({"ok": True})
+
+    app = web.Application(middlewares=[error_middleware])
+    app.router.add_get("/x", record)
+    async with TestServer(app) as server:
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        writer.write(
+            b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"X-Forwarded-For: 6.6.6.6, \xff\xfe1.2.3.4\r\n\r\n"
+        )
+        answer = await reader.read()
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    assert seen == ["127.0.0.1"]
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ("1.2.3.4", "1.2.3.4"),
+        (" 1.2.3.4:8080 ", "1.2.3.4"),
+        ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::/64"),
+        ("[2001:db8:1:2::5]", "2001:db8:1:2::/64"),
+        ("[2001:db8:1:2::5]:443", "2001:db8:1:2::/64"),
+        ("2001:DB8:1:2::5", "2001:db8:1:2::/64"),
+        ("fe80::1%eth0", "fe80::/64"),
+        ("::ffff:1.2.3.4", "1.2.3.4"),
+        ("[::ffff:1.2.3.4]:80", "1.2.3.4"),
+        ("::1", "::/64"),
+    ],
+)
+def test_an_address_entry_is_keyed_ipv4_by_address_and_ipv6_by_its_64(
+    entry: str, expected: str
+) -> None:
+    assert address_key(entry) == expected
+    assert client_address(_request("10.0.0.9", f"6.6.6.6, {entry}"), _hops(1)) == expected
+
+
+def test_rotating_ipv6_addresses_in_one_64_is_one_client() -> None:
+    seen = {
+        client_address(_request("10.0.0.2", f"2001:db8:1:2::{n:x}"), _hops(1))
+        for n in range(1, 200, 7)
+    }
+    assert seen == {"2001:db8:1:2::/64"}
+    # The neighbouring /64 is another client.
+    assert client_address(_request("10.0.0.2", "2001:db8:1:3::1"), _hops(1)) != seen.pop()
+
+
+def test_the_socket_peer_is_keyed_the_same_way() -> None:
+    assert client_address(_request("2001:db8:1:2::7"), _hops(0)) == "2001:db8:1:2::/64"
+    assert client_address(_request("::ffff:10.0.0.9"), _hops(0)) == "10.0.0.9"
+    # An invalid entry falls back to the peer's key, not its raw text.
+    assert client_address(_request("2001:db8:1:2::7", "junk"), _hops(1)) == "2001:db8:1:2::/64"
 
 
 def test_a_spoofed_leftmost_entry_never_becomes_the_client() -> None:

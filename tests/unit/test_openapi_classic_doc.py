@@ -47,7 +47,7 @@ def test_every_classic_route_is_documented_and_nothing_else(doc: dict[str, Any])
     assert _documented(doc) == registered
 
 
-def test_every_error_is_a_json_error_body(doc: dict[str, Any]) -> None:
+def test_every_error_is_the_classic_body(doc: dict[str, Any]) -> None:
     resolver = _Resolver(doc)
     classic = _validator(doc, "ClassicError")
     for path, item in doc["paths"].items():
@@ -62,18 +62,35 @@ def test_every_error_is_a_json_error_body(doc: dict[str, Any]) -> None:
                     continue
                 schema = resolver.deref(response)["content"]["application/json"]["schema"]
                 validator = _validator_for(doc, schema)
-                # Each error schema accepts the classic body or the gateway's, nothing looser.
-                accepts_classic = validator.is_valid({"status": "error", "reason": "x"})
+                # The gateway-wide failures (413, 429, 503, 500) too: the classic body only.
+                assert validator.is_valid({"status": "error", "reason": "x"}), (method, path)
                 gateway_body = {"error": {"code": _code(status), "message": "x"}}
-                accepts_gateway = validator.is_valid(gateway_body)
-                assert accepts_classic or accepts_gateway, f"{method} {path} {status}"
+                assert not validator.is_valid(gateway_body), f"{method} {path} {status}"
                 assert not validator.is_valid({"status": "OK"}), f"{method} {path} {status}"
     assert classic.is_valid({"status": "error", "reason": "x"})
     assert not classic.is_valid({"status": "error"})
 
 
 def _code(status: str) -> str:
-    return {"413": "PAYLOAD_TOO_LARGE", "429": "RATE_LIMITED", "500": "INTERNAL"}.get(status, "")
+    return {
+        "413": "PAYLOAD_TOO_LARGE",
+        "429": "RATE_LIMITED",
+        "500": "INTERNAL",
+        "503": "UNAVAILABLE",
+    }.get(status, "")
+
+
+def test_every_operation_that_reads_the_database_documents_503(doc: dict[str, Any]) -> None:
+    resolver = _Resolver(doc)
+    # Only the document itself is served without PostgreSQL.
+    without_database = {("get", CLASSIC_OPENAPI_ROUTE)}
+    for path, item in doc["paths"].items():
+        for method, operation in item.items():
+            if method not in HTTP_METHODS or (method, path) in without_database:
+                continue
+            assert "503" in operation["responses"], f"{method} {path}: 503 is not documented"
+            response = resolver.deref(operation["responses"]["503"])
+            assert "Retry-After" in response["headers"], f"{method} {path}"
 
 
 def test_limited_operations_document_429_with_retry_after(doc: dict[str, Any]) -> None:
