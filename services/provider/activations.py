@@ -134,6 +134,8 @@ class Activations:
             earlier = await store.get(self._w.pool, order["reactivates"])
             if earlier is None or not earlier["activation_id"]:
                 raise sms.NotFound("NO_ACTIVATION", detail="the earlier activation is unknown")
+            if earlier["finish_due_at"] is not None:
+                await self._finish_before_reactivating(earlier)
             activation = await self._provider.reactivate(earlier["activation_id"])
             # `reactivate` takes no maxPrice: check the cost it reports against our quote.
             if activation.cost_usd > self._price_cap(order):
@@ -153,6 +155,16 @@ class Activations:
             country_id=order["country_id"],
             max_price_usd=self._price_cap(order),
         )
+
+    async def _finish_before_reactivating(self, earlier: asyncpg.Record) -> None:
+        """Finish the earlier activation now: the provider reactivates only a finished one, and
+        its housekeeping finish may not have run yet (a provider error here is the purchase's:
+        transient ones retry, others refund)."""
+        try:
+            await self._provider.finish(earlier["activation_id"])
+        except (sms.ActivationNotActive, sms.NotFound):
+            pass  # already over at the provider
+        await self._w.pool.execute(Q.order_finish_done, earlier["id"])
 
     async def _check_rent_price(self, order: asyncpg.Record) -> None:
         """Refuse (PriceTooLow) to rent when the provider's current price is above our quote.

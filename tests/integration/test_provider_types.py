@@ -79,15 +79,22 @@ async def paid(stage: Stage, **kind: Any) -> str:
     return order_id
 
 
-async def completed_receive_sms(stage: Stage, sim: Sim) -> asyncpg.Record:  # noqa: F811
-    """A receive-sms order whose code came and whose window closed."""
+async def completed_receive_sms(
+    stage: Stage,
+    sim: Sim,  # noqa: F811
+    *,
+    finished: bool = True,
+) -> asyncpg.Record:
+    """A receive-sms order whose code came and whose window closed (and, unless `finished` is
+    false, whose activation the housekeeping already finished at the provider)."""
     order_id = await paid(stage)
     await stage.acts.allocate(order_id)
     order = await get(stage.pool, order_id)
     await sim.deliver(order["activation_id"], "11111")
     await stage.acts.check(await claim_for_poll(stage.pool, order_id))
     await stage.acts.close(order_id)
-    await stage.acts.finish_due()
+    if finished:
+        await stage.acts.finish_due()
     order = await get(stage.pool, order_id)
     assert order["status"] == S.COMPLETED
     return order
@@ -271,6 +278,25 @@ async def test_a_reactivation_reuses_the_number_and_is_not_refunded_without_sms(
     assert (await get(stage.pool, order_id))["status"] == S.FAILED
     assert await refund_rows(stage.pool, order_id) == 0
     assert (await sim.activation(order["activation_id"]))["status"] == "CANCEL"
+
+
+async def test_a_reactivation_right_after_completion_finishes_the_earlier_activation_first(
+    stage: Stage,
+    sim: Sim,  # noqa: F811
+) -> None:
+    # The customer asks again before the housekeeping finished the earlier activation; the
+    # provider reactivates only a finished one.
+    earlier = await completed_receive_sms(stage, sim, finished=False)
+    assert (await sim.activation(earlier["activation_id"]))["status"] != "FINISHED"
+    order_id = await paid(stage, order_type="receive-sms-reactivate", reactivates=earlier["id"])
+
+    await stage.acts.allocate(order_id)
+
+    order = await get(stage.pool, order_id)
+    assert order["status"] == S.WAITING_FOR_SMS
+    assert order["phone_number"] == earlier["phone_number"]
+    assert (await sim.activation(earlier["activation_id"]))["status"] == "FINISHED"
+    assert (await get(stage.pool, earlier["id"]))["finish_due_at"] is None
 
 
 async def test_a_reactivation_the_provider_refuses_is_refunded(
