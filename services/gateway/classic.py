@@ -159,8 +159,7 @@ async def create_order(request: web.Request) -> web.Response:
         return _error(exc.status, exc.message)
     if account_id is not None:
         return await _create_paid_from_balance(request, account_id, service, offer, price)
-    if (refused := await unpaid.refuse(request, request.app[POOL], classic=True)) is not None:
-        return refused
+    await unpaid.refuse(request, request.app[POOL])
     order_id = secrets.token_hex(32)
     held = await _hold_invoice(
         request, price, f"sms4sats {service} order", settings.order_timeout_seconds
@@ -170,8 +169,7 @@ async def create_order(request: web.Request) -> web.Response:
     preimage, payment_hash, invoice = held
     expires_at = datetime.now(UTC) + timedelta(seconds=settings.invoice_expiry_seconds)
     async with transaction(request.app[POOL]) as conn:
-        if (refused := await unpaid.claim(conn, request, payment_hash, classic=True)) is not None:
-            return refused
+        await unpaid.claim(conn, request, payment_hash)
         await conn.execute(
             Q.order_insert_hold,
             order_id,

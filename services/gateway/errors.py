@@ -54,12 +54,10 @@ def _failure(request: web.Request, status: int, code: str, message: str) -> web.
     return error_response(status, code, message)
 
 
-def rate_limited(wait_seconds: float) -> ApiError:
+def rate_limited(wait_seconds: float, message: str = "too many requests; slow down") -> ApiError:
     """429 RATE_LIMITED with the Retry-After (whole seconds, at least 1) the client should wait."""
     retry_after = str(max(1, math.ceil(wait_seconds)))
-    return ApiError(
-        429, "RATE_LIMITED", "too many requests; slow down", headers={"Retry-After": retry_after}
-    )
+    return ApiError(429, "RATE_LIMITED", message, headers={"Retry-After": retry_after})
 
 
 class StaleCredential(ApiError):

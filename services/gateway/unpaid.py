@@ -11,7 +11,6 @@ address, which the new row's `client_addr` default reads (migration 0006).
 from __future__ import annotations
 
 import logging
-import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,7 +19,7 @@ from aiohttp import web
 
 from libs.common.db import Q
 from libs.common.lightning import LndError
-from services.gateway.errors import error_response
+from services.gateway.errors import ApiError, rate_limited
 from services.gateway.keys import LND, SETTINGS
 from services.gateway.limits import client_address
 
@@ -34,21 +33,12 @@ def _address(request: web.Request) -> str:
     return client_address(request, request.app[SETTINGS])
 
 
-def retry_after(first_expiry: datetime | None, now: datetime) -> int:
-    """Whole seconds until the client's oldest unpaid order expires and frees a slot (>= 1)."""
-    if first_expiry is None:
-        return 1
-    return max(1, math.ceil((first_expiry - now).total_seconds()))
-
-
-def _refusal(row: Any, *, classic: bool) -> web.Response:
-    """The 429 in the API's own error style, with Retry-After."""
-    if classic:
-        resp = web.json_response({"status": "error", "reason": REASON}, status=429)
-    else:
-        resp = error_response(429, "RATE_LIMITED", REASON)
-    resp.headers["Retry-After"] = str(retry_after(row["first_expiry"], datetime.now(UTC)))
-    return resp
+def _refusal(row: Any) -> ApiError:
+    """The 429 with Retry-After = seconds until the client's oldest unpaid order expires (the
+    error middleware answers it in the body of the route's API)."""
+    first_expiry: datetime | None = row["first_expiry"]
+    wait = 1.0 if first_expiry is None else (first_expiry - datetime.now(UTC)).total_seconds()
+    return rate_limited(wait, REASON)
 
 
 async def _over_cap(conn: asyncpg.Connection | asyncpg.Pool, address: str, cap: int) -> Any:
@@ -57,35 +47,34 @@ async def _over_cap(conn: asyncpg.Connection | asyncpg.Pool, address: str, cap: 
     return row if row is not None and row["unpaid"] >= cap else None
 
 
-async def refuse(request: web.Request, pool: asyncpg.Pool, *, classic: bool) -> web.Response | None:
-    """Before any invoice: the 429 to answer if this client is at the cap, else None."""
+async def refuse(request: web.Request, pool: asyncpg.Pool) -> None:
+    """Before any invoice: raise the 429 if this client is at the cap."""
     cap = request.app[SETTINGS].max_unpaid_per_client
     if cap <= 0:
-        return None
+        return
     row = await _over_cap(pool, _address(request), cap)
-    return None if row is None else _refusal(row, classic=classic)
+    if row is not None:
+        raise _refusal(row)
 
 
-async def claim(
-    conn: asyncpg.Connection, request: web.Request, payment_hash: bytes, *, classic: bool
-) -> web.Response | None:
+async def claim(conn: asyncpg.Connection, request: web.Request, payment_hash: bytes) -> None:
     """In the insert transaction, before the insert: recount under the client's lock.
 
-    None: go on (the new row records the address). A response: answer it and insert nothing;
-    the invoice just made for the order is cancelled so nothing is left behind.
+    Returns to go on (the new row records the address). Raises the 429 to insert nothing;
+    the invoice just made for the order is cancelled first so nothing is left behind.
     """
     address = _address(request)
     await conn.execute(Q.unpaid_tag_transaction, address)
     cap = request.app[SETTINGS].max_unpaid_per_client
     if cap <= 0:
-        return None
+        return
     await conn.execute(Q.unpaid_lock_client, address)
     row = await _over_cap(conn, address, cap)
     if row is None:
-        return None
+        return
     try:
         await request.app[LND].cancel_invoice(payment_hash, money=False)
     except (LndError, OSError, TimeoutError) as exc:
         # Unpaid and unlisted anywhere: the node cancels it at its expiry all the same.
         log.warning("could not cancel the invoice of a refused order: %s", exc)
-    return _refusal(row, classic=classic)
+    raise _refusal(row)

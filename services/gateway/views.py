@@ -138,8 +138,7 @@ async def create_order(request: web.Request) -> web.Response:
             offer = best_offer(snap.catalog, req.service, req.country)
     # The quote is what the invoice asks for and what the order row stores.
     price = price_for(offer.cost_usd, usable_rate(request, snap), settings)
-    if (refused := await unpaid.refuse(request, pool, classic=False)) is not None:
-        return refused
+    await unpaid.refuse(request, pool)
     order_id = str(uuid.uuid4())
     try:
         invoice = await request.app[LND].add_invoice(
@@ -161,9 +160,7 @@ async def create_order(request: web.Request) -> web.Response:
     expires_at = datetime.now(UTC) + timedelta(seconds=settings.invoice_expiry_seconds)
     try:
         async with transaction(pool) as conn:
-            refused = await unpaid.claim(conn, request, invoice.r_hash, classic=False)
-            if refused is not None:
-                return refused
+            await unpaid.claim(conn, request, invoice.r_hash)
             await _insert_order(conn, order_id, req, offer, price, invoice, expires_at)
             await conn.execute(Q.token_insert, l402.root_key_id(identifier), root_key, order_id)
             await store.set_timer(

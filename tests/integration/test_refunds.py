@@ -974,7 +974,11 @@ async def _pay_beside_held_refunds(
         "UPDATE refunds SET lease_until = now() - interval '1 second' WHERE status = 'in_flight'"
     )
     retracks = [asyncio.create_task(payer.attempt(o.id)) for o in held]
-    await asyncio.sleep(0.3)  # the re-tracks hold their connections now
+
+    async def pool_full() -> bool:
+        return lnd.connections()["money"] == REFUND_SLOTS
+
+    await _until(pool_full, "the re-tracks to hold every payment connection")
 
     other = await make_order(worker.pool, ln)
     await asyncio.wait_for(payer.request(other.id), 15)
