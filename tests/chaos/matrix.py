@@ -259,6 +259,7 @@ async def run_phase(chaos: Chaos, fault: Fault) -> PhaseResult:
     traffic.reset()
     payer_before = await _retry(chaos.payer.channel_balance_sat)
     account_before = await _retry(account_balance, chaos)
+    started = await _retry(lambda: chaos.pool.fetchval("SELECT now()"))
     orphans_before, _ = await orphan_invoices(chaos)
     stop = asyncio.Event()
     stream = asyncio.ensure_future(traffic.run(stop, ROUND_SECONDS))
@@ -272,7 +273,7 @@ async def run_phase(chaos: Chaos, fault: Fault) -> PhaseResult:
         stop.set()
         await stream
     await traffic.drain(within=GRACE_SECONDS + 200)
-    rows, findings = await settle(chaos)
+    rows, findings = await settle(chaos, started)
     findings += await money_checks(chaos, rows, payer_before, account_before)
     findings += traffic.violations
     # A fault may refuse requests (503, or no answer from a killed gateway), never crash them.
@@ -318,9 +319,17 @@ def _done(row: asyncpg.Record) -> bool:
     return bool(row["status"] in TERMINAL or row["status"] == "rent_active")
 
 
-async def settle(chaos: Chaos) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """Wait until every order of the phase ended or passed its deadline plus grace."""
+# Prepaid orders committed in the phase whose answer never reached the customer (the gateway
+# was killed while it sent it): the account paid for them all the same, so they count.
+UNSEEN_PREPAID = "SELECT id FROM orders WHERE payment_mode = 'balance' AND created_at >= $1"
+
+
+async def settle(chaos: Chaos, started: Any) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """Wait until every order of the phase (placed, or prepaid and debited but never answered)
+    ended or passed its deadline plus grace."""
     ids = [p.order_id for p in chaos.traffic.placed]
+    unseen = await _retry(lambda: chaos.pool.fetch(UNSEEN_PREPAID, started))
+    ids += [r["id"] for r in unseen if r["id"] not in set(ids)]
     terminal = sorted(TERMINAL)
     while True:
         records = await _retry(lambda: chaos.pool.fetch(ROWS, ids, terminal))
@@ -350,6 +359,11 @@ async def money_checks(
     findings: list[str] = []
     expected_payer = 0
     expected_account = 0
+    placed_ids = {p.order_id for p in chaos.traffic.placed}
+    for order_id, unseen in rows.items():
+        if order_id not in placed_ids and unseen["payment_mode"] == "balance":
+            if unseen["status"] != "refunded":  # debited although its answer was lost
+                expected_account -= int(unseen["price_sats"])
     for placed in chaos.traffic.placed:
         row = rows.get(placed.order_id)
         if row is None:
