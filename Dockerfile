@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # One image for every sms4sats process; compose/Kubernetes choose the command per service:
 #   python -m services.gateway | services.payments | services.provider | services.scheduler
-#   python -m libs.common.bootstrap [--migrate-only | --streams-only]
+#   python -m libs.common.tools.bootstrap [--migrate-only | --streams-only]
 #   python -m sandbox.lnsim ... | python -m sandbox.smssim ...   (sandbox profile only)
 # The base is pinned to an exact patch tag. Its digest could not be verified on the offline
 # build machine; pin it where a registry answers:

@@ -48,10 +48,10 @@ fmt: $(STAMP)
 	$(VENV)/bin/ruff format .
 
 bootstrap: $(STAMP) ## Apply migrations and create streams against SMS4SATS_* servers
-	$(PY) -m libs.common.bootstrap
+	$(PY) -m libs.common.tools.bootstrap
 
 catalog: $(STAMP) ## Refresh the catalog and the BTC/USD rate now (against SMS4SATS_* servers)
-	$(PY) -m services.scheduler.catalog refresh
+	$(PY) -m services.scheduler.catalog_refresh refresh
 
 reset: ## Wipe the dev stack's data (.dev/)
 	rm -rf .dev

@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from libs.common.lightning import LndClient
+from libs.common.adapters.lightning import LndClient
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -315,13 +315,17 @@ class Stack:
         provider_url = json.loads(ready.read_text())["url"]
 
         env = self.service_env(nodes, provider_url)
-        boot = subprocess.run([py, "-m", "libs.common.bootstrap"], env=env, capture_output=True)
+        boot = subprocess.run(
+            [py, "-m", "libs.common.tools.bootstrap"], env=env, capture_output=True
+        )
         if boot.returncode != 0:
             sys.stderr.buffer.write(boot.stdout + boot.stderr)
             raise RuntimeError("bootstrap (migrations + streams) failed")
         # Catalog and rate before any service starts: the gateway sells nothing without them.
         refresh = subprocess.run(
-            [py, "-m", "services.scheduler.catalog", "refresh"], env=env, capture_output=True
+            [py, "-m", "services.scheduler.catalog_refresh", "refresh"],
+            env=env,
+            capture_output=True,
         )
         if refresh.returncode != 0:
             sys.stderr.buffer.write(refresh.stdout + refresh.stderr)

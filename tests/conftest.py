@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from libs.common import db
+from libs.common.persistence import db
 
 
 def _docker_answers() -> bool:

@@ -6,8 +6,8 @@ import asyncio
 
 from aiohttp import web
 
-from libs.common.config import Settings
-from libs.common.runtime import close_reserve, run
+from libs.common.core.config import Settings
+from libs.common.messaging.runtime import close_reserve, run
 from services.gateway.app import init_app, make_runner
 
 

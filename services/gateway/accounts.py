@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from libs.common import db
-from libs.common.accounts import key_hash, new_api_key
-from libs.common.config import load_settings
-from libs.common.db import Q
+from libs.common.core.config import load_settings
+from libs.common.persistence import db
+from libs.common.persistence.account_store import key_hash, new_api_key
+from libs.common.persistence.db import Q
 
 
 async def create(label: str) -> tuple[int, str]:

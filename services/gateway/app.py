@@ -11,17 +11,20 @@ from pathlib import Path
 
 from aiohttp import web
 
-from libs.common import bus, db, metrics
-from libs.common.config import Settings
-from libs.common.events import CORRELATION_HEADER
-from libs.common.invoices import currency_for_network
-from libs.common.lightning import LndClient
-from libs.common.logs import ACCESS_LOGGER, LOG_CONTEXT, AccessLogger, register_secret
-from libs.common.runtime import close_all, start_background
-from libs.common.sms import HeroSmsClient
+from libs.common.adapters.lightning import LndClient
+from libs.common.adapters.sms import HeroSmsClient
+from libs.common.core import metrics
+from libs.common.core.config import Settings
+from libs.common.core.logs import ACCESS_LOGGER, LOG_CONTEXT, AccessLogger, register_secret
+from libs.common.domain.events import CORRELATION_HEADER
+from libs.common.domain.refund_invoices import currency_for_network
+from libs.common.messaging import bus
+from libs.common.messaging.runtime import close_all, start_background
+from libs.common.persistence import db
+from libs.common.persistence.stores import PgStores
 from services.gateway import classic, classic_catalog, discovery, views, webhooks
 from services.gateway.errors import error_middleware, mark_classic
-from services.gateway.keys import JS_CONN, LND, NETWORK, POOL, PROVIDER, SETTINGS
+from services.gateway.keys import JS_CONN, LND, NETWORK, POOL, PROVIDER, SETTINGS, STORES
 from services.gateway.limits import rate_limit_middleware
 
 MAX_BODY_BYTES = 16 * 1024
@@ -124,6 +127,7 @@ def init_app(settings: Settings, stop: asyncio.Event) -> web.Application:
         )
         provider = HeroSmsClient.from_settings(settings)
         app[POOL], app[JS_CONN], app[LND], app[PROVIDER] = pool, nc, lnd, provider
+        app[STORES] = PgStores(pool, settings.subject_prefix)
         background = start_background(pool, nc, settings, stop)
         yield
         stop.set()

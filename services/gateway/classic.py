@@ -17,16 +17,17 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from libs.common import accounts, countries, store
-from libs.common.accounts import key_hash
-from libs.common.countries import Offer
-from libs.common.db import Q, transaction
-from libs.common.events import Event, EventType
-from libs.common.faults import crash_point
-from libs.common.lightning import AddedInvoice, LndError
-from libs.common.orders import CancelRefused, OrderType, Status, check_customer_cancel
-from libs.common.outbox import enqueue
-from libs.common.store import Timer
+from libs.common.adapters.lightning import AddedInvoice, LndError
+from libs.common.core.faults import crash_point
+from libs.common.domain import countries
+from libs.common.domain.countries import Offer
+from libs.common.domain.events import Event, EventType, Timer
+from libs.common.domain.orders import CancelRefused, OrderType, Status, check_customer_cancel
+from libs.common.persistence import account_store as accounts
+from libs.common.persistence import order_store as store
+from libs.common.persistence.account_store import key_hash
+from libs.common.persistence.db import Q, transaction
+from libs.common.persistence.outbox_store import enqueue
 from services.gateway import unpaid
 from services.gateway.discovery import (
     country_index,

@@ -32,8 +32,8 @@ from typing import Any
 
 from aiohttp import web
 
-from libs.common import countries
-from libs.common.countries import Country
+from libs.common.domain import countries
+from libs.common.domain.countries import Country
 from services.gateway.discovery import Snapshot, loaded_snapshot, usable_rate
 from services.gateway.errors import ApiError
 from services.gateway.keys import SETTINGS

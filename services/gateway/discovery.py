@@ -18,14 +18,15 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from libs.common import countries, fx
-from libs.common.catalog import CATALOG_JOB, Catalog, ServiceRow
-from libs.common.catalog import load as load_catalog
-from libs.common.countries import Country, CountryIndex
-from libs.common.db import Q
-from libs.common.metrics import FX_RATE_AGE, PROVIDER_NO_BALANCE
-from libs.common.orders import OrderType
-from libs.common.store import Alarm
+from libs.common.core.metrics import FX_RATE_AGE, PROVIDER_NO_BALANCE
+from libs.common.domain import countries
+from libs.common.domain.alarms import Alarm
+from libs.common.domain.countries import Country, CountryIndex
+from libs.common.domain.orders import OrderType
+from libs.common.persistence import fx_store as fx
+from libs.common.persistence.catalog_store import CATALOG_JOB, Catalog, ServiceRow
+from libs.common.persistence.catalog_store import load as load_catalog
+from libs.common.persistence.db import Q
 from services.gateway.errors import ApiError
 from services.gateway.keys import POOL, SETTINGS
 from services.gateway.orders import price_for

@@ -10,8 +10,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from libs.common.config import Settings
-from libs.common.ratelimit import RateLimiter
+from libs.common.core.config import Settings
+from libs.common.core.ratelimit import RateLimiter
 from services.gateway.errors import rate_limited
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

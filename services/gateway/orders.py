@@ -10,19 +10,19 @@ from typing import Any
 
 import asyncpg
 
-from libs.common import countries
-from libs.common.catalog import Catalog
-from libs.common.config import Settings
-from libs.common.countries import Country, CountryIndex, Offer
-from libs.common.invoices import (
+from libs.common.core.config import Settings
+from libs.common.domain import countries
+from libs.common.domain.countries import Country, CountryIndex, Offer
+from libs.common.domain.messages import Message
+from libs.common.domain.orders import OrderType, Status
+from libs.common.domain.pricing import quote_sats
+from libs.common.domain.refund_invoices import (
     RefundInvoice,
     RefundInvoiceError,
     check_refund_invoice,
     refund_min_validity_seconds,
 )
-from libs.common.messages import Message
-from libs.common.orders import OrderType, Status
-from libs.common.pricing import quote_sats
+from libs.common.persistence.catalog_store import Catalog
 from services.gateway.errors import ApiError
 
 _SERVICE_CODE = re.compile(r"[a-z0-9_]{1,16}")

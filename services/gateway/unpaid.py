@@ -17,8 +17,8 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from libs.common.db import Q
-from libs.common.lightning import LndError
+from libs.common.adapters.lightning import LndError
+from libs.common.persistence.db import Q
 from services.gateway.errors import ApiError, rate_limited
 from services.gateway.keys import LND, SETTINGS
 from services.gateway.limits import client_address

@@ -13,21 +13,23 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from libs.common import l402, messages, store
-from libs.common.countries import Offer
-from libs.common.db import Q, transaction
-from libs.common.events import Event, EventType
-from libs.common.faults import crash_point
-from libs.common.lightning import AddedInvoice, LndError
-from libs.common.orders import (
+from libs.common.adapters.lightning import AddedInvoice, LndError
+from libs.common.core.faults import crash_point
+from libs.common.domain import l402
+from libs.common.domain.countries import Offer
+from libs.common.domain.events import Event, EventType, Timer
+from libs.common.domain.orders import (
     CancelRefused,
     OrderType,
+    PaymentMode,
     Status,
     check_another_sms,
     check_customer_cancel,
 )
-from libs.common.outbox import enqueue
-from libs.common.store import Timer
+from libs.common.persistence import message_store as messages
+from libs.common.persistence import order_store as store
+from libs.common.persistence.db import Q, transaction
+from libs.common.persistence.outbox_store import enqueue
 from services.gateway import unpaid
 from services.gateway.discovery import (
     country_index,
@@ -263,7 +265,7 @@ async def another_sms(request: web.Request) -> web.Response:
         check_another_sms(
             order_type=OrderType(row["type"]),
             status=Status(row["status"]),
-            payment_mode=row["payment_mode"],
+            payment_mode=PaymentMode(row["payment_mode"]),
         )
     except CancelRefused as exc:
         raise _refused(exc) from exc

@@ -9,11 +9,11 @@ from typing import Any
 
 from aiohttp import web
 
-from libs.common import messages
-from libs.common.db import Q
-from libs.common.messages import Message
-from libs.common.orders import Status
-from libs.common.sms import parse_provider_time
+from libs.common.adapters.sms import parse_provider_time
+from libs.common.domain.messages import Message
+from libs.common.domain.orders import Status
+from libs.common.persistence import message_store as messages
+from libs.common.persistence.db import Q
 from services.gateway.errors import ApiError, read_json
 from services.gateway.keys import POOL, SETTINGS
 
@@ -24,7 +24,7 @@ def _authentic(request: web.Request, secret: str) -> bool:
     """The shared secret, from the X-Webhook-Secret header or else the URL's token parameter."""
     # The header is preferred: a caller that sends it is judged by it, whatever the URL says.
     # HeroSMS cannot send headers of ours, so the URL we give it carries the token instead
-    # (redacted from every log line: libs/common/logs.py).
+    # (redacted from every log line: libs/common/core/logs.py).
     if "X-Webhook-Secret" in request.headers:
         given = request.headers["X-Webhook-Secret"]
     else:

@@ -1,6 +1,6 @@
 """Entry point: `python -m services.payments`."""
 
-from libs.common.runtime import run
+from libs.common.messaging.runtime import run
 from services.payments.service import main
 
 if __name__ == "__main__":

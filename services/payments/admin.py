@@ -6,9 +6,9 @@ import argparse
 import asyncio
 import json
 
-from libs.common import db
-from libs.common.config import load_settings
-from libs.common.db import Q
+from libs.common.core.config import load_settings
+from libs.common.persistence import db
+from libs.common.persistence.db import Q
 
 
 async def failed_refunds() -> list[dict[str, object]]:

@@ -7,14 +7,15 @@ import logging
 
 import asyncpg
 
-from libs.common import accounts, store
-from libs.common.db import Q, transaction
-from libs.common.events import Event, EventType
-from libs.common.lightning import Invoice, LndClient, LndError
-from libs.common.orders import Status
-from libs.common.outbox import enqueue
-from libs.common.runtime import Worker
-from services.payments.invoices import InvoiceWatcher
+from libs.common.adapters.lightning import Invoice, LndClient, LndError
+from libs.common.domain.events import Event, EventType
+from libs.common.domain.orders import Status
+from libs.common.messaging.runtime import Worker
+from libs.common.persistence import account_store as accounts
+from libs.common.persistence import order_store as store
+from libs.common.persistence.db import Q, transaction
+from libs.common.persistence.outbox_store import enqueue
+from services.payments.invoice_watch import InvoiceWatcher
 
 log = logging.getLogger(__name__)
 

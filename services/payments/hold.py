@@ -5,17 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from libs.common import store
-from libs.common.bus import Retry
-from libs.common.db import Q, transaction
-from libs.common.events import Event, EventType
-from libs.common.faults import crash_point
-from libs.common.lightning import Invoice, InvoiceNotFound, LndClient, LndError
-from libs.common.orders import Status
-from libs.common.outbox import enqueue
-from libs.common.runtime import Worker
-from libs.common.store import Timer
-from services.payments.invoices import InvoiceWatcher
+from libs.common.adapters.lightning import Invoice, InvoiceNotFound, LndClient, LndError
+from libs.common.core.faults import crash_point
+from libs.common.domain.events import Event, EventType, Timer
+from libs.common.domain.orders import Status
+from libs.common.messaging.bus import Retry
+from libs.common.messaging.runtime import Worker
+from libs.common.persistence import order_store as store
+from libs.common.persistence.db import Q, transaction
+from libs.common.persistence.outbox_store import enqueue
+from services.payments.invoice_watch import InvoiceWatcher
 
 log = logging.getLogger(__name__)
 

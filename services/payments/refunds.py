@@ -10,11 +10,13 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 
-from libs.common import metrics, ops, store
-from libs.common.db import Q, transaction
-from libs.common.events import Event, EventType
-from libs.common.faults import crash_point
-from libs.common.invoices import (
+from libs.common.adapters.lightning import LndClient, LndError, Payment, PaymentNotInitiated
+from libs.common.core import metrics
+from libs.common.core.faults import crash_point
+from libs.common.domain.events import Event, EventType
+from libs.common.domain.orders import Status
+from libs.common.domain.pricing import refund_fee_limit_sat
+from libs.common.domain.refund_invoices import (
     REFUND_LEASE_SLACK_SECONDS,
     REFUND_MAX_BACKOFF_SECONDS,
     REFUND_NODE_WAIT_SLACK_SECONDS,
@@ -22,11 +24,11 @@ from libs.common.invoices import (
     check_refund_invoice,
     currency_for_network,
 )
-from libs.common.lightning import LndClient, LndError, Payment, PaymentNotInitiated
-from libs.common.orders import Status
-from libs.common.outbox import enqueue
-from libs.common.pricing import refund_fee_limit_sat
-from libs.common.runtime import Worker
+from libs.common.messaging import ops
+from libs.common.messaging.runtime import Worker
+from libs.common.persistence import order_store as store
+from libs.common.persistence.db import Q, transaction
+from libs.common.persistence.outbox_store import enqueue
 
 log = logging.getLogger(__name__)
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
-from libs.common.config import Settings
-from libs.common.events import Event, EventType
-from libs.common.lightning import LndClient
-from libs.common.runtime import open_worker, run_loops
+from libs.common.adapters.lightning import LndClient
+from libs.common.core.config import Settings
+from libs.common.domain.events import EventType
+from libs.common.messaging.bus import dispatch
+from libs.common.messaging.runtime import open_worker, run_loops
 from services.payments.balances import Balances
 from services.payments.hold import HoldInvoices
-from services.payments.invoices import InvoiceWatcher
+from services.payments.invoice_watch import InvoiceWatcher
 from services.payments.refunds import RefundPayer
 
 
@@ -36,20 +37,27 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
             holds = HoldInvoices(worker, lnd, invoices)
             balances = Balances(worker, lnd, invoices)
 
-            async def handle(event: Event) -> None:
-                # CREATED needs nothing here: the hold sweep's paged scan finds an accepted
-                # invoice, so an unpaid order costs no connection and no task.
-                if event.type is EventType.REFUND_REQUESTED:
-                    # Each is a no-op for the other payment mode.
-                    await holds.release(event.order_id)
-                    await balances.credit_back(event.order_id)
-                    await refunds.request(event.order_id, wait=False)
-                elif event.type is EventType.CODE_DELIVERED:
-                    await holds.settle(event.order_id)
-                elif event.type is EventType.HOLD_DEADLINE:
-                    await holds.enforce_deadline(event.order_id)
-                elif event.type is EventType.INVOICE_EXPIRED:
-                    await invoices.expire(event.order_id)
+            async def refund(order_id: str) -> None:
+                # Each is a no-op for the other payment modes.
+                await holds.release(order_id)
+                await balances.credit_back(order_id)
+                await refunds.request(order_id, wait=False)
+
+            async def nothing(_order_id: str) -> None:
+                # The hold sweep's paged scan finds an accepted invoice, so an unpaid order
+                # costs no connection and no task.
+                return None
+
+            handle = dispatch(
+                "payments",
+                {
+                    EventType.CREATED: nothing,
+                    EventType.REFUND_REQUESTED: refund,
+                    EventType.CODE_DELIVERED: holds.settle,
+                    EventType.HOLD_DEADLINE: holds.enforce_deadline,
+                    EventType.INVOICE_EXPIRED: invoices.expire,
+                },
+            )
 
             await run_loops(
                 stop,

@@ -1,6 +1,6 @@
 """Entry point: `python -m services.provider`."""
 
-from libs.common.runtime import run
+from libs.common.messaging.runtime import run
 from services.provider.service import main
 
 if __name__ == "__main__":

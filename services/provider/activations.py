@@ -9,17 +9,21 @@ from decimal import Decimal
 
 import asyncpg
 
-from libs.common import messages, ops, sms, store
-from libs.common.bus import Retry
-from libs.common.db import Q, transaction
-from libs.common.events import Event, EventType
-from libs.common.faults import crash_point
-from libs.common.messages import Message
-from libs.common.metrics import PROVIDER_NO_BALANCE
-from libs.common.orders import REFUNDABLE_WITHOUT_SMS, OrderType, Status
-from libs.common.outbox import enqueue
-from libs.common.runtime import Worker
-from libs.common.store import NOW, Alarm, Timer
+from libs.common.adapters import sms
+from libs.common.core.faults import crash_point
+from libs.common.core.metrics import PROVIDER_NO_BALANCE
+from libs.common.domain.alarms import Alarm
+from libs.common.domain.events import Event, EventType, Timer
+from libs.common.domain.messages import Message
+from libs.common.domain.orders import REFUNDABLE_WITHOUT_SMS, OrderType, Status
+from libs.common.messaging import ops
+from libs.common.messaging.bus import Retry
+from libs.common.messaging.runtime import Worker
+from libs.common.persistence import message_store as messages
+from libs.common.persistence import order_store as store
+from libs.common.persistence.db import Q, transaction
+from libs.common.persistence.order_store import NOW
+from libs.common.persistence.outbox_store import enqueue
 
 log = logging.getLogger(__name__)
 

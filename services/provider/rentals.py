@@ -9,16 +9,18 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from libs.common import messages, ops, sms, store
-from libs.common.bus import Retry
-from libs.common.db import Q, transaction
-from libs.common.events import Event, EventType
-from libs.common.messages import Message
-from libs.common.orders import Status
-from libs.common.outbox import enqueue
-from libs.common.pricing import unused_rent_sats
-from libs.common.runtime import Worker
-from libs.common.store import Timer
+from libs.common.adapters import sms
+from libs.common.domain.events import Event, EventType, Timer
+from libs.common.domain.messages import Message
+from libs.common.domain.orders import Status
+from libs.common.domain.pricing import unused_rent_sats
+from libs.common.messaging import ops
+from libs.common.messaging.bus import Retry
+from libs.common.messaging.runtime import Worker
+from libs.common.persistence import message_store as messages
+from libs.common.persistence import order_store as store
+from libs.common.persistence.db import Q, transaction
+from libs.common.persistence.outbox_store import enqueue
 
 log = logging.getLogger(__name__)
 

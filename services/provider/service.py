@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from libs.common.config import Settings
-from libs.common.events import Event, EventType
-from libs.common.runtime import open_worker, run_loops
-from libs.common.sms import HeroSmsClient
+from libs.common.adapters.sms import HeroSmsClient
+from libs.common.core.config import Settings
+from libs.common.domain.events import EventType
+from libs.common.messaging.bus import dispatch
+from libs.common.messaging.runtime import open_worker, run_loops
 from services.provider.activations import Activations
 from services.provider.rentals import Rentals
 
@@ -20,19 +21,23 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
             activations = Activations(worker, provider)
             rentals = Rentals(worker, provider)
 
-            async def handle(event: Event) -> None:
-                if event.type is EventType.PAID:
-                    await activations.allocate(event.order_id)
-                elif event.type is EventType.SMS_TIMEOUT:
-                    await activations.cancel(event.order_id, "no SMS before the deadline")
-                elif event.type is EventType.CANCEL_REQUESTED:
-                    await activations.cancel(event.order_id, "cancelled by the customer")
-                elif event.type is EventType.ANOTHER_SMS_REQUESTED:
-                    await activations.request_another(event.order_id)
-                elif event.type is EventType.CODE_WINDOW_ENDED:
-                    await activations.close(event.order_id)
-                elif event.type is EventType.RENT_ENDED:
-                    await rentals.end(event.order_id)
+            async def timed_out(order_id: str) -> None:
+                await activations.cancel(order_id, "no SMS before the deadline")
+
+            async def cancelled(order_id: str) -> None:
+                await activations.cancel(order_id, "cancelled by the customer")
+
+            handle = dispatch(
+                "provider",
+                {
+                    EventType.PAID: activations.allocate,
+                    EventType.SMS_TIMEOUT: timed_out,
+                    EventType.CANCEL_REQUESTED: cancelled,
+                    EventType.ANOTHER_SMS_REQUESTED: activations.request_another,
+                    EventType.CODE_WINDOW_ENDED: activations.close,
+                    EventType.RENT_ENDED: rentals.end,
+                },
+            )
 
             await run_loops(
                 stop,

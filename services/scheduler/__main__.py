@@ -1,6 +1,6 @@
 """Entry point: `python -m services.scheduler`."""
 
-from libs.common.runtime import run
+from libs.common.messaging.runtime import run
 from services.scheduler.service import main
 
 if __name__ == "__main__":

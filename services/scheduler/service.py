@@ -5,27 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from libs.common import metrics, ops
-from libs.common.config import Settings
-from libs.common.db import Q, transaction
-from libs.common.events import Event, EventType
-from libs.common.faults import crash_point
-from libs.common.outbox import enqueue
-from libs.common.runtime import Worker, open_worker, run_loops
-from libs.common.sms import HeroSmsClient
-from libs.common.store import Timer
-from services.scheduler.catalog import refresh_forever
+from libs.common.adapters.sms import HeroSmsClient
+from libs.common.core import metrics
+from libs.common.core.config import Settings
+from libs.common.core.faults import crash_point
+from libs.common.domain.events import TIMERS, Event, Timer
+from libs.common.messaging import ops
+from libs.common.messaging.runtime import Worker, open_worker, run_loops
+from libs.common.persistence.db import Q, transaction
+from libs.common.persistence.outbox_store import enqueue
+from services.scheduler.catalog_refresh import refresh_forever
 
 log = logging.getLogger(__name__)
 
-# Timers that become events for the worker owning the next step.
-_EVENTS = {
-    Timer.INVOICE_EXPIRED: EventType.INVOICE_EXPIRED,
-    Timer.SMS_TIMEOUT: EventType.SMS_TIMEOUT,
-    Timer.HOLD_DEADLINE: EventType.HOLD_DEADLINE,
-    Timer.CODE_WINDOW: EventType.CODE_WINDOW_ENDED,
-    Timer.RENT_END: EventType.RENT_ENDED,
-}
+_KINDS = frozenset(t.value for t in Timer)
 OUTBOX_RETENTION_SECONDS = 24 * 3600.0
 # An SMS deadline that fired this long ago without moving its order on fires again.
 REARM_AFTER_SECONDS = 60.0
@@ -39,8 +32,9 @@ async def fire_due(worker: Worker, limit: int = 200) -> int:
         rows = await conn.fetch(Q.timers_claim_due, limit)
         for row in rows:
             kind = row["kind"]
-            if kind in _EVENTS:
-                await enqueue(conn, Event(_EVENTS[kind], row["order_id"]), prefix=prefix)
+            event = TIMERS.get(Timer(kind)) if kind in _KINDS else None
+            if event is not None:
+                await enqueue(conn, Event(event, row["order_id"]), prefix=prefix)
             elif kind == Timer.PURGE_CODE:
                 # SMS codes are deleted once the retention after completion has passed.
                 await conn.execute(Q.order_purge_code, row["order_id"])

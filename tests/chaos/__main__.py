@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from libs.common import db
+from libs.common.persistence import db
 from tests.chaos.matrix import Chaos, Fault, PhaseResult, chaos_env, full_matrix, run_phase, table
 from tests.chaos.matrix import setup as setup_chaos
 from tests.chaos.traffic import Traffic

@@ -4,7 +4,7 @@ A phase runs the order stream, injects one fault, measures how long the stack ta
 serve a fresh order end to end after the fault ends, waits until every order of the phase
 has ended, and checks:
 
-- the invariant checker (`libs.common.invariants.check`) finds nothing;
+- the invariant checker (`libs.common.tools.invariants.check`) finds nothing;
 - every order ended by its deadline (or, unpaid, its invoice's expiry) plus GRACE_SECONDS;
 - no refund was paid twice or wrongly: each L402 refund invoice is paid exactly when its
   order is `refunded`, with the refunded amount; the payer node's balance moved by exactly
@@ -30,9 +30,9 @@ import aiohttp
 import asyncpg
 import bolt11
 
-from libs.common.faults import CRASH_POINTS
-from libs.common.invariants import _final_payment_status, check
-from libs.common.lightning import LndClient
+from libs.common.adapters.lightning import LndClient
+from libs.common.core.faults import CRASH_POINTS
+from libs.common.tools.invariants import _final_payment_status, check
 from tests.chaos.traffic import CLIENT_ERRORS, NO_NUMBER_COUNTRY, Traffic
 from tests.e2e.conftest import E2E_ENV, UNMETERED_PROVIDER
 from tests.e2e.load import stock_up

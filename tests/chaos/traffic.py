@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import bolt11
 
-from libs.common.lightning import LndClient, LndError
+from libs.common.adapters.lightning import LndClient, LndError
 from tests.e2e.test_classic_hold import _classic
 from tests.e2e.test_l402_order import TERMINAL, _refund_invoice
 

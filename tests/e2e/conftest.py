@@ -17,9 +17,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from libs.common import db
-from libs.common.invariants import Finding, check
-from libs.common.lightning import LndClient
+from libs.common.adapters.lightning import LndClient
+from libs.common.persistence import db
+from libs.common.tools.invariants import Finding, check
 
 ROOT = Path(__file__).resolve().parents[2]
 

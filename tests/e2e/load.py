@@ -12,7 +12,7 @@ import aiohttp
 import asyncpg
 from prometheus_client.parser import text_string_to_metric_families
 
-from libs.common.lightning import LndClient
+from libs.common.adapters.lightning import LndClient
 from tests.e2e.test_l402_order import (
     TERMINAL,
     _activations,

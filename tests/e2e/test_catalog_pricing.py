@@ -9,8 +9,8 @@ import aiohttp
 import asyncpg
 import pytest
 
-from libs.common.lightning import LndClient
-from libs.common.pricing import quote_sats
+from libs.common.adapters.lightning import LndClient
+from libs.common.domain.pricing import quote_sats
 
 pytestmark = pytest.mark.e2e
 

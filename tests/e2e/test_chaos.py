@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from libs.common import db
+from libs.common.persistence import db
 from tests.chaos.matrix import Chaos, PhaseResult, chaos_env, crash, kill, run_phase, setup
 from tests.chaos.traffic import Traffic
 from tests.e2e.conftest import node_client, running_stack

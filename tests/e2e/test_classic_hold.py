@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from libs.common.lightning import LndClient, Payment
+from libs.common.adapters.lightning import LndClient, Payment
 from tests.e2e.conftest import node_client
 from tests.e2e.test_l402_order import _sim
 

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from libs.common.lightning import LndClient
+from libs.common.adapters.lightning import LndClient
 from tests.e2e.conftest import E2E_ENV, node_client, running_stack
 from tests.e2e.test_l402_order import TERMINAL, _create, _pay, _poll, _refund_invoice, _sim
 

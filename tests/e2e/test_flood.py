@@ -19,7 +19,7 @@ import asyncpg
 import psutil
 import pytest
 
-from libs.common.lightning import LndClient, Payment
+from libs.common.adapters.lightning import LndClient, Payment
 from tests.e2e.conftest import E2E_ENV, UNMETERED_PROVIDER, node_client, running_stack
 from tests.e2e.test_l402_order import _sim
 

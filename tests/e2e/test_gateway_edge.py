@@ -16,9 +16,9 @@ import aiohttp
 import asyncpg
 import pytest
 
-from libs.common.config import load_settings
-from libs.common.invoices import refund_min_validity_seconds
-from libs.common.lightning import LndClient
+from libs.common.adapters.lightning import LndClient
+from libs.common.core.config import load_settings
+from libs.common.domain.refund_invoices import refund_min_validity_seconds
 from tests.e2e.conftest import E2E_ENV, node_client, running_stack
 from tests.e2e.test_l402_order import TERMINAL, _pay, _poll
 from tests.e2e.test_openapi_fuzz import _minted

@@ -11,7 +11,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from libs.common.lightning import LndClient
+from libs.common.adapters.lightning import LndClient
 
 pytestmark = pytest.mark.e2e
 

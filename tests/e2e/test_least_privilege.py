@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from libs.common.lightning import LndClient, LndError, PaymentNotInitiated
+from libs.common.adapters.lightning import LndClient, LndError, PaymentNotInitiated
 from tests.e2e.test_l402_order import _refund_invoice
 
 pytestmark = pytest.mark.e2e

@@ -29,8 +29,8 @@ from schemathesis.checks import (
 )
 from schemathesis.core.errors import LoaderError
 
-from libs.common import l402
-from libs.common.lightning import LndClient
+from libs.common.adapters.lightning import LndClient
+from libs.common.domain import l402
 from tests.e2e.conftest import E2E_ENV
 
 pytestmark = pytest.mark.e2e

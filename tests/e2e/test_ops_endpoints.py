@@ -10,7 +10,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from libs.common.lightning import LndClient
+from libs.common.adapters.lightning import LndClient
 from tests.e2e.load import scrape, total
 from tests.e2e.test_l402_order import _refund_invoice
 

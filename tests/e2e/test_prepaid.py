@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from libs.common.lightning import LndClient
+from libs.common.adapters.lightning import LndClient
 from tests.e2e.test_classic_hold import _classic, _status_until
 from tests.e2e.test_l402_order import _sim
 

@@ -14,7 +14,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from libs.common.lightning import LndClient
+from libs.common.adapters.lightning import LndClient
 from tests.e2e.conftest import E2E_ENV, UNMETERED_PROVIDER, node_client, running_stack
 from tests.e2e.load import check_each_order_once, place_and_pay, quote, scrape, stock_up, total
 from tests.e2e.test_l402_order import _pay, _sim

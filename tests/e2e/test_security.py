@@ -27,8 +27,8 @@ from multidict import CIMultiDict
 from pymacaroons import Macaroon
 from pymacaroons.serializers.binary_serializer import BinarySerializer
 
-from libs.common import l402
-from libs.common.lightning import LndClient
+from libs.common.adapters.lightning import LndClient
+from libs.common.domain import l402
 from tests.e2e.conftest import node_client
 
 pytestmark = pytest.mark.e2e

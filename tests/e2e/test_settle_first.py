@@ -18,7 +18,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from libs.common.lightning import LndClient, Payment
+from libs.common.adapters.lightning import LndClient, Payment
 from tests.e2e.conftest import E2E_ENV, node_client
 from tests.e2e.test_classic_hold import _classic, _order, _pay_in_background, _status_until
 from tests.e2e.test_l402_order import _activations, _create, _pay, _poll, _refund_invoice, _sim

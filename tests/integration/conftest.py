@@ -10,15 +10,20 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import nats
 import pytest
 
-from libs.common import bus
-from libs.common.lightning import LndClient
+from libs.common.adapters.lightning import LndClient
+from libs.common.messaging import bus
+from libs.common.persistence.memory import MemoryStores
+from libs.common.persistence.stores import PgStores
 from sandbox.lnsim import RunningNetwork, start_network
+from tests.integration.contract import PREFIX, Backend
 
 # ----------------------------------------------------------------------------- lightning
 
@@ -128,3 +133,15 @@ def running_smssim(state_dir: Path, *args: str) -> Iterator[str]:
             if proc.stderr:
                 proc.stderr.close()
     assert returncode == 0, "smssim did not stop cleanly"
+
+
+@pytest.fixture(params=["postgres", "memory"])
+async def backend(request: pytest.FixtureRequest, pool: asyncpg.Pool) -> AsyncIterator[Backend]:
+    """The stores under test: PostgreSQL (a fresh migrated database) or the twin."""
+    # Both ask for the pool: a sync session fixture (the template) cannot start in here.
+    if request.param == "memory":
+        clock = datetime(2026, 1, 1, tzinfo=UTC)
+        memory = MemoryStores(lambda: clock, PREFIX)
+        yield Backend(memory, "memory", memory=memory)
+        return
+    yield Backend(PgStores(pool, PREFIX), "postgres", pool=pool)

@@ -13,9 +13,9 @@ from typing import Any
 
 import asyncpg
 
-from libs.common.config import Settings
-from libs.common.db import Q, transaction
-from libs.common.lightning import Invoice, InvoicePage, LndClient
+from libs.common.adapters.lightning import Invoice, InvoicePage, LndClient
+from libs.common.core.config import Settings
+from libs.common.persistence.db import Q, transaction
 
 
 def settings_for(

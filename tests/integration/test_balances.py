@@ -16,10 +16,10 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from libs.common.db import Q
-from libs.common.runtime import open_worker
+from libs.common.messaging.runtime import open_worker
+from libs.common.persistence.db import Q
 from services.payments.balances import Balances
-from services.payments.invoices import InvoiceWatcher
+from services.payments.invoice_watch import InvoiceWatcher
 from tests.integration.conftest import Lightning
 from tests.integration.helpers import CountingClient, settings_for
 

@@ -15,12 +15,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client import REGISTRY
 
-from libs.common import catalog, fx, ops
-from libs.common.config import Settings
-from libs.common.db import Q
-from libs.common.sms import HeroSmsClient, ProviderError
-from libs.common.store import Alarm
-from services.scheduler.catalog import (
+from libs.common.adapters.sms import HeroSmsClient, ProviderError
+from libs.common.core.config import Settings
+from libs.common.domain.alarms import Alarm
+from libs.common.messaging import ops
+from libs.common.persistence import catalog_store as catalog
+from libs.common.persistence import fx_store as fx
+from libs.common.persistence.db import Q
+from services.scheduler.catalog_refresh import (
     LOCK_KEY,
     refresh_catalog,
     refresh_forever,

@@ -13,11 +13,11 @@ from collections import Counter
 import asyncpg
 import pytest
 
-from libs.common import store
-from libs.common.orders import Status
-from libs.common.runtime import open_worker
+from libs.common.domain.orders import Status
+from libs.common.messaging.runtime import open_worker
+from libs.common.persistence import order_store as store
 from services.payments.hold import HoldInvoices
-from services.payments.invoices import InvoiceWatcher
+from services.payments.invoice_watch import InvoiceWatcher
 from tests.integration.conftest import Lightning
 from tests.integration.helpers import CountingClient, insert_hold_order, settings_for
 

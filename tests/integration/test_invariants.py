@@ -7,11 +7,11 @@ import secrets
 import asyncpg
 import pytest
 
-from libs.common import store
-from libs.common.db import Q, transaction
-from libs.common.invariants import check
-from libs.common.orders import Status
-from libs.common.store import NOW
+from libs.common.domain.orders import Status
+from libs.common.persistence import order_store as store
+from libs.common.persistence.db import Q, transaction
+from libs.common.persistence.order_store import NOW
+from libs.common.tools.invariants import check
 from tests.integration.conftest import Lightning
 from tests.integration.helpers import insert_order
 

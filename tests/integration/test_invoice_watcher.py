@@ -10,13 +10,14 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from libs.common import l402, store
-from libs.common.db import Q, transaction
-from libs.common.lightning import LndError
-from libs.common.orders import Status
-from libs.common.runtime import open_worker
-from libs.common.store import Timer
-from services.payments.invoices import InvoiceWatcher
+from libs.common.adapters.lightning import LndError
+from libs.common.domain import l402
+from libs.common.domain.events import Timer
+from libs.common.domain.orders import Status
+from libs.common.messaging.runtime import open_worker
+from libs.common.persistence import order_store as store
+from libs.common.persistence.db import Q, transaction
+from services.payments.invoice_watch import InvoiceWatcher
 from tests.integration.conftest import Lightning
 from tests.integration.helpers import settings_for
 

@@ -1,4 +1,4 @@
-"""Integration tests: libs.common.lightning.LndClient against the lnsim simulator subprocess."""
+"""Integration tests: LndClient against the lnsim simulator subprocess."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import coincurve
 import jsonschema
 import pytest
 
-from libs.common.lightning import (
+from libs.common.adapters.lightning import (
     AlreadyPaid,
     InvoiceAlreadyExists,
     InvoiceNotFound,

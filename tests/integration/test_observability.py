@@ -13,11 +13,12 @@ import nats
 import pytest
 from prometheus_client import REGISTRY
 
-from libs.common import bus, ops, store
-from libs.common.db import transaction
-from libs.common.events import CORRELATION_HEADER, Event, EventType
-from libs.common.orders import Status
-from libs.common.outbox import enqueue
+from libs.common.domain.events import CORRELATION_HEADER, Event, EventType
+from libs.common.domain.orders import Status
+from libs.common.messaging import bus, ops
+from libs.common.persistence import order_store as store
+from libs.common.persistence.db import transaction
+from libs.common.persistence.outbox_store import enqueue
 from tests.integration.helpers import insert_order
 
 pytestmark = pytest.mark.integration

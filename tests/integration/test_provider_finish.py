@@ -15,16 +15,17 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from libs.common import accounts, store
-from libs.common.config import Settings
-from libs.common.db import Q, transaction
-from libs.common.lightning import Payment
-from libs.common.orders import Status
-from libs.common.runtime import Worker, open_worker
-from libs.common.sms import HeroSmsClient
-from libs.common.store import Timer
+from libs.common.adapters.lightning import Payment
+from libs.common.adapters.sms import HeroSmsClient
+from libs.common.core.config import Settings
+from libs.common.domain.events import Timer
+from libs.common.domain.orders import Status
+from libs.common.messaging.runtime import Worker, open_worker
+from libs.common.persistence import account_store as accounts
+from libs.common.persistence import order_store as store
+from libs.common.persistence.db import Q, transaction
 from services.payments.hold import HoldInvoices
-from services.payments.invoices import InvoiceWatcher
+from services.payments.invoice_watch import InvoiceWatcher
 from services.provider.activations import Activations
 from tests.integration.conftest import Lightning
 from tests.integration.helpers import insert_order

@@ -16,14 +16,16 @@ import asyncpg
 import nats
 import pytest
 
-from libs.common import bus, store
-from libs.common.bus import Retry
-from libs.common.config import Settings
-from libs.common.db import Q, transaction
-from libs.common.orders import Status
-from libs.common.runtime import Worker, open_worker
-from libs.common.sms import HeroSmsClient
-from libs.common.store import NOW, Timer
+from libs.common.adapters.sms import HeroSmsClient
+from libs.common.core.config import Settings
+from libs.common.domain.events import Timer
+from libs.common.domain.orders import Status
+from libs.common.messaging import bus
+from libs.common.messaging.bus import Retry
+from libs.common.messaging.runtime import Worker, open_worker
+from libs.common.persistence import order_store as store
+from libs.common.persistence.db import Q, transaction
+from libs.common.persistence.order_store import NOW
 from services.provider.activations import Activations
 from tests.integration.conftest import running_smssim
 from tests.integration.helpers import insert_order, settings_for

@@ -13,15 +13,16 @@ from typing import Any
 import asyncpg
 import pytest
 
-from libs.common import messages, store
-from libs.common.bus import Retry
-from libs.common.config import Settings
-from libs.common.db import Q, transaction
-from libs.common.metrics import PROVIDER_NO_BALANCE
-from libs.common.orders import Status
-from libs.common.runtime import Worker, open_worker
-from libs.common.sms import HeroSmsClient
-from libs.common.store import Alarm
+from libs.common.adapters.sms import HeroSmsClient
+from libs.common.core.config import Settings
+from libs.common.core.metrics import PROVIDER_NO_BALANCE
+from libs.common.domain.alarms import Alarm
+from libs.common.domain.orders import Status
+from libs.common.messaging.bus import Retry
+from libs.common.messaging.runtime import Worker, open_worker
+from libs.common.persistence import message_store as messages
+from libs.common.persistence import order_store as store
+from libs.common.persistence.db import Q, transaction
 from services.provider.activations import Activations
 from services.provider.rentals import Rentals
 from tests.integration.helpers import insert_order

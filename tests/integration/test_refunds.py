@@ -25,15 +25,15 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from libs.common import store
-from libs.common.config import Settings
-from libs.common.db import Q, transaction
-from libs.common.lightning import LndClient, LndError, Payment, PaymentNotInitiated
-from libs.common.orders import Status
-from libs.common.runtime import Worker, open_worker
-from libs.common.store import NOW
+from libs.common.adapters.lightning import LndClient, LndError, Payment, PaymentNotInitiated
+from libs.common.core.config import Settings
+from libs.common.domain.orders import Status
+from libs.common.messaging.runtime import Worker, open_worker
+from libs.common.persistence import order_store as store
+from libs.common.persistence.db import Q, transaction
+from libs.common.persistence.order_store import NOW
 from services.payments.hold import HoldInvoices
-from services.payments.invoices import InvoiceWatcher
+from services.payments.invoice_watch import InvoiceWatcher
 from services.payments.refunds import RefundPayer
 from services.payments.service import lnd_client
 from tests.integration.conftest import Lightning

@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from libs.common.sms import (
+from libs.common.adapters.sms import (
     HANDLER_PATH,
     ActivationStatus,
     BadRentTime,

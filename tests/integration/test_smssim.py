@@ -1,4 +1,4 @@
-"""Integration tests: libs.common.sms.HeroSmsClient against the smssim simulator subprocess."""
+"""Integration tests: HeroSmsClient against the smssim simulator subprocess."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from libs.common.sms import (
+from libs.common.adapters.sms import (
     ActivationNotActive,
     ActivationStatus,
     BadKey,

@@ -9,13 +9,14 @@ import asyncpg
 import nats
 import pytest
 
-from libs.common import bus, store
-from libs.common.db import Q, transaction
-from libs.common.events import Event, EventType
-from libs.common.orders import InvalidTransition, Status
-from libs.common.outbox import OutboxRelay, enqueue
-from libs.common.runtime import open_worker
-from libs.common.store import Timer
+from libs.common.domain.events import Event, EventType, Timer
+from libs.common.domain.orders import InvalidTransition, Status
+from libs.common.messaging import bus
+from libs.common.messaging.outbox import OutboxRelay
+from libs.common.messaging.runtime import open_worker
+from libs.common.persistence import order_store as store
+from libs.common.persistence.db import Q, transaction
+from libs.common.persistence.outbox_store import enqueue
 from services.scheduler.service import fire_due
 from tests.integration.helpers import insert_order, settings_for
 

@@ -18,11 +18,11 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from libs.common.config import Settings
-from libs.common.db import Q
-from libs.common.sms import HeroSmsClient
+from libs.common.adapters.sms import HeroSmsClient
+from libs.common.core.config import Settings
+from libs.common.persistence.db import Q
 from services.gateway.app import init_app
-from services.scheduler.catalog import refresh_catalog, refresh_fx
+from services.scheduler.catalog_refresh import refresh_catalog, refresh_fx
 from tests.integration.conftest import Lightning, running_smssim
 from tests.integration.helpers import settings_for
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from libs.common.sms import Country, Offer, ProviderError, ProviderUnavailable, Service
-from services.scheduler.catalog import CatalogIncomplete, fetch_catalog
+from libs.common.adapters.sms import Country, Offer, ProviderError, ProviderUnavailable, Service
+from services.scheduler.catalog_refresh import CatalogIncomplete, fetch_catalog
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from libs.common.config import Settings, load_settings
+from libs.common.core.config import Settings, load_settings
 
 
 def test_defaults_match_the_seed() -> None:

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from libs.common.countries import (
+from libs.common.domain.countries import (
     AUTO,
     Country,
     CountryIndex,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from libs.common.db import Q, split_sql
+from libs.common.persistence.db import Q, split_sql
 
 
 def test_every_named_query_loads_and_is_not_empty() -> None:

@@ -28,9 +28,9 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-from libs.common import metrics
-from libs.common.config import Settings
-from libs.common.events import CONSUMERS
+from libs.common.core import metrics
+from libs.common.core.config import Settings
+from libs.common.domain.events import CONSUMERS
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -156,7 +156,7 @@ def check_command(argv: list[str]) -> None:
 
 
 def defined_metric_names() -> set[str]:
-    """Every series name libs/common/metrics.py exposes (counters with _total, histogram parts)."""
+    """Every series name core/metrics.py exposes (counters with _total, histogram parts)."""
     names: set[str] = set()
     for value in vars(metrics).values():
         if isinstance(value, MetricWrapperBase):
@@ -679,7 +679,7 @@ def alert_rules() -> list[Obj]:
 
 
 def test_alert_rules_use_only_defined_metrics() -> None:
-    """Each rule is complete and every metric it reads is in libs/common/metrics.py (or up)."""
+    """Each rule is complete and every metric it reads is in libs/common/core/metrics.py (or up)."""
     known = defined_metric_names() | {"up"}
     rules = alert_rules()
     for rule in rules:

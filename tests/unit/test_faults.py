@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from libs.common.faults import CRASH_POINTS, crash_point
+from libs.common.core.faults import CRASH_POINTS, crash_point
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,7 +33,7 @@ def test_a_point_not_listed_or_already_marked_does_not_crash(
 
 
 def test_an_armed_point_kills_the_process_once(tmp_path: Path) -> None:
-    code = "from libs.common.faults import crash_point; crash_point('gateway.order_invoiced')"
+    code = "from libs.common.core.faults import crash_point; crash_point('gateway.order_invoiced')"
     env = {"SMS4SATS_CRASH_AT": "gateway.order_invoiced", "SMS4SATS_CRASH_DIR": str(tmp_path)}
     first = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env)
     assert first.returncode == -9  # SIGKILL, like a power cut

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from libs.common.fx import (
+from libs.common.persistence.fx_store import (
     Freshness,
     FxSourceError,
     freshness,

@@ -10,11 +10,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
-from libs.common.catalog import Catalog, ServiceRow
-from libs.common.config import Settings
-from libs.common.countries import Country, CountryIndex, Offer
-from libs.common.fx import CachedRate
-from libs.common.metrics import FX_RATE_AGE
+from libs.common.core.config import Settings
+from libs.common.core.metrics import FX_RATE_AGE
+from libs.common.domain.countries import Country, CountryIndex, Offer
+from libs.common.persistence.catalog_store import Catalog, ServiceRow
+from libs.common.persistence.fx_store import CachedRate
 from services.gateway.discovery import CACHE, CatalogCache, Snapshot, usable_rate
 from services.gateway.errors import ApiError
 from services.gateway.keys import SETTINGS

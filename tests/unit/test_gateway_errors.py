@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from libs.common.config import Settings
+from libs.common.core.config import Settings
 from services.gateway.app import setup_routes
 from services.gateway.errors import CLASSIC_ROUTES, error_middleware, mark_classic
 from services.gateway.limits import rate_limit_middleware

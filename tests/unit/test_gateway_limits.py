@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from libs.common.config import Settings
+from libs.common.core.config import Settings
 from services.gateway.errors import error_middleware
 from services.gateway.limits import (
     address_key,

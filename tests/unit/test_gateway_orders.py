@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from libs.common.catalog import Catalog, RentPrice, ServiceRow
-from libs.common.config import Settings
-from libs.common.countries import AUTO, Country, CountryIndex, Offer
-from libs.common.orders import OrderType
+from libs.common.core.config import Settings
+from libs.common.domain.countries import AUTO, Country, CountryIndex, Offer
+from libs.common.domain.orders import OrderType
+from libs.common.persistence.catalog_store import Catalog, RentPrice, ServiceRow
 from services.gateway.errors import ApiError
 from services.gateway.orders import (
     OrderRequest,

@@ -1,4 +1,4 @@
-"""Unit tests of libs.common.invoices: refund invoice validation with real signed invoices."""
+"""Unit tests of domain.refund_invoices: refund invoice validation with real signed invoices."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from bech32 import bech32_decode, bech32_encode
 from bolt11 import Bolt11, MilliSatoshi, TagChar, Tags, encode
 from coincurve import PrivateKey
 
-from libs.common import invoices
-from libs.common.invoices import (
+from libs.common.domain import refund_invoices as invoices
+from libs.common.domain.refund_invoices import (
     INVALID_REFUND_INVOICE,
     REFUND_INVOICE_EXPIRES_TOO_SOON,
     RefundInvoiceError,

@@ -1,4 +1,4 @@
-"""Unit tests of libs.common.l402: minting, header parsing, signature and caveat rules."""
+"""Unit tests of libs.common.domain.l402: minting, header parsing, signature and caveat rules."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pymacaroons import Macaroon
 from pymacaroons.macaroon import MACAROON_V2
 from pymacaroons.serializers.binary_serializer import BinarySerializer
 
-from libs.common import l402
+from libs.common.domain import l402
 
 NOW = 1_760_000_000
 ORDER = "ord_7f3a9c"

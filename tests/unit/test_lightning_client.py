@@ -1,4 +1,4 @@
-"""Unit tests of libs.common.lightning: JSON parsing, error mapping and NDJSON stream reading."""
+"""Unit tests of adapters.lightning: JSON parsing, error mapping and NDJSON stream reading."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from libs.common.lightning import (
+from libs.common.adapters.lightning import (
     AlreadyPaid,
     InvoiceNotFound,
     LndClient,

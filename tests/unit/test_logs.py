@@ -6,8 +6,8 @@ import json
 import logging
 import sys
 
-from libs.common import logs
-from libs.common.logs import LOG_CONTEXT, JsonFormatter, redact, register_secret
+from libs.common.core import logs
+from libs.common.core.logs import LOG_CONTEXT, JsonFormatter, redact, register_secret
 
 
 def _line(**extra: object) -> dict[str, object]:

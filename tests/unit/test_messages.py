@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from libs.common.messages import Message, extract_code, from_json, storable
+from libs.common.domain.messages import Message, extract_code, storable
+from libs.common.persistence.message_store import from_json
 
 
 @pytest.mark.parametrize(

@@ -131,7 +131,7 @@ def test_limited_operations_document_429_with_retry_after(doc: dict[str, Any]) -
 
 
 def test_order_statuses_and_types_match_the_code(doc: dict[str, Any]) -> None:
-    from libs.common.orders import OrderType, Status
+    from libs.common.domain.orders import OrderType, Status
 
     schemas = doc["components"]["schemas"]
     assert schemas["OrderStatus"]["enum"] == [s.value for s in Status]
@@ -141,7 +141,7 @@ def test_order_statuses_and_types_match_the_code(doc: dict[str, Any]) -> None:
 def test_order_schema_lists_exactly_what_order_json_returns(doc: dict[str, Any]) -> None:
     from datetime import UTC, datetime
 
-    from libs.common.config import Settings
+    from libs.common.core.config import Settings
     from services.gateway.orders import order_json
 
     row = {

@@ -11,12 +11,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry, Counter
 
-from libs.common import metrics
-from libs.common.events import CORRELATION_HEADER, Event, EventType
-from libs.common.logs import LOG_CONTEXT
-from libs.common.ops import Health, ops_app
-from libs.common.outbox import enqueue
-from libs.common.runtime import Stop, close_reserve, remaining_grace
+from libs.common.core import metrics
+from libs.common.core.logs import LOG_CONTEXT
+from libs.common.domain.events import CORRELATION_HEADER, Event, EventType
+from libs.common.messaging.ops import Health, ops_app
+from libs.common.messaging.runtime import Stop, close_reserve, remaining_grace
+from libs.common.persistence.outbox_store import enqueue
 from sandbox.devstack import replica_counts
 from services.gateway.app import observe_middleware
 from services.gateway.errors import error_middleware
@@ -99,7 +99,7 @@ async def test_readyz_names_what_is_down(pool: Any, nc: Any, database: str, nats
 async def test_readyz_answers_in_time_when_the_database_hangs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("libs.common.ops.READY_TIMEOUT_SECONDS", 0.1)
+    monkeypatch.setattr("libs.common.messaging.ops.READY_TIMEOUT_SECONDS", 0.1)
     health = Health()
     health.attach(FakePool("hang"), FakeNats(True))  # type: ignore[arg-type]
     status, body = await _get(health, "/readyz")

@@ -6,13 +6,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from libs.common.orders import (
+from libs.common.domain.orders import (
     REFUNDABLE_WITHOUT_SMS,
     TERMINAL,
     TRANSITIONS,
     CancelRefused,
     InvalidTransition,
     OrderType,
+    PaymentMode,
     Status,
     can_transition,
     check_another_sms,
@@ -142,7 +143,9 @@ def test_only_receive_sms_is_refunded_when_no_sms_comes() -> None:
 
 @pytest.mark.parametrize("order_type", [OrderType.RECEIVE_SMS, OrderType.RECEIVE_SMS_REACTIVATE])
 def test_another_sms_is_allowed_on_a_code_received_l402_order(order_type: OrderType) -> None:
-    check_another_sms(order_type=order_type, status=S.CODE_RECEIVED, payment_mode="standard")
+    check_another_sms(
+        order_type=order_type, status=S.CODE_RECEIVED, payment_mode=PaymentMode.STANDARD
+    )
 
 
 @pytest.mark.parametrize(
@@ -159,5 +162,5 @@ def test_another_sms_is_refused_otherwise(
     order_type: OrderType, status: Status, mode: str, code: str
 ) -> None:
     with pytest.raises(CancelRefused) as refused:
-        check_another_sms(order_type=order_type, status=status, payment_mode=mode)
+        check_another_sms(order_type=order_type, status=status, payment_mode=PaymentMode(mode))
     assert refused.value.code == code

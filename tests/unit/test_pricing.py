@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from libs.common.pricing import (
+from libs.common.domain.pricing import (
     quote_sats,
     refund_fee_limit_sat,
     unused_rent_sats,

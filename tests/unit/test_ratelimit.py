@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from libs.common.ratelimit import RateLimiter
+from libs.common.core.ratelimit import RateLimiter
 
 
 def test_burst_then_refused_with_retry_after() -> None:

@@ -6,13 +6,13 @@ from dataclasses import replace
 
 import pytest
 
-from libs.common.config import Settings
-from libs.common.invoices import (
+from libs.common.core.config import Settings
+from libs.common.domain.orders import OrderType
+from libs.common.domain.refund_invoices import (
     REFUND_INVOICE_EXPIRES_TOO_SOON,
     REFUND_VALIDITY_MARGIN_SECONDS,
     refund_min_validity_seconds,
 )
-from libs.common.orders import OrderType
 from services.gateway.errors import ApiError
 from services.gateway.orders import parse_order_request
 from tests.unit.test_gateway_orders import INDEX

@@ -1,4 +1,4 @@
-"""Unit tests of libs.common.sms against recorded provider replies served by a local test server."""
+"""Unit tests of adapters.sms against recorded provider replies served by a local test server."""
 
 from __future__ import annotations
 
@@ -17,9 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client import REGISTRY
 
-from libs.common.config import Settings
-from libs.common.metrics import PROVIDER_ERRORS
-from libs.common.sms import (
+from libs.common.adapters.sms import (
     Activation,
     ActivationNotActive,
     ActivationStatus,
@@ -62,7 +60,9 @@ from libs.common.sms import (
     parse_reply,
     parse_status_v2,
 )
-from libs.common.sms.limiter import ProviderLimiter
+from libs.common.adapters.sms.limiter import ProviderLimiter
+from libs.common.core.config import Settings
+from libs.common.core.metrics import PROVIDER_ERRORS
 
 API_KEY = "unit-secret-key-123"
 

@@ -20,9 +20,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from libs.common.config import Settings
-from libs.common.logs import setup_logging
-from libs.common.sms import HeroSmsClient
+from libs.common.adapters.sms import HeroSmsClient
+from libs.common.core.config import Settings
+from libs.common.core.logs import setup_logging
 from services.gateway.app import init_app, make_runner
 
 SECRET = "Wh-s3cret/with+odd=chars"

@@ -1,0 +1,1 @@
+"""Clients of the systems we do not run: the Lightning node and the SMS provider."""

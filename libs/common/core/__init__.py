@@ -1,0 +1,1 @@
+"""The ground floor: settings, logging, metrics, fault injection and rate limiting."""

@@ -1,0 +1,1 @@
+"""NATS and the process: the bus, the outbox relay, the worker runtime and ops endpoints."""

@@ -1,0 +1,333 @@
+"""The in-memory twin of the stores: the same contract as PostgreSQL, in dicts, on a given clock.
+
+Like procrastinate's InMemoryConnector, it lets the workers' decisions be unit-tested without a
+server: `MemoryStores(clock)` answers every store call the way PostgreSQL would, with `now`
+read from the clock the test controls. A transaction takes one lock (so transactions never
+interleave, a little stricter than READ COMMITTED) and restores a snapshot if its block fails.
+`tests/integration/test_store_contract.py` runs one suite against both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from libs.common.domain.alarms import Alarm
+from libs.common.domain.events import Event, EventType, Timer
+from libs.common.domain.messages import Message, extract_code, storable
+from libs.common.domain.orders import NewOrder, Order, Status, check_transition, is_terminal
+from libs.common.persistence.order_store import NOW, WRITABLE
+from libs.common.persistence.ports import Stores
+from libs.common.persistence.stores import PgStores
+
+Clock = Callable[[], datetime]
+
+
+@dataclass
+class TimerRow:
+    """One durable timer."""
+
+    id: int
+    order_id: str
+    kind: str
+    due_at: datetime
+    fired_at: datetime | None = None
+
+
+@dataclass
+class OutboxRow:
+    """One outbox row: the event and where it goes."""
+
+    event: Event
+    subject: str
+    created_at: datetime
+    published_at: datetime | None = None
+
+
+@dataclass
+class MemoryState:
+    """Every table of the twin; copied whole to roll a transaction back."""
+
+    orders: dict[str, Order] = field(default_factory=dict)
+    # order_transitions: (order_id, from, to, at), in order.
+    status_log: list[tuple[str, Status | None, Status, datetime]] = field(default_factory=list)
+    timers: dict[tuple[str, str], TimerRow] = field(default_factory=dict)
+    outbox: list[OutboxRow] = field(default_factory=list)
+    inbox: set[tuple[str, str]] = field(default_factory=set)
+    # order_messages: (order_id, dedup key) -> message, in insertion order.
+    messages: dict[tuple[str, str], Message] = field(default_factory=dict)
+    alarms: dict[Alarm, tuple[str, datetime]] = field(default_factory=dict)
+    # --- gateway: more tables ---
+
+    # --- payments: more tables ---
+
+    # --- provider: more tables ---
+
+    # --- scheduler: more tables ---
+
+    next_id: int = 1
+
+    def new_id(self) -> int:
+        """A fresh bigserial value."""
+        self.next_id += 1
+        return self.next_id
+
+
+class _Base:
+    """Shared access to the state and the clock."""
+
+    def __init__(self, stores: MemoryStores) -> None:
+        self._stores = stores
+
+    @property
+    def _state(self) -> MemoryState:
+        return self._stores.state
+
+    def _now(self) -> datetime:
+        return self._stores.clock()
+
+
+class MemoryTimers(_Base):
+    """Twin of PgTimers."""
+
+    async def set(self, order_id: str, kind: str, seconds: float) -> None:
+        """Arm (or re-arm) the order's timer of this kind, due in `seconds`."""
+        due = self._now() + timedelta(seconds=float(seconds))
+        row = self._state.timers.get((order_id, kind))
+        if row is None:
+            self._state.timers[(order_id, kind)] = TimerRow(
+                self._state.new_id(), order_id, kind, due
+            )
+        else:
+            row.due_at, row.fired_at = due, None
+
+    async def cancel(self, order_id: str, kind: str) -> None:
+        """Disarm the order's timer of this kind if it has not fired."""
+        row = self._state.timers.get((order_id, kind))
+        if row is not None and row.fired_at is None:
+            del self._state.timers[(order_id, kind)]
+
+
+class MemoryMessages(_Base):
+    """Twin of PgMessages."""
+
+    async def record(self, order_id: str, msg: Message) -> bool:
+        """Store a message once; returns False when it was already there (a redelivery)."""
+        key = (order_id, msg.dedup_key())
+        if key in self._state.messages:
+            return False
+        text, phone_from = storable(msg.text), storable(msg.phone_from)
+        code = storable(msg.code) or extract_code(text)
+        self._state.messages[key] = Message(msg.received_at, text, code, phone_from)
+        return True
+
+    async def for_order(self, order_id: str) -> list[Message]:
+        """Every message of an order, oldest first."""
+        mine = [m for (oid, _), m in self._state.messages.items() if oid == order_id]
+        return sorted(mine, key=lambda m: m.received_at)
+
+
+class MemoryOutbox(_Base):
+    """Twin of PgOutbox."""
+
+    async def enqueue(self, event: Event) -> None:
+        """Write an event; it is 'published' only if the surrounding transaction commits."""
+        self._state.outbox.append(OutboxRow(event, event.subject(self._stores.prefix), self._now()))
+
+
+class MemoryInbox(_Base):
+    """Twin of PgInbox."""
+
+    async def seen(self, consumer: str, message_id: str) -> bool:
+        """Whether this consumer already handled this message."""
+        return (consumer, message_id) in self._state.inbox
+
+    async def record(self, consumer: str, message_id: str) -> None:
+        """Remember that this consumer handled this message."""
+        self._state.inbox.add((consumer, message_id))
+
+
+class MemoryOrders(_Base):
+    """Twin of PgOrders."""
+
+    async def insert(self, new: NewOrder) -> Order:
+        """Create a pending_payment order."""
+        if new.id in self._state.orders:
+            raise KeyError(f"order {new.id} exists")  # PostgreSQL: unique violation
+        now = self._now()
+        values = {f.name: getattr(new, f.name) for f in dataclasses.fields(NewOrder)}
+        values["invoice_expires_at"] = new.invoice_expires_at or now
+        order = Order(
+            **values,
+            status=Status.PENDING_PAYMENT,
+            created_at=now,
+            updated_at=now,
+            client_addr=self._stores.client_addr,
+        )
+        self._state.orders[order.id] = order
+        self._state.status_log.append((order.id, None, order.status, now))
+        return order
+
+    async def get(self, order_id: str) -> Order | None:
+        """Load one order."""
+        return self._state.orders.get(order_id)
+
+    async def transition(
+        self, order_id: str, expected: Status, target: Status, **changes: Any
+    ) -> Order | None:
+        """Move an order from expected to target; None when it was not in expected."""
+        check_transition(expected, target)
+        now = self._now()
+        values: dict[str, Any] = {}
+        for column, value in changes.items():
+            if column not in WRITABLE:
+                raise ValueError(f"a transition cannot set {column!r}")
+            if value is NOW:
+                values[column] = now
+            elif isinstance(value, timedelta):
+                values[column] = now + value
+            else:
+                values[column] = value
+        order = self._state.orders.get(order_id)
+        if order is None or order.status is not expected:
+            return None
+        values.update(status=target, updated_at=now)
+        if is_terminal(target):
+            values["finished_at"] = now
+        moved = dataclasses.replace(order, **values)
+        self._state.orders[order_id] = moved
+        self._state.status_log.append((order_id, expected, target, now))
+        return moved
+
+    async def mark_paid(self, order_id: str, *, deadline: float, **changes: Any) -> bool:
+        """pending_payment -> paid: start the SMS deadline and tell the provider worker."""
+        moved = await self.transition(
+            order_id,
+            Status.PENDING_PAYMENT,
+            Status.PAID,
+            paid_at=NOW,
+            deadline_at=timedelta(seconds=deadline),
+            **changes,
+        )
+        if moved is None:
+            return False
+        await self._stores.timers.cancel(order_id, Timer.INVOICE_EXPIRED)
+        await self._stores.timers.set(order_id, Timer.SMS_TIMEOUT, deadline)
+        await self._stores.outbox.enqueue(Event(EventType.PAID, order_id))
+        return True
+
+    async def complete(
+        self, order_id: str, *, code_retention: float, current: Status = Status.CODE_RECEIVED
+    ) -> bool:
+        """code_received (or rent_active) -> completed, arming the code purge and the event."""
+        if await self.transition(order_id, current, Status.COMPLETED) is None:
+            return False
+        await self._stores.timers.set(order_id, Timer.PURGE_CODE, code_retention)
+        await self._stores.outbox.enqueue(Event(EventType.COMPLETED, order_id))
+        return True
+
+    # --- gateway: order methods ---
+
+    # --- payments: order methods ---
+
+    # --- provider: order methods ---
+
+    # --- scheduler: order methods ---
+
+
+class MemoryAlarms(_Base):
+    """Twin of PgAlarms."""
+
+    async def raise_(self, alarm: Alarm, detail: str) -> datetime | None:
+        """Raise the alarm; returns when it was first raised, None when it already was."""
+        if alarm in self._state.alarms:
+            return None
+        self._state.alarms[alarm] = (detail, self._now())
+        return self._now()
+
+    async def clear(self, alarm: Alarm) -> bool:
+        """Clear the alarm; True when it was raised."""
+        return self._state.alarms.pop(alarm, None) is not None
+
+    async def active(self, alarm: Alarm) -> tuple[str, datetime] | None:
+        """(detail, since) of a raised alarm, or None."""
+        return self._state.alarms.get(alarm)
+
+
+# --- gateway: new twin classes ---
+
+# --- payments: new twin classes ---
+
+# --- provider: new twin classes ---
+
+# --- scheduler: new twin classes ---
+
+
+class MemoryStores:
+    """Every store, in memory, on the given clock."""
+
+    def __init__(self, clock: Clock, prefix: str = "orders") -> None:
+        self.clock = clock
+        self.prefix = prefix
+        # What the unpaid cap's transaction setting would tag new orders with.
+        self.client_addr: str | None = None
+        self.state = MemoryState()
+        self._lock = asyncio.Lock()
+        self._owner: asyncio.Task[Any] | None = None
+        self.orders = MemoryOrders(self)
+        self.timers = MemoryTimers(self)
+        self.outbox = MemoryOutbox(self)
+        self.inbox = MemoryInbox(self)
+        self.messages = MemoryMessages(self)
+        self.alarms = MemoryAlarms(self)
+        # --- gateway: more stores ---
+
+        # --- payments: more stores ---
+
+        # --- provider: more stores ---
+
+        # --- scheduler: more stores ---
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[MemoryStores]:
+        """One transaction at a time; the state is restored if the block raises."""
+        if self._lock.locked() and self._owner is asyncio.current_task():
+            yield self  # nested: part of the outer transaction
+            return
+        async with self._lock:
+            self._owner = asyncio.current_task()
+            snapshot = copy.deepcopy(self.state)
+            try:
+                yield self
+            except BaseException:
+                self.state = snapshot
+                raise
+            finally:
+                self._owner = None
+
+    # Helpers for tests: what the workers would see next.
+    def events(self, type_: EventType | None = None) -> list[Event]:
+        """Every event written to the outbox so far (optionally of one type), oldest first."""
+        return [r.event for r in self.state.outbox if type_ is None or r.event.type is type_]
+
+    def timer_due(self, order_id: str, kind: str) -> datetime | None:
+        """When the order's unfired timer of this kind is due, or None when none is armed."""
+        row = self.state.timers.get((order_id, kind))
+        return None if row is None or row.fired_at is not None else row.due_at
+
+
+def new_order_id() -> str:
+    """A fresh order id, shaped as the gateway makes them."""
+    return str(uuid.uuid4())
+
+
+def _both_meet_the_contract(memory: MemoryStores, postgres: PgStores) -> tuple[Stores, Stores]:
+    """Never called: mypy checks here that the twin and PostgreSQL both satisfy `Stores`."""
+    return memory, postgres

@@ -1,0 +1,144 @@
+"""The stores' interfaces: what use cases may ask of persistence, met by PostgreSQL and the twin.
+
+Each Protocol is implemented twice: by the PostgreSQL stores (`stores.PgStores`) and by the
+in-memory twin (`memory.MemoryStores`); `tests/integration/test_store_contract.py` runs the
+same tests against both.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
+from typing import Any, Protocol
+
+from libs.common.domain.alarms import Alarm
+from libs.common.domain.events import Event
+from libs.common.domain.messages import Message
+from libs.common.domain.orders import NewOrder, Order, Status
+
+
+class Orders(Protocol):
+    """The orders table and its status log: reads and guarded transitions."""
+
+    async def insert(self, new: NewOrder) -> Order:
+        """Create a pending_payment order."""
+
+    async def get(self, order_id: str) -> Order | None:
+        """Load one order."""
+
+    async def transition(
+        self, order_id: str, expected: Status, target: Status, **changes: Any
+    ) -> Order | None:
+        """Move an order from expected to target; None when it was not in expected (stale)."""
+
+    async def mark_paid(self, order_id: str, *, deadline: float, **changes: Any) -> bool:
+        """pending_payment -> paid: start the SMS deadline and tell the provider worker."""
+
+    async def complete(self, order_id: str, *, code_retention: float, current: Status) -> bool:
+        """code_received (or rent_active) -> completed, arming the code purge and the event."""
+
+    # --- gateway: order methods ---
+
+    # --- payments: order methods ---
+
+    # --- provider: order methods ---
+
+    # --- scheduler: order methods ---
+
+
+class Timers(Protocol):
+    """Durable per-order timers, due by the database clock."""
+
+    async def set(self, order_id: str, kind: str, seconds: float) -> None:
+        """Arm (or re-arm) the order's timer of this kind, due in `seconds`."""
+
+    async def cancel(self, order_id: str, kind: str) -> None:
+        """Disarm the order's timer of this kind if it has not fired."""
+
+
+class Messages(Protocol):
+    """The SMS of each order, stored once whichever source reported them."""
+
+    async def record(self, order_id: str, msg: Message) -> bool:
+        """Store a message once; False when it was already there."""
+
+    async def for_order(self, order_id: str) -> list[Message]:
+        """Every message of an order, oldest first."""
+
+
+class Outbox(Protocol):
+    """Events written in the caller's transaction, relayed to NATS after it commits."""
+
+    async def enqueue(self, event: Event) -> None:
+        """Write an event; it is published only if the surrounding transaction commits."""
+
+
+class Inbox(Protocol):
+    """Which consumer has already handled which message (idempotent consumers)."""
+
+    async def seen(self, consumer: str, message_id: str) -> bool:
+        """Whether this consumer already handled this message."""
+
+    async def record(self, consumer: str, message_id: str) -> None:
+        """Remember that this consumer handled this message."""
+
+
+class Alarms(Protocol):
+    """Operator alarms: raised until cleared."""
+
+    async def raise_(self, alarm: Alarm, detail: str) -> datetime | None:
+        """Raise the alarm; returns when it was first raised, None when it already was."""
+
+    async def clear(self, alarm: Alarm) -> bool:
+        """Clear the alarm; True when it was raised."""
+
+    async def active(self, alarm: Alarm) -> tuple[str, datetime] | None:
+        """(detail, since) of a raised alarm, or None."""
+
+
+# --- gateway: new store Protocols ---
+
+# --- payments: new store Protocols ---
+
+# --- provider: new store Protocols ---
+
+# --- scheduler: new store Protocols ---
+
+
+class Stores(Protocol):
+    """Every store bound to one database (or one transaction) and the subject prefix."""
+
+    @property
+    def orders(self) -> Orders:
+        """The order store."""
+
+    @property
+    def timers(self) -> Timers:
+        """The timer store."""
+
+    @property
+    def messages(self) -> Messages:
+        """The message store."""
+
+    @property
+    def outbox(self) -> Outbox:
+        """The outbox store."""
+
+    @property
+    def inbox(self) -> Inbox:
+        """The inbox store."""
+
+    @property
+    def alarms(self) -> Alarms:
+        """The alarm store."""
+
+    # --- gateway: more stores ---
+
+    # --- payments: more stores ---
+
+    # --- provider: more stores ---
+
+    # --- scheduler: more stores ---
+
+    def transaction(self) -> AbstractAsyncContextManager[Stores]:
+        """The same stores inside one transaction that commits when the block succeeds."""

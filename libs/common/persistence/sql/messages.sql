@@ -1,0 +1,69 @@
+-- name: message_insert
+-- At-least-once sources (webhook retries, polling) meet here: the dedup key keeps one copy.
+INSERT INTO order_messages (order_id, dedup_key, phone_from, text, code, received_at)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (order_id, dedup_key) DO NOTHING
+RETURNING id;
+
+-- name: messages_for_order
+SELECT phone_from, text, code, received_at FROM order_messages
+WHERE order_id = $1 ORDER BY received_at, id;
+
+-- name: messages_purge
+-- SMS contents are deleted once the retention after the order ended has passed.
+UPDATE order_messages SET text = NULL, code = NULL
+WHERE order_id = $1 AND (text IS NOT NULL OR code IS NOT NULL);
+
+-- name: order_by_rent_id
+SELECT id, status FROM orders WHERE type = 'rent-number' AND activation_id = $1;
+
+-- name: order_another_sms
+-- Re-open polling of an order whose customer asked for another SMS.
+UPDATE orders SET another_sms_at = now(), next_poll_at = now(), updated_at = now()
+WHERE id = $1 AND status = 'code_received'
+RETURNING activation_id;
+
+-- name: order_new_code
+-- Another SMS arrived on a code_received order: it becomes the order's code.
+UPDATE orders SET code = $2, sms_text = $3, sms_received_at = now(), another_sms_at = NULL,
+                  updated_at = now()
+WHERE id = $1 AND status = 'code_received';
+
+-- name: orders_claim_rent_poll
+-- Polling fallback for rentals (webhooks may be lost): due rentals, claimed and pushed back.
+WITH due AS (
+    SELECT id FROM orders
+    WHERE status = 'rent_active' AND next_poll_at <= now()
+    ORDER BY next_poll_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE orders o SET next_poll_at = now() + make_interval(secs => $2)
+FROM due WHERE o.id = due.id
+RETURNING o.*;
+
+-- name: alarm_raise
+INSERT INTO provider_alarms (name, detail) VALUES ($1, $2)
+ON CONFLICT (name) DO NOTHING
+RETURNING since;
+
+-- name: alarm_clear
+DELETE FROM provider_alarms WHERE name = $1 RETURNING since;
+
+-- name: alarm_active
+SELECT detail, since FROM provider_alarms WHERE name = $1;
+
+-- name: order_poll_now
+-- An activation webhook: have the poller look at the order now (polling decides).
+UPDATE orders SET next_poll_at = now()
+WHERE activation_id = $1 AND type <> 'rent-number'
+  AND status IN ('waiting_for_sms', 'code_received') AND next_poll_at IS NOT NULL
+RETURNING id;
+
+-- name: order_reactivation_in_progress
+-- A paid reactivation of this order not over yet (unpaid ones may race; the provider refuses
+-- the second reactivation and that order is refunded).
+SELECT 1 FROM orders
+WHERE reactivates = $1
+  AND status NOT IN ('pending_payment', $TERMINAL)
+LIMIT 1;

@@ -1,0 +1,1 @@
+"""Operator tools on top of everything: bootstrap and the invariant checker."""
