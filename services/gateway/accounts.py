@@ -6,8 +6,8 @@ import argparse
 import asyncio
 
 from libs.common.core.config import load_settings
+from libs.common.domain.api_keys import key_hash, new_api_key
 from libs.common.persistence import db
-from libs.common.persistence.account_store import key_hash, new_api_key
 from libs.common.persistence.db import Q
 
 

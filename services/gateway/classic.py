@@ -20,12 +20,12 @@ from aiohttp.http_exceptions import HttpProcessingError
 from libs.common.adapters.lightning import AddedInvoice, LndError
 from libs.common.core.faults import crash_point
 from libs.common.domain import countries
+from libs.common.domain.api_keys import key_hash, plausible_key
 from libs.common.domain.countries import Offer
 from libs.common.domain.events import Event, EventType, Timer
 from libs.common.domain.orders import CancelRefused, OrderType, Status, check_customer_cancel
 from libs.common.persistence import account_store as accounts
 from libs.common.persistence import order_store as store
-from libs.common.persistence.account_store import key_hash
 from libs.common.persistence.db import Q, transaction
 from libs.common.persistence.outbox_store import enqueue
 from services.gateway import unpaid
@@ -199,7 +199,7 @@ async def _account_row(request: web.Request) -> Any:
     api_key = request.headers.get("X-API-Key", "")
     if not api_key:
         return _error(400, "X-API-Key header is required")
-    if not accounts.plausible_key(api_key):
+    if not plausible_key(api_key):
         # Non-ASCII bytes, control characters, absurd length: no key we issued looks so.
         return _error(401, "unknown or revoked API key")
     row = await request.app[POOL].fetchrow(Q.account_by_key, key_hash(api_key))

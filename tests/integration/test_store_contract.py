@@ -25,6 +25,7 @@ from libs.common.domain.orders import (
     PaymentMode,
     Status,
 )
+from libs.common.domain.refunds import RefundStatus
 from libs.common.persistence.order_store import NOW
 from tests.integration.contract import Backend, new_order
 
@@ -202,3 +203,38 @@ async def test_messages_are_stored_once_and_listed_oldest_first(backend: Backend
     assert [m.code for m in stored] == ["11111", "222333"]
     assert [m.received_at for m in stored] == [at, at + timedelta(seconds=5)]
     assert stored[0].text == "Your code is 11111" and stored[0].phone_from == "Telegram"
+
+
+async def test_refund_intent_is_written_once_for_the_whole_price(backend: Backend) -> None:
+    order = await backend.stores.orders.insert(new_order())
+    await backend.stores.refunds.insert(order.id)
+    await backend.stores.refunds.insert(order.id, 100)  # a second intent changes nothing
+    refund = await backend.stores.refunds.get(order.id)
+    assert refund is not None
+    assert refund.amount_sats == order.price_sats and refund.attempts == 0
+    assert refund.status is RefundStatus.PENDING
+    assert refund.payment_hash == order.refund_payment_hash
+    assert await backend.stores.refunds.get(str(uuid.uuid4())) is None
+
+
+async def test_refund_intent_for_part_of_the_price(backend: Backend) -> None:
+    order = await backend.stores.orders.insert(new_order())
+    await backend.stores.refunds.insert(order.id, 700)
+    refund = await backend.stores.refunds.get(order.id)
+    assert refund is not None and refund.amount_sats == 700
+
+
+async def test_hold_orders_get_no_refund_row(backend: Backend) -> None:
+    order = await backend.stores.orders.insert(
+        new_order(payment_mode=PaymentMode.HOLD, preimage=b"p" * 32)
+    )
+    await backend.stores.refunds.insert(order.id)
+    assert await backend.stores.refunds.get(order.id) is None
+
+
+async def test_tokens_are_forgotten_with_their_order(backend: Backend) -> None:
+    order = await backend.stores.orders.insert(new_order())
+    await backend.stores.tokens.insert(b"k" * 32, b"r" * 32, order.id)
+    await backend.stores.tokens.delete_for_order(order.id)
+    # The same key id can be stored again once forgotten (it is the primary key).
+    await backend.stores.tokens.insert(b"k" * 32, b"r" * 32, order.id)

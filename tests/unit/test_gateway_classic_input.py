@@ -17,7 +17,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from libs.common.core.config import Settings
-from libs.common.persistence.account_store import key_hash, plausible_key
+from libs.common.domain.api_keys import key_hash, plausible_key
 from services.gateway.app import init_app
 
 
@@ -101,7 +101,7 @@ async def test_an_immediate_order_with_such_a_key_is_a_classic_401(server: TestS
 
 
 def test_key_hash_never_raises_and_keys_we_issue_are_plausible() -> None:
-    from libs.common.persistence.account_store import new_api_key
+    from libs.common.domain.api_keys import new_api_key
 
     assert len(key_hash("s4s_\udcff")) == 32
     assert plausible_key(new_api_key())

@@ -22,7 +22,15 @@ from typing import Any
 from libs.common.domain.alarms import Alarm
 from libs.common.domain.events import Event, EventType, Timer
 from libs.common.domain.messages import Message, extract_code, storable
-from libs.common.domain.orders import NewOrder, Order, Status, check_transition, is_terminal
+from libs.common.domain.orders import (
+    NewOrder,
+    Order,
+    PaymentMode,
+    Status,
+    check_transition,
+    is_terminal,
+)
+from libs.common.domain.refunds import Refund, RefundStatus
 from libs.common.persistence.order_store import NOW, WRITABLE
 from libs.common.persistence.ports import Stores
 from libs.common.persistence.stores import PgStores
@@ -64,6 +72,9 @@ class MemoryState:
     # order_messages: (order_id, dedup key) -> message, in insertion order.
     messages: dict[tuple[str, str], Message] = field(default_factory=dict)
     alarms: dict[Alarm, tuple[str, datetime]] = field(default_factory=dict)
+    refunds: dict[str, Refund] = field(default_factory=dict)
+    # l402_tokens: key id -> (root key, order id).
+    tokens: dict[bytes, tuple[bytes, str]] = field(default_factory=dict)
     # --- gateway: more tables ---
 
     # --- payments: more tables ---
@@ -132,6 +143,24 @@ class MemoryMessages(_Base):
         """Every message of an order, oldest first."""
         mine = [m for (oid, _), m in self._state.messages.items() if oid == order_id]
         return sorted(mine, key=lambda m: m.received_at)
+
+
+class MemoryTokens(_Base):
+    """Twin of PgTokens."""
+
+    async def insert(self, key_id: bytes, root_key: bytes, order_id: str) -> None:
+        """Store a new credential's root key for the order it unlocks."""
+        if key_id in self._state.tokens:
+            raise KeyError("token exists")  # PostgreSQL: unique violation
+        self._state.tokens[key_id] = (root_key, order_id)
+
+    async def delete_for_order(self, order_id: str) -> None:
+        """Forget every credential of the order."""
+        for key_id, (_, owner) in list(self._state.tokens.items()):
+            if owner == order_id:
+                del self._state.tokens[key_id]
+
+    # --- gateway: token methods ---
 
 
 class MemoryOutbox(_Base):
@@ -242,6 +271,42 @@ class MemoryOrders(_Base):
     # --- scheduler: order methods ---
 
 
+class MemoryRefunds(_Base):
+    """Twin of PgRefunds."""
+
+    async def insert(self, order_id: str, amount_sats: int | None = None) -> None:
+        """Write the intent to refund a standard order (the whole price unless amount_sats)."""
+        order = self._state.orders.get(order_id)
+        if order is None or order.payment_mode is not PaymentMode.STANDARD:
+            return
+        assert order.refund_invoice is not None and order.refund_payment_hash is not None
+        taken = any(
+            r.payment_hash == order.refund_payment_hash for r in self._state.refunds.values()
+        )
+        if order_id in self._state.refunds or taken:
+            return  # ON CONFLICT DO NOTHING
+        now = self._now()
+        self._state.refunds[order_id] = Refund(
+            order_id=order_id,
+            payment_request=order.refund_invoice,
+            payment_hash=order.refund_payment_hash,
+            amount_sats=order.price_sats if amount_sats is None else amount_sats,
+            status=RefundStatus.PENDING,
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+            updated_at=now,
+        )
+
+    async def get(self, order_id: str) -> Refund | None:
+        """The order's refund, if one was ever owed."""
+        return self._state.refunds.get(order_id)
+
+    # --- payments: refund methods ---
+
+    # --- provider: refund methods ---
+
+
 class MemoryAlarms(_Base):
     """Twin of PgAlarms."""
 
@@ -286,7 +351,9 @@ class MemoryStores:
         self.outbox = MemoryOutbox(self)
         self.inbox = MemoryInbox(self)
         self.messages = MemoryMessages(self)
+        self.tokens = MemoryTokens(self)
         self.alarms = MemoryAlarms(self)
+        self.refunds = MemoryRefunds(self)
         # --- gateway: more stores ---
 
         # --- payments: more stores ---

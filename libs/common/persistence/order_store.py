@@ -289,6 +289,23 @@ class PgOrders:
     # --- scheduler: order methods ---
 
 
+class PgTokens:
+    """The l402_tokens table: the root key of each credential, by key id."""
+
+    def __init__(self, db: Executor) -> None:
+        self._db = db
+
+    async def insert(self, key_id: bytes, root_key: bytes, order_id: str) -> None:
+        """Store a new credential's root key for the order it unlocks."""
+        await self._db.execute(Q.token_insert, key_id, root_key, order_id)
+
+    async def delete_for_order(self, order_id: str) -> None:
+        """Forget every credential of the order (it expired unpaid)."""
+        await self._db.execute(Q.tokens_delete_for_order, order_id)
+
+    # --- gateway: token methods ---
+
+
 class PgMessages:
     """The order_messages table: each SMS of an order stored once, whichever source saw it."""
 

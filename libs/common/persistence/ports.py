@@ -15,6 +15,7 @@ from libs.common.domain.alarms import Alarm
 from libs.common.domain.events import Event
 from libs.common.domain.messages import Message
 from libs.common.domain.orders import NewOrder, Order, Status
+from libs.common.domain.refunds import Refund
 
 
 class Orders(Protocol):
@@ -56,6 +57,18 @@ class Timers(Protocol):
         """Disarm the order's timer of this kind if it has not fired."""
 
 
+class Tokens(Protocol):
+    """The root keys of the L402 credentials, by key id."""
+
+    async def insert(self, key_id: bytes, root_key: bytes, order_id: str) -> None:
+        """Store a new credential's root key for the order it unlocks."""
+
+    async def delete_for_order(self, order_id: str) -> None:
+        """Forget every credential of the order."""
+
+    # --- gateway: token methods ---
+
+
 class Messages(Protocol):
     """The SMS of each order, stored once whichever source reported them."""
 
@@ -81,6 +94,20 @@ class Inbox(Protocol):
 
     async def record(self, consumer: str, message_id: str) -> None:
         """Remember that this consumer handled this message."""
+
+
+class Refunds(Protocol):
+    """The intent to pay a customer back, one per order."""
+
+    async def insert(self, order_id: str, amount_sats: int | None = None) -> None:
+        """Write the intent to refund a standard order (the whole price unless amount_sats)."""
+
+    async def get(self, order_id: str) -> Refund | None:
+        """The order's refund, if one was ever owed."""
+
+    # --- payments: refund methods ---
+
+    # --- provider: refund methods ---
 
 
 class Alarms(Protocol):
@@ -117,6 +144,10 @@ class Stores(Protocol):
         """The timer store."""
 
     @property
+    def tokens(self) -> Tokens:
+        """The credential store."""
+
+    @property
     def messages(self) -> Messages:
         """The message store."""
 
@@ -127,6 +158,10 @@ class Stores(Protocol):
     @property
     def inbox(self) -> Inbox:
         """The inbox store."""
+
+    @property
+    def refunds(self) -> Refunds:
+        """The refund store."""
 
     @property
     def alarms(self) -> Alarms:

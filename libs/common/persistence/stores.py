@@ -7,10 +7,12 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 
+from libs.common.persistence.account_store import PgAccounts
 from libs.common.persistence.db import Executor
 from libs.common.persistence.ops_store import PgAlarms
-from libs.common.persistence.order_store import PgMessages, PgOrders, PgTimers
+from libs.common.persistence.order_store import PgMessages, PgOrders, PgTimers, PgTokens
 from libs.common.persistence.outbox_store import PgInbox, PgOutbox
+from libs.common.persistence.refund_store import PgRefunds
 
 
 class PgStores:
@@ -23,8 +25,11 @@ class PgStores:
         self.outbox = PgOutbox(db, prefix)
         self.inbox = PgInbox(db)
         self.messages = PgMessages(db)
+        self.tokens = PgTokens(db)
         self.orders = PgOrders(db, timers=self.timers, outbox=self.outbox)
         self.alarms = PgAlarms(db)
+        self.refunds = PgRefunds(db)
+        self.accounts = PgAccounts(db)
         # --- gateway: more stores ---
 
         # --- payments: more stores ---
