@@ -19,16 +19,14 @@ import asyncpg
 from aiohttp import web
 
 from libs.common.core.metrics import FX_RATE_AGE, PROVIDER_NO_BALANCE
-from libs.common.domain import countries
+from libs.common.domain import countries, fx
 from libs.common.domain.alarms import Alarm
 from libs.common.domain.countries import Country, CountryIndex
 from libs.common.domain.orders import OrderType
-from libs.common.persistence import fx_store as fx
-from libs.common.persistence.catalog_store import CATALOG_JOB, Catalog, ServiceRow
-from libs.common.persistence.catalog_store import load as load_catalog
+from libs.common.persistence.catalog_store import Catalog, PgCatalog, ServiceRow
 from libs.common.persistence.db import Q
 from services.gateway.errors import ApiError
-from services.gateway.keys import POOL, SETTINGS
+from services.gateway.keys import POOL, SETTINGS, STORES
 from services.gateway.orders import price_for
 
 log = logging.getLogger(__name__)
@@ -126,18 +124,13 @@ class CatalogCache:
         self._entry: Snapshot | None = None
         self._warned_stale_at = -float("inf")
 
-    async def get(self, pool: asyncpg.Pool) -> Snapshot:
+    async def get(self, store: PgCatalog) -> Snapshot:
         """A snapshot no older than ttl (PostgreSQL is the source of truth)."""
         async with self._lock:  # one read at a time, however many requests wait
             entry = self._entry
             if entry is None or time.monotonic() - entry.loaded_at >= self._ttl:
-                async with pool.acquire() as conn:
-                    # The tables are re-read only after a refresh (they can be large).
-                    version = await conn.fetchval(Q.catalog_version, CATALOG_JOB)
-                    catalog = entry.catalog if entry is not None else None
-                    if catalog is None or catalog.refreshed_at != version:
-                        catalog = await load_catalog(conn)
-                    rate = await fx.load_rate(conn)
+                # The tables are re-read only after a refresh (they can be large).
+                catalog, rate = await store.read(entry.catalog if entry is not None else None)
                 entry = self._entry = Snapshot(catalog, rate, time.monotonic())
             return entry
 
@@ -155,7 +148,7 @@ NOT_LOADED = "the catalog is not loaded yet; retry later"
 async def snapshot(request: web.Request) -> Snapshot:
     """The current snapshot; 503 UNAVAILABLE when PostgreSQL cannot be read."""
     try:
-        return await request.app[CACHE].get(request.app[POOL])
+        return await request.app[CACHE].get(request.app[STORES].catalog)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
         raise ApiError(503, "UNAVAILABLE", "the catalog cannot be read now; retry later") from exc
 

@@ -15,94 +15,35 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
-from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 import aiohttp
-import asyncpg
 
-from libs.common.adapters import sms as sms_port
-from libs.common.adapters.sms import HeroSmsClient, ProviderError, SmsProvider
+from libs.common.adapters.fx_source import fetch_rate
+from libs.common.adapters.sms import BadRentTime, HeroSmsClient, ProviderError, SmsProvider
 from libs.common.core.config import Settings, load_settings
 from libs.common.core.logs import setup_logging
 from libs.common.core.metrics import FX_RATE_REJECTED
 from libs.common.domain.alarms import Alarm
 from libs.common.domain.countries import Country, Offer, static_iso
+from libs.common.domain.fx import PAIR, FxRateRejected, FxSourceError, implausible_change
 from libs.common.persistence import db
-from libs.common.persistence import fx_store as fx
 from libs.common.persistence.catalog_store import (
     CATALOG_JOB,
     FX_JOB,
     CatalogData,
     RentPrice,
     ServiceRow,
-    replace,
 )
-from libs.common.persistence.db import Q, transaction
+from libs.common.persistence.stores import PgStores
 
 log = logging.getLogger(__name__)
 
-LOCK_KEY = "sms4sats.catalog"
 # A failed run is retried this soon (or at the regular interval, if that is shorter).
 RETRY_SECONDS = 15.0
 TICK_SECONDS = 2.0
-
-# The provider port's rent error, once the port has it; any ProviderError skips a duration.
-_BAD_RENT_TIME: type[Exception] | None = getattr(sms_port, "BadRentTime", None)
-
-
-class RentOfferLike(Protocol):
-    """One rent offer as the provider port returns it (RentOffer)."""
-
-    @property
-    def country(self) -> int:
-        """Provider country id."""
-        ...
-
-    @property
-    def service(self) -> str:
-        """Service code."""
-        ...
-
-    @property
-    def hours(self) -> int:
-        """Rental duration in hours."""
-        ...
-
-    @property
-    def cost_usd(self) -> Decimal:
-        """Provider price in USD."""
-        ...
-
-    @property
-    def count(self) -> int:
-        """Numbers available."""
-        ...
-
-
-class RentCatalogLike(Protocol):
-    """The provider port's answer for one duration (RentCatalog)."""
-
-    @property
-    def countries(self) -> list[int]:
-        """Countries where that duration can be rented."""
-        ...
-
-    @property
-    def offers(self) -> Sequence[RentOfferLike]:
-        """The offers."""
-        ...
-
-
-@runtime_checkable
-class RentSource(Protocol):
-    """A provider that can list rent offers (the port's `rent_offers`)."""
-
-    async def rent_offers(self, hours: int, country: int | None = None) -> RentCatalogLike:
-        """Rent offers for one duration, optionally in one country."""
-        ...
 
 
 class CatalogIncomplete(Exception):
@@ -113,9 +54,6 @@ async def fetch_rent(
     provider: SmsProvider, rent_countries: list[int], durations: list[int]
 ) -> list[RentPrice] | None:
     """Rent offers per duration and rent country; None when no rent answer came at all."""
-    if not isinstance(provider, RentSource):
-        log.warning("the provider port has no rent_offers; rent prices are left as they are")
-        return None
     found: dict[tuple[int, str, int], RentPrice] = {}
     answered = False
     for hours in durations:
@@ -124,7 +62,7 @@ async def fetch_rent(
                 got = await provider.rent_offers(hours, country=country_id)
             except ProviderError as exc:
                 log.info("rent offers for %s h in country %s skipped: %s", hours, country_id, exc)
-                if _BAD_RENT_TIME is not None and isinstance(exc, _BAD_RENT_TIME):
+                if isinstance(exc, BadRentTime):
                     break  # the provider does not offer this duration at all
                 continue
             answered = True
@@ -151,7 +89,7 @@ async def fetch_catalog(provider: SmsProvider, durations: list[int]) -> CatalogD
             static_iso(c.id, c.name),
             c.visible,
             c.rent,
-            getattr(c, "retry", None),  # the port's Country may not carry it
+            None,  # the port's Country does not say whether retries are allowed
         )
         for c in provided
     }
@@ -172,31 +110,24 @@ async def fetch_catalog(provider: SmsProvider, durations: list[int]) -> CatalogD
 
 
 async def refresh_catalog(
-    pool: asyncpg.Pool, provider: SmsProvider, settings: Settings, *, wait: bool = False
+    stores: PgStores, provider: SmsProvider, settings: Settings, *, wait: bool = False
 ) -> dict[str, int | None] | None:
     """Refresh the catalog tables; returns the counts, or None if another refresh is running."""
-    async with pool.acquire() as lock_conn:
-        if wait:
-            await lock_conn.execute(Q.catalog_lock, LOCK_KEY)
-        elif not await lock_conn.fetchval(Q.catalog_try_lock, LOCK_KEY):
+    async with stores.catalog.single_flight(wait=wait) as mine:
+        if not mine:
             log.info("a catalog refresh is already running elsewhere")
             return None
-        try:
-            data = await fetch_catalog(provider, settings.rent_durations())
-            counts = data.counts()
-            async with transaction(pool) as conn:
-                await replace(conn, data)
-                await conn.execute(
-                    Q.refresh_job_ok, CATALOG_JOB, counts, settings.catalog_refresh_seconds
-                )
-        finally:
-            await lock_conn.execute(Q.catalog_unlock, LOCK_KEY)
+        data = await fetch_catalog(provider, settings.rent_durations())
+        counts = data.counts()
+        async with stores.transaction() as tx:
+            await tx.catalog.replace(data)
+            await tx.catalog.job_ok(CATALOG_JOB, counts, settings.catalog_refresh_seconds)
     log.info("catalog refreshed: %s", json.dumps(counts))
     return counts
 
 
 async def refresh_fx(
-    pool: asyncpg.Pool,
+    stores: PgStores,
     session: aiohttp.ClientSession,
     url: str,
     interval: float = 0.0,
@@ -209,26 +140,24 @@ async def refresh_fx(
     alarm goes up (FxRateRejected) and the stored rate keeps ageing, so the max-age rule
     stops sales if the source never comes back in range. A rate in range clears the alarm.
     """
-    rate = await fx.fetch_rate(session, url)
-    last = await fx.load_rate(pool)
-    if last is not None and fx.implausible_change(rate, last.rate, max_change=max_change):
-        await _raise_fx_alarm(pool, rate, last.rate)
-        raise fx.FxRateRejected(
-            f"{fx.PAIR} {rate:f} is more than {max_change:.0%} from {last.rate:f}"
-        )
-    await fx.store_rate(pool, rate, urlsplit(url).netloc or url)
-    await pool.execute(Q.refresh_job_ok, FX_JOB, {"rate": str(rate)}, interval)
-    if await pool.fetchval(Q.alarm_clear, Alarm.FX_RATE_JUMP) is not None:
+    rate = await fetch_rate(session, url)
+    last = await stores.catalog.rate()
+    if last is not None and implausible_change(rate, last.rate, max_change=max_change):
+        await _raise_fx_alarm(stores, rate, last.rate)
+        raise FxRateRejected(f"{PAIR} {rate:f} is more than {max_change:.0%} from {last.rate:f}")
+    await stores.catalog.store_rate(rate, urlsplit(url).netloc or url)
+    await stores.catalog.job_ok(FX_JOB, {"rate": str(rate)}, interval)
+    if await stores.alarms.clear(Alarm.FX_RATE_JUMP):
         log.warning("BTC/USD rate back within range; the fx_rate_jump alarm is cleared")
     FX_RATE_REJECTED.set(0)
     log.info("BTC/USD rate refreshed")
     return rate
 
 
-async def _raise_fx_alarm(pool: asyncpg.Pool, rate: Decimal, last: Decimal) -> None:
+async def _raise_fx_alarm(stores: PgStores, rate: Decimal, last: Decimal) -> None:
     """Tell the operator (once per episode) that the source answered an implausible rate."""
     FX_RATE_REJECTED.set(1)
-    if await pool.fetchval(Q.alarm_raise, Alarm.FX_RATE_JUMP, f"{rate:f} vs {last:f}") is not None:
+    if await stores.alarms.raise_(Alarm.FX_RATE_JUMP, f"{rate:f} vs {last:f}") is not None:
         log.error(
             "ALARM: the BTC/USD source answered %s, too far from the stored %s; not stored. "
             "Quotes use the stored rate until it is too old (then new orders are refused); "
@@ -240,24 +169,22 @@ async def _raise_fx_alarm(pool: asyncpg.Pool, rate: Decimal, last: Decimal) -> N
 
 
 async def run_if_due(
-    pool: asyncpg.Pool, name: str, interval: float, job: Callable[[], Awaitable[object]]
+    stores: PgStores, name: str, interval: float, job: Callable[[], Awaitable[object]]
 ) -> bool:
     """Run a job if this replica claims it as due; a failure is logged and retried soon."""
-    if await pool.fetchval(Q.refresh_job_claim, name, interval) is None:
+    if not await stores.catalog.claim_job(name, interval):
         return False
     try:
         await job()
     except Exception as exc:
         # Provider or rate source down: the stored rows stay as they are.
         log.warning("%s refresh failed: %s", name, type(exc).__name__)
-        await pool.execute(
-            Q.refresh_job_failed, name, f"{type(exc).__name__}: {exc}"[:500], RETRY_SECONDS
-        )
+        await stores.catalog.job_failed(name, f"{type(exc).__name__}: {exc}"[:500], RETRY_SECONDS)
     return True
 
 
 async def refresh_forever(
-    pool: asyncpg.Pool,
+    stores: PgStores,
     provider: SmsProvider,
     settings: Settings,
     stop: asyncio.Event,
@@ -268,17 +195,17 @@ async def refresh_forever(
         while not stop.is_set():
             try:
                 await run_if_due(
-                    pool,
+                    stores,
                     CATALOG_JOB,
                     settings.catalog_refresh_seconds,
-                    lambda: refresh_catalog(pool, provider, settings),
+                    lambda: refresh_catalog(stores, provider, settings),
                 )
                 await run_if_due(
-                    pool,
+                    stores,
                     FX_JOB,
                     settings.fx_refresh_seconds,
                     lambda: refresh_fx(
-                        pool,
+                        stores,
                         session,
                         settings.fx_url,
                         settings.fx_refresh_seconds,
@@ -299,11 +226,12 @@ async def refresh_once(settings: Settings, *, accept_rate: bool = False) -> int:
     `accept_rate` stores the fetched rate however far it moved (an operator confirmed it).
     """
     pool = await db.create_pool(settings.database_url, min_size=2, max_size=2)
+    stores = PgStores(pool, settings.subject_prefix)
     provider = HeroSmsClient.from_settings(settings)
     status = 0
     try:
         try:
-            counts = await refresh_catalog(pool, provider, settings, wait=True)
+            counts = await refresh_catalog(stores, provider, settings, wait=True)
             print("catalog: " + ", ".join(f"{k}={v}" for k, v in (counts or {}).items()))
         except (ProviderError, CatalogIncomplete) as exc:
             print(f"catalog: refresh failed ({exc}); the stored catalog is unchanged")
@@ -311,14 +239,14 @@ async def refresh_once(settings: Settings, *, accept_rate: bool = False) -> int:
         try:
             async with aiohttp.ClientSession() as session:
                 rate = await refresh_fx(
-                    pool,
+                    stores,
                     session,
                     settings.fx_url,
                     settings.fx_refresh_seconds,
                     max_change=0.0 if accept_rate else settings.fx_max_change_ratio,
                 )
-            print(f"fx: {fx.PAIR}={rate}")
-        except fx.FxSourceError as exc:
+            print(f"fx: {PAIR}={rate}")
+        except FxSourceError as exc:
             print(f"fx: refresh failed ({exc}); the stored rate is unchanged")
             status = 1
     finally:

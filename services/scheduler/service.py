@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable, Mapping
 
 from libs.common.adapters.sms import HeroSmsClient
 from libs.common.core import metrics
@@ -12,59 +13,85 @@ from libs.common.core.faults import crash_point
 from libs.common.domain.events import TIMERS, Event, Timer
 from libs.common.messaging import ops
 from libs.common.messaging.runtime import Worker, open_worker, run_loops
-from libs.common.persistence.db import Q, transaction
-from libs.common.persistence.outbox_store import enqueue
+from libs.common.persistence.ports import Stores
+from libs.common.persistence.stores import PgStores
 from services.scheduler.catalog_refresh import refresh_forever
 
 log = logging.getLogger(__name__)
 
-_KINDS = frozenset(t.value for t in Timer)
 OUTBOX_RETENTION_SECONDS = 24 * 3600.0
 # An SMS deadline that fired this long ago without moving its order on fires again.
 REARM_AFTER_SECONDS = 60.0
 INBOX_RETENTION_SECONDS = 8 * 24 * 3600.0  # longer than the stream's 7-day max_age
 
+# The scheduler's own action on a timer kind, run in the transaction that claimed it.
+Housekeeping = Callable[[Stores, str], Awaitable[None]]
 
-async def fire_due(worker: Worker, limit: int = 200) -> int:
+
+async def purge_code(stores: Stores, order_id: str) -> None:
+    """SMS codes are deleted once the retention after completion has passed."""
+    await stores.orders.purge_code(order_id)
+
+
+# What the scheduler does itself for each timer kind that fires no event (`TIMERS` -> None).
+# Adding a housekeeping step: its Timer and TIMERS row in events.py, its action here.
+HOUSEKEEPING: dict[Timer, Housekeeping] = {
+    Timer.PURGE_CODE: purge_code,
+}
+
+
+def check_housekeeping(table: Mapping[Timer, Housekeeping]) -> None:
+    """Fail unless `table` acts on exactly the timers that fire no event."""
+    expected = {timer for timer, event in TIMERS.items() if event is None}
+    if set(table) != expected:
+        missing = sorted(expected - set(table))
+        extra = sorted(set(table) - expected)
+        raise ValueError(f"scheduler: no action for {missing}; not housekeeping: {extra}")
+
+
+check_housekeeping(HOUSEKEEPING)
+_KINDS = frozenset(t.value for t in Timer)
+
+
+async def fire_due(stores: Stores, limit: int = 200) -> int:
     """Fire one batch of due timers in one transaction; returns how many fired."""
-    prefix = worker.settings.subject_prefix
-    async with transaction(worker.pool) as conn:
-        rows = await conn.fetch(Q.timers_claim_due, limit)
-        for row in rows:
-            kind = row["kind"]
-            event = TIMERS.get(Timer(kind)) if kind in _KINDS else None
+    async with stores.transaction() as tx:
+        due = await tx.timers.claim_due(limit)
+        for timer in due:
+            kind = Timer(timer.kind) if timer.kind in _KINDS else None
+            if kind is None:
+                log.error("unknown timer kind %s", timer.kind, extra={"order_id": timer.order_id})
+                continue
+            event = TIMERS[kind]
             if event is not None:
-                await enqueue(conn, Event(event, row["order_id"]), prefix=prefix)
-            elif kind == Timer.PURGE_CODE:
-                # SMS codes are deleted once the retention after completion has passed.
-                await conn.execute(Q.order_purge_code, row["order_id"])
-                await conn.execute(Q.messages_purge, row["order_id"])
+                await tx.outbox.enqueue(Event(event, timer.order_id))
             else:
-                log.error("unknown timer kind %s", kind, extra={"order_id": row["order_id"]})
-        if rows:
+                await HOUSEKEEPING[kind](tx, timer.order_id)
+        if due:
             crash_point("scheduler.timers_claimed")
-            await conn.execute(Q.timers_mark_fired, [r["id"] for r in rows])
-    for row in rows:  # counted once committed
-        metrics.TIMERS_FIRED.labels(row["kind"]).inc()
-    return len(rows)
+            await tx.timers.mark_fired([t.id for t in due])
+    for timer in due:  # counted once committed
+        metrics.TIMERS_FIRED.labels(timer.kind).inc()
+    return len(due)
 
 
 async def tick_forever(worker: Worker) -> None:
     """Fire due timers until stop, sleeping until the next one is due (bounded by the tick)."""
+    stores: PgStores = worker.stores
     tick = worker.settings.scheduler_tick_seconds
     loop = asyncio.get_running_loop()
     next_prune = next_rearm = loop.time()
     while not worker.stop.is_set():
         ops.beat("scheduler-tick")
         try:
-            while await fire_due(worker) > 0:
+            while await fire_due(stores) > 0:
                 pass
             if loop.time() >= next_rearm:
-                await worker.pool.execute(Q.orders_overdue_rearm, REARM_AFTER_SECONDS)
+                await stores.timers.rearm_overdue(REARM_AFTER_SECONDS)
                 next_rearm = loop.time() + 10.0
             if loop.time() >= next_prune:
-                await worker.pool.execute(Q.outbox_prune, OUTBOX_RETENTION_SECONDS)
-                await worker.pool.execute(Q.inbox_prune, INBOX_RETENTION_SECONDS)
+                await stores.outbox.prune(OUTBOX_RETENTION_SECONDS)
+                await stores.inbox.prune(INBOX_RETENTION_SECONDS)
                 next_prune = loop.time() + 60.0
         except Exception:
             log.exception("scheduler tick failed")
@@ -83,7 +110,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
             await run_loops(
                 stop,
                 tick_forever(worker),
-                refresh_forever(worker.pool, provider, settings, worker.stop),
+                refresh_forever(worker.stores, provider, settings, worker.stop),
             )
         finally:
             await provider.close()

@@ -18,7 +18,8 @@ from libs.common.domain.orders import Status
 from libs.common.messaging import bus, ops
 from libs.common.persistence import order_store as store
 from libs.common.persistence.db import transaction
-from libs.common.persistence.outbox_store import enqueue
+from libs.common.persistence.outbox_store import PgInbox, enqueue
+from libs.common.persistence.stores import PgStores
 from tests.integration.helpers import insert_order
 
 pytestmark = pytest.mark.integration
@@ -86,7 +87,7 @@ async def test_gauges_sampled_from_the_database(pool: asyncpg.Pool) -> None:
     await pool.execute(
         "UPDATE orders SET deadline_at = now() - interval '10 minutes' WHERE id = $1", stuck
     )
-    await ops.sample_database(pool)
+    await ops.sample_database(PgStores(pool, "orders"))
     assert _value("sms4sats_orders", type="receive-sms", status="pending_payment") == 1
     assert _value("sms4sats_orders", type="receive-sms", status="paid") == 1
     assert _value("sms4sats_orders", type="receive-sms", status="allocating_number") == 1
@@ -95,7 +96,7 @@ async def test_gauges_sampled_from_the_database(pool: asyncpg.Pool) -> None:
     assert _value("sms4sats_paid_orders_past_deadline") == 1
 
     await _walk(pool, waiting, s.ALLOCATING_NUMBER, s.REFUND_PENDING)
-    await ops.sample_database(pool)
+    await ops.sample_database(PgStores(pool, "orders"))
     # A status that emptied out reads as absent (0), not its last count.
     assert _value("sms4sats_orders", type="receive-sms", status="allocating_number") == 0
     assert _value("sms4sats_orders", type="receive-sms", status="refund_pending") == 1
@@ -132,7 +133,7 @@ async def test_consumer_lag_handled_events_and_correlation_ids(
             stop.set()
 
     consumer = bus.Consumer(
-        js, pool, stream=stream, prefix=prefix, durable="provider", handler=handler
+        js, PgInbox(pool), stream=stream, prefix=prefix, durable="provider", handler=handler
     )
     await asyncio.wait_for(consumer.run(stop), 15)
     assert sorted(handled) == ["req-0", "req-1", "req-2"]
@@ -167,9 +168,9 @@ async def test_a_handler_cut_short_by_shutdown_is_nakked_at_once(
 
     stop = asyncio.Event()
     first = asyncio.create_task(
-        bus.Consumer(js, pool, stream=stream, prefix=prefix, durable="provider", handler=slow).run(
-            stop
-        )
+        bus.Consumer(
+            js, PgInbox(pool), stream=stream, prefix=prefix, durable="provider", handler=slow
+        ).run(stop)
     )
     await asyncio.wait_for(started.wait(), 10)
     first.cancel()  # what run_loops does when the grace runs out
@@ -184,9 +185,9 @@ async def test_a_handler_cut_short_by_shutdown_is_nakked_at_once(
 
     stop2 = asyncio.Event()
     second = asyncio.create_task(
-        bus.Consumer(js, pool, stream=stream, prefix=prefix, durable="provider", handler=quick).run(
-            stop2
-        )
+        bus.Consumer(
+            js, PgInbox(pool), stream=stream, prefix=prefix, durable="provider", handler=quick
+        ).run(stop2)
     )
     await asyncio.wait_for(again.wait(), 10)  # far sooner than the 120 s ack wait
     stop2.set()

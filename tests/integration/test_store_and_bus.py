@@ -16,7 +16,8 @@ from libs.common.messaging.outbox import OutboxRelay
 from libs.common.messaging.runtime import open_worker
 from libs.common.persistence import order_store as store
 from libs.common.persistence.db import Q, transaction
-from libs.common.persistence.outbox_store import enqueue
+from libs.common.persistence.outbox_store import PgInbox, enqueue
+from libs.common.persistence.stores import PgStores
 from services.scheduler.service import fire_due
 from tests.integration.helpers import insert_order, settings_for
 
@@ -91,7 +92,7 @@ async def test_outbox_publishes_committed_events_once_even_when_republished(
     async with transaction(pool) as conn:
         await enqueue(conn, kept, prefix=prefix)
 
-    relay = OutboxRelay(pool, js)
+    relay = OutboxRelay(PgStores(pool, prefix), js)
     assert await relay.publish_pending() == 1
     # A crash between publish and commit: the row looks unpublished and goes out again.
     await pool.execute("UPDATE outbox SET published_at = NULL")
@@ -120,9 +121,9 @@ async def test_scheduler_replicas_fire_each_timer_exactly_once(
         async with transaction(a.pool) as conn:
             for order_id in ids:
                 await store.set_timer(conn, order_id, Timer.SMS_TIMEOUT, 0)
-        fired = await asyncio.gather(*(fire_due(w, limit=7) for w in (a, b, a, b, a, b)))
+        fired = await asyncio.gather(*(fire_due(w.stores, limit=7) for w in (a, b, a, b, a, b)))
         while sum(fired) < 60 and any(fired):
-            fired += await asyncio.gather(fire_due(a, limit=7), fire_due(b, limit=7))
+            fired += await asyncio.gather(fire_due(a.stores, limit=7), fire_due(b.stores, limit=7))
         assert sum(fired) == 60
         events = await a.pool.fetch("SELECT payload FROM outbox")
         per_order = [e["payload"]["orderId"] for e in events]
@@ -152,7 +153,7 @@ async def test_consumer_retries_then_acks_and_dead_letters_poison(
         stop.set()
 
     consumer = bus.Consumer(
-        js, pool, stream=stream, prefix=prefix, durable="provider", handler=handler
+        js, PgInbox(pool), stream=stream, prefix=prefix, durable="provider", handler=handler
     )
     await asyncio.wait_for(consumer.run(stop), 15)
     assert seen == [ev.id, ev.id]
@@ -162,7 +163,7 @@ async def test_consumer_retries_then_acks_and_dead_letters_poison(
     await js.publish(f"{prefix}.paid", json.dumps(ev.payload()).encode())
     stop2 = asyncio.Event()
     skipped = bus.Consumer(
-        js, pool, stream=stream, prefix=prefix, durable="provider", handler=handler
+        js, PgInbox(pool), stream=stream, prefix=prefix, durable="provider", handler=handler
     )
     runner = asyncio.create_task(skipped.run(stop2))
     info = None

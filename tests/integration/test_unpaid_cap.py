@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from libs.common.adapters.sms import HeroSmsClient
 from libs.common.core.config import Settings
 from libs.common.persistence.db import Q
+from libs.common.persistence.stores import PgStores
 from services.gateway.app import init_app
 from services.scheduler.catalog_refresh import refresh_catalog, refresh_fx
 from tests.integration.conftest import Lightning, running_smssim
@@ -61,10 +62,11 @@ def _settings(
 @asynccontextmanager
 async def gateway(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[TestClient[Any, Any]]:
     """The gateway app on a free port, with the catalog and rate loaded."""
+    stores = PgStores(pool, settings.subject_prefix)
     async with HeroSmsClient(settings.provider_url, API_KEY) as provider:
-        assert await refresh_catalog(pool, provider, settings) is not None
+        assert await refresh_catalog(stores, provider, settings) is not None
     async with aiohttp.ClientSession() as http:
-        await refresh_fx(pool, http, settings.provider_url + "/api/v3/simple/price")
+        await refresh_fx(stores, http, settings.provider_url + "/api/v3/simple/price")
     client: TestClient[Any, Any] = TestClient(TestServer(init_app(settings, asyncio.Event())))
     await client.start_server()
     try:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from libs.common.adapters.sms import Country, Offer, ProviderError, ProviderUnavailable, Service
+from libs.common.adapters.sms import BadRentTime, Country, Offer, ProviderUnavailable, Service
 from services.scheduler.catalog_refresh import CatalogIncomplete, fetch_catalog
 
 
@@ -29,12 +29,6 @@ class RentCatalog:
 
     countries: list[int]
     offers: list[RentOffer]
-
-
-class BadRentTime(ProviderError):
-    """The port's error for a duration the provider does not offer."""
-
-    default_code = "BAD_TIME"
 
 
 @dataclass
@@ -113,6 +107,8 @@ async def test_a_rent_error_skips_only_that_duration_or_country() -> None:
     data = await fetch_catalog(provider, [2, 4, 24])  # type: ignore[arg-type]
     assert data.rent is not None
     assert {(r.country_id, r.hours) for r in data.rent} == {(16, 4), (16, 24), (187, 4)}
+    # A duration the provider does not offer (BadRentTime) is asked once, not per country.
+    assert [call for call in provider.rent_calls if call[0] == 2] == [(2, 16)]
 
 
 async def test_no_rent_answer_at_all_keeps_the_stored_rent_prices() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from libs.common.persistence.fx_store import (
+from libs.common.domain.fx import (
     Freshness,
     FxSourceError,
     freshness,

@@ -13,8 +13,8 @@ from aiohttp.test_utils import make_mocked_request
 from libs.common.core.config import Settings
 from libs.common.core.metrics import FX_RATE_AGE
 from libs.common.domain.countries import Country, CountryIndex, Offer
+from libs.common.domain.fx import CachedRate
 from libs.common.persistence.catalog_store import Catalog, ServiceRow
-from libs.common.persistence.fx_store import CachedRate
 from services.gateway.discovery import CACHE, CatalogCache, Snapshot, usable_rate
 from services.gateway.errors import ApiError
 from services.gateway.keys import SETTINGS

@@ -8,7 +8,6 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 
-import asyncpg
 import nats
 import nats.errors
 import nats.js.errors
@@ -27,7 +26,7 @@ from libs.common.domain.events import (
     subjects,
 )
 from libs.common.messaging import ops
-from libs.common.persistence.db import Q
+from libs.common.persistence.ports import Inbox
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +128,7 @@ def _backoff(delivered: int) -> float:
 class Consumer:
     """Pulls a worker's events and runs the handler; maps the outcome to ack/nak/term once.
 
-    Handled message ids are recorded in the inbox table so a redelivery (a lost ack, a
+    Handled message ids are recorded in the inbox store so a redelivery (a lost ack, a
     restart) skips the handler. Correctness does not rest on that record alone: handlers
     only write through guarded transitions, so a message handled twice changes nothing.
     """
@@ -137,7 +136,7 @@ class Consumer:
     def __init__(
         self,
         js: JetStreamContext,
-        pool: asyncpg.Pool,
+        inbox: Inbox,
         *,
         stream: str,
         prefix: str,
@@ -145,7 +144,7 @@ class Consumer:
         handler: Handler,
     ) -> None:
         self._js = js
-        self._pool = pool
+        self._inbox = inbox
         self._stream = stream
         self._prefix = prefix
         self._durable = durable
@@ -204,11 +203,11 @@ class Consumer:
         """Run the handler and ack, nak or term the message; returns the outcome's label."""
         delivered = msg.metadata.num_delivered or 1
         try:
-            if await self._pool.fetchval(Q.inbox_seen, self._durable, event.id):
+            if await self._inbox.seen(self._durable, event.id):
                 await msg.ack()
                 return "duplicate"
             await self._handler(event)
-            await self._pool.execute(Q.inbox_record, self._durable, event.id)
+            await self._inbox.record(self._durable, event.id)
         except Retry as retry:
             if delivered >= MAX_DELIVER:
                 # The broker would drop it silently; park it where operators look instead.

@@ -19,7 +19,8 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from libs.common.core import metrics
 from libs.common.domain.alarms import Alarm
 from libs.common.domain.events import CONSUMERS
-from libs.common.persistence.db import Q
+from libs.common.persistence import db
+from libs.common.persistence.stores import PgStores
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class Health:
         else:
             try:
                 async with asyncio.timeout(READY_TIMEOUT_SECONDS):
-                    await self.pool.fetchval("SELECT 1")
+                    await db.ping(self.pool)
             except Exception as exc:  # any failure means "not ready", whatever its kind
                 checks["database"] = f"error: {type(exc).__name__}"
         if self.nc is None:
@@ -133,26 +134,24 @@ async def start_ops_server(host: str, port: int, health: Health = HEALTH) -> web
     return runner
 
 
-async def sample_database(pool: asyncpg.Pool) -> None:
+async def sample_database(stores: PgStores) -> None:
     """Set the gauges sampled from PostgreSQL: orders, invoices, stuck orders, the rate's age
     and whether the last rate fetched was refused."""
-    orders = await pool.fetch(Q.metrics_orders_by_status)
-    invoices = await pool.fetch(Q.metrics_invoices_by_state)
-    stuck = await pool.fetchval(Q.metrics_paid_past_deadline, STUCK_GRACE_SECONDS)
+    gauges = await stores.metrics.order_gauges(stuck_grace=STUCK_GRACE_SECONDS)
     # Clear first so a status that emptied out reads 0 rather than its last count.
     metrics.ORDERS.clear()
-    for row in orders:
-        metrics.ORDERS.labels(row["type"], row["status"]).set(row["n"])
+    for (order_type, status), n in gauges.orders.items():
+        metrics.ORDERS.labels(order_type, status).set(n)
     metrics.INVOICES.clear()
-    for row in invoices:
-        metrics.INVOICES.labels(row["kind"], row["state"]).set(row["n"])
-    metrics.PAID_ORDERS_PAST_DEADLINE.set(stuck)
+    for (kind, state), n in gauges.invoices.items():
+        metrics.INVOICES.labels(kind, state).set(n)
+    metrics.PAID_ORDERS_PAST_DEADLINE.set(gauges.paid_past_deadline)
     # Every process reports the rate's age, so the alert works without order traffic.
-    fx_age = await pool.fetchval(Q.metrics_fx_rate_age)
+    fx_age = await stores.metrics.fx_rate_age()
     if fx_age is not None:
         metrics.FX_RATE_AGE.set(fx_age)
     # From the alarm row, so every replica agrees whichever scheduler fetched last.
-    rejected = await pool.fetchrow(Q.alarm_active, Alarm.FX_RATE_JUMP)
+    rejected = await stores.alarms.active(Alarm.FX_RATE_JUMP)
     metrics.FX_RATE_REJECTED.set(0 if rejected is None else 1)
 
 
@@ -165,7 +164,7 @@ async def sample_consumers(js: JetStreamContext, stream: str) -> None:
 
 
 async def collect_forever(
-    pool: asyncpg.Pool,
+    stores: PgStores,
     js: JetStreamContext,
     stream: str,
     stop: asyncio.Event,
@@ -173,7 +172,7 @@ async def collect_forever(
 ) -> None:
     """Sample the gauges every interval until stop; a failed sample keeps the last values."""
     while not stop.is_set():
-        for sample in (sample_database(pool), sample_consumers(js, stream)):
+        for sample in (sample_database(stores), sample_consumers(js, stream)):
             try:
                 await sample
             except Exception as exc:  # the broker or database being down is readyz's business

@@ -83,7 +83,7 @@ class Worker:
         """This worker's durable consumer, running handler on each event."""
         return bus.Consumer(
             self.js,
-            self.pool,
+            self.stores.inbox,
             stream=self.settings.nats_stream,
             prefix=self.settings.subject_prefix,
             durable=self.name,
@@ -97,11 +97,12 @@ def start_background(
     """Attach the connections to readiness; start the outbox relay and the metrics collector."""
     ops.HEALTH.attach(pool, nc)
     js = nc.jetstream()
-    relay = OutboxRelay(pool, js, tick=settings.outbox_tick_seconds)
+    stores = PgStores(pool, settings.subject_prefix)
+    relay = OutboxRelay(stores, js, tick=settings.outbox_tick_seconds)
     return [
         asyncio.create_task(relay.run(stop), name="outbox-relay"),
         asyncio.create_task(
-            ops.collect_forever(pool, js, settings.nats_stream, stop), name="metrics-collector"
+            ops.collect_forever(stores, js, settings.nats_stream, stop), name="metrics-collector"
         ),
     ]
 

@@ -1,19 +1,29 @@
-"""The catalog as stored in PostgreSQL: what the provider sells, where, and at what USD cost."""
+"""The catalog as stored in PostgreSQL: what the provider sells, where, at what USD cost, and
+the BTC/USD rate to quote it with.
+
+Every SQL statement that touches `catalog_*`, `fx_rates` or `refresh_jobs` lives here. The
+scheduler's catalog job fills these tables; the gateway only reads them.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 
 from libs.common.domain.countries import Country, CountryIndex, Offer
-from libs.common.persistence.db import Q
+from libs.common.domain.fx import PAIR, CachedRate
+from libs.common.persistence.db import Executor, Q
 
 CATALOG_JOB = "catalog"
 FX_JOB = "fx"
+# The advisory lock that keeps catalog refreshes (periodic or on demand) single-flight.
+LOCK_KEY = "sms4sats.catalog"
 
 
 @dataclass(frozen=True)
@@ -86,7 +96,16 @@ class CatalogData:
         }
 
 
-async def load(conn: asyncpg.Connection) -> Catalog:
+def _columns(rows: Iterable[tuple[object, ...]], width: int) -> list[list[object]]:
+    """Rows turned into one list per column (for unnest inserts)."""
+    cols: list[list[object]] = [[] for _ in range(width)]
+    for row in rows:
+        for i, value in enumerate(row):
+            cols[i].append(value)
+    return cols
+
+
+async def _load(conn: asyncpg.Connection) -> Catalog:
     """Read the whole catalog in one repeatable-read snapshot."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         countries = await conn.fetch(Q.catalog_countries_all)
@@ -109,33 +128,111 @@ async def load(conn: asyncpg.Connection) -> Catalog:
     )
 
 
-def _columns(rows: Iterable[tuple[object, ...]], width: int) -> list[list[object]]:
-    """Rows turned into one list per column (for unnest inserts)."""
-    cols: list[list[object]] = [[] for _ in range(width)]
-    for row in rows:
-        for i, value in enumerate(row):
-            cols[i].append(value)
-    return cols
+async def _rate(db: Executor) -> CachedRate | None:
+    """The cached BTC/USD rate with its age by the database clock, or None."""
+    row = await db.fetchrow(Q.fx_rate_get, PAIR)
+    if row is None:
+        return None
+    return CachedRate(row["rate"], row["fetched_at"], float(row["age_seconds"]), row["source"])
 
 
-async def replace(conn: asyncpg.Connection, data: CatalogData) -> None:
-    """Replace every catalog row; call inside a transaction so readers never see half of it."""
-    await conn.execute(Q.catalog_clear)
-    await conn.execute(
-        Q.catalog_countries_insert,
-        *_columns(((c.id, c.name, c.iso, c.visible, c.rent, c.retry) for c in data.countries), 6),
-    )
-    await conn.execute(
-        Q.catalog_services_insert, *_columns(((s.code, s.name) for s in data.services), 2)
-    )
-    await conn.execute(
-        Q.catalog_prices_insert,
-        *_columns(((o.country_id, o.service, o.cost_usd, o.count) for o in data.offers), 4),
-    )
-    if data.rent is None:
-        return
-    await conn.execute(Q.catalog_rent_clear)
-    await conn.execute(
-        Q.catalog_rent_prices_insert,
-        *_columns(((r.country_id, r.service, r.hours, r.cost_usd, r.count) for r in data.rent), 5),
-    )
+class PgCatalog:
+    """The catalog tables, the rate row and the refresh jobs, bound to one database handle."""
+
+    def __init__(self, db: Executor) -> None:
+        self._db = db
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """One connection: the bound one, or one borrowed from the pool for the block."""
+        if isinstance(self._db, asyncpg.Pool):
+            async with self._db.acquire() as conn:
+                yield conn
+        else:
+            yield self._db
+
+    # Reads (the gateway's quotes and catalog pages).
+
+    async def load(self) -> Catalog:
+        """The whole catalog, read in one repeatable-read snapshot."""
+        async with self._connection() as conn:
+            return await _load(conn)
+
+    async def rate(self) -> CachedRate | None:
+        """The cached BTC/USD rate with its age by the database clock; None before the first."""
+        return await _rate(self._db)
+
+    async def read(self, known: Catalog | None = None) -> tuple[Catalog, CachedRate | None]:
+        """The catalog and the rate on one connection; `known` is reused if still current.
+
+        The tables can be large, so they are re-read only when a refresh replaced them since
+        `known` was read (its `refreshed_at` differs from the catalog job's last success).
+        """
+        async with self._connection() as conn:
+            version = await conn.fetchval(Q.catalog_version, CATALOG_JOB)
+            catalog = known
+            if catalog is None or catalog.refreshed_at != version:
+                catalog = await _load(conn)
+            return catalog, await _rate(conn)
+
+    # Writes (the scheduler's catalog and rate jobs).
+
+    async def replace(self, data: CatalogData) -> None:
+        """Replace every catalog row; call inside a transaction so readers never see half."""
+        await self._db.execute(Q.catalog_clear)
+        await self._db.execute(
+            Q.catalog_countries_insert,
+            *_columns(
+                ((c.id, c.name, c.iso, c.visible, c.rent, c.retry) for c in data.countries), 6
+            ),
+        )
+        await self._db.execute(
+            Q.catalog_services_insert, *_columns(((s.code, s.name) for s in data.services), 2)
+        )
+        await self._db.execute(
+            Q.catalog_prices_insert,
+            *_columns(((o.country_id, o.service, o.cost_usd, o.count) for o in data.offers), 4),
+        )
+        if data.rent is None:
+            return
+        await self._db.execute(Q.catalog_rent_clear)
+        await self._db.execute(
+            Q.catalog_rent_prices_insert,
+            *_columns(
+                ((r.country_id, r.service, r.hours, r.cost_usd, r.count) for r in data.rent), 5
+            ),
+        )
+
+    async def store_rate(self, rate: Decimal, source: str) -> None:
+        """Record a freshly fetched rate (fetched now, by the database clock)."""
+        await self._db.execute(Q.fx_rate_upsert, PAIR, rate, source)
+
+    @asynccontextmanager
+    async def single_flight(self, *, wait: bool) -> AsyncIterator[bool]:
+        """Hold the catalog refresh lock for the block; yields False if it is held elsewhere.
+
+        A session advisory lock on a connection of its own: it is released at the end of
+        the block, or by PostgreSQL if this process dies. `wait` waits for a running holder.
+        """
+        async with self._connection() as conn:
+            if wait:
+                await conn.execute(Q.catalog_lock, LOCK_KEY)
+            elif not await conn.fetchval(Q.catalog_try_lock, LOCK_KEY):
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                await conn.execute(Q.catalog_unlock, LOCK_KEY)
+
+    async def claim_job(self, name: str, interval: float) -> bool:
+        """Claim a due job for this replica; it is then not due again for `interval` seconds."""
+        return await self._db.fetchval(Q.refresh_job_claim, name, interval) is not None
+
+    async def job_ok(self, name: str, counts: dict[str, Any], interval: float) -> None:
+        """Record a success; the next periodic run is postponed to `interval` from now."""
+        await self._db.execute(Q.refresh_job_ok, name, counts, interval)
+
+    async def job_failed(self, name: str, error: str, retry: float) -> None:
+        """Record a failure; the job is due again within `retry` seconds."""
+        await self._db.execute(Q.refresh_job_failed, name, error, retry)

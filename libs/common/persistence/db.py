@@ -68,6 +68,11 @@ async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> asy
     return pool
 
 
+async def ping(db: Executor) -> None:
+    """One round trip to the database; raises if it cannot be reached."""
+    await db.fetchval("SELECT 1")
+
+
 @asynccontextmanager
 async def transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
     """Yield a connection inside a transaction that commits on success."""

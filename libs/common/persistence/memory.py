@@ -31,7 +31,7 @@ from libs.common.domain.orders import (
     is_terminal,
 )
 from libs.common.domain.refunds import Refund, RefundStatus
-from libs.common.persistence.order_store import NOW, WRITABLE
+from libs.common.persistence.order_store import NOW, WRITABLE, DueTimer
 from libs.common.persistence.ports import Stores
 from libs.common.persistence.stores import PgStores
 
@@ -124,6 +124,24 @@ class MemoryTimers(_Base):
         row = self._state.timers.get((order_id, kind))
         if row is not None and row.fired_at is None:
             del self._state.timers[(order_id, kind)]
+
+    # --- scheduler: timer methods ---
+
+    async def claim_due(self, limit: int) -> list[DueTimer]:
+        """Up to `limit` due, unfired timers, earliest first (the lock serializes claimers)."""
+        now = self._now()
+        due = sorted(
+            (t for t in self._state.timers.values() if t.fired_at is None and t.due_at <= now),
+            key=lambda t: (t.due_at, t.id),
+        )
+        return [DueTimer(t.id, t.order_id, t.kind) for t in due[:limit]]
+
+    async def mark_fired(self, ids: list[int]) -> None:
+        """Mark claimed timers fired."""
+        wanted = set(ids)
+        for row in self._state.timers.values():
+            if row.id in wanted:
+                row.fired_at = self._now()
 
 
 class MemoryMessages(_Base):
@@ -269,6 +287,18 @@ class MemoryOrders(_Base):
     # --- provider: order methods ---
 
     # --- scheduler: order methods ---
+
+    async def purge_code(self, order_id: str) -> None:
+        """Forget the SMS codes and texts of an ended order (its row's and its messages')."""
+        order = self._state.orders.get(order_id)
+        ended = {Status.COMPLETED, Status.REFUNDED, Status.REFUND_FAILED}
+        if order is not None and order.status in ended:
+            self._state.orders[order_id] = dataclasses.replace(
+                order, code=None, sms_text=None, updated_at=self._now()
+            )
+        for key, msg in self._state.messages.items():
+            if key[0] == order_id and (msg.text is not None or msg.code is not None):
+                self._state.messages[key] = dataclasses.replace(msg, text=None, code=None)
 
 
 class MemoryRefunds(_Base):

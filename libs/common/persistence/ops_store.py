@@ -6,6 +6,7 @@ metrics and the invariant checker, lives here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from libs.common.domain.alarms import Alarm
@@ -35,4 +36,131 @@ class PgAlarms:
 
 # --- metrics (scheduler & libs) ---
 
+
+@dataclass(frozen=True)
+class OrderGauges:
+    """What the order gauges show: counts by (type, status) and by invoice (kind, state)."""
+
+    orders: dict[tuple[str, str], int]
+    invoices: dict[tuple[str, str], int]
+    paid_past_deadline: int
+
+
+class PgMetrics:
+    """Read-only counts behind the gauges of `libs.common.core.metrics`."""
+
+    def __init__(self, db: Executor) -> None:
+        self._db = db
+
+    async def order_gauges(self, *, stuck_grace: float) -> OrderGauges:
+        """Orders by type and status, invoices by kind and state, and paid orders stuck for
+        more than `stuck_grace` seconds past their deadline."""
+        orders = await self._db.fetch(Q.metrics_orders_by_status)
+        invoices = await self._db.fetch(Q.metrics_invoices_by_state)
+        stuck = await self._db.fetchval(Q.metrics_paid_past_deadline, stuck_grace)
+        return OrderGauges(
+            orders={(r["type"], r["status"]): r["n"] for r in orders},
+            invoices={(r["kind"], r["state"]): r["n"] for r in invoices},
+            paid_past_deadline=stuck,
+        )
+
+    async def fx_rate_age(self) -> float | None:
+        """Age in seconds of the cached BTC/USD rate by the database clock (None: none yet)."""
+        age: float | None = await self._db.fetchval(Q.metrics_fx_rate_age)
+        return age
+
+
 # --- invariants (scheduler & libs) ---
+
+
+@dataclass(frozen=True)
+class PaidOrderCheck:
+    """A paid order (with an invoice) as the node checks need it."""
+
+    id: str
+    payment_hash: bytes
+    price_sats: int
+    status: str
+    payment_mode: str
+    sms_received_at: datetime | None
+
+
+@dataclass(frozen=True)
+class BalanceOrderCheck:
+    """A balance-paid order and how often the ledger debited and credited it."""
+
+    id: str
+    status: str
+    debits: int
+    credits: int
+
+
+class PgInvariants:
+    """The read-only queries behind the money invariant checker; each row is a suspect."""
+
+    def __init__(self, db: Executor) -> None:
+        self._db = db
+
+    async def stuck_paid(self, grace_seconds: float) -> list[tuple[str, str]]:
+        """(order id, status) of paid orders short of an outcome `grace_seconds` past deadline."""
+        rows = await self._db.fetch(Q.invariant_stuck_paid, grace_seconds)
+        return [(r["id"], r["status"]) for r in rows]
+
+    async def refund_state_mismatch(self) -> list[tuple[str, str, str | None]]:
+        """(order id, order status, refund status) where the two disagree on the outcome."""
+        rows = await self._db.fetch(Q.invariant_refund_state_mismatch)
+        return [(r["id"], r["status"], r["refund_status"]) for r in rows]
+
+    async def refund_after_code(self) -> list[tuple[str, str]]:
+        """(order id, status) of orders refunded although their code was delivered."""
+        rows = await self._db.fetch(Q.invariant_refund_after_code)
+        return [(r["id"], r["status"]) for r in rows]
+
+    async def refund_above_price(self) -> list[tuple[str, int, int]]:
+        """(order id, refund amount, price) of refunds larger than the price."""
+        rows = await self._db.fetch(Q.invariant_refund_above_price)
+        return [(r["id"], r["amount_sats"], r["price_sats"]) for r in rows]
+
+    async def completed_without_code(self) -> list[str]:
+        """Ids of completed SMS orders with no SMS recorded."""
+        return [r["id"] for r in await self._db.fetch(Q.invariant_completed_without_code)]
+
+    async def terminal_entered_twice(self) -> list[tuple[str, int]]:
+        """(order id, how many terminal entries) of orders that ended more than once."""
+        rows = await self._db.fetch(Q.invariant_terminal_entered_twice)
+        return [(r["order_id"], r["n"]) for r in rows]
+
+    async def ledger_mismatch(self) -> list[tuple[int, int, int]]:
+        """(account id, balance, ledger sum) of accounts whose balance is not their ledger's."""
+        rows = await self._db.fetch(Q.invariant_ledger_mismatch)
+        return [(r["id"], r["balance_sats"], r["ledger_sum"]) for r in rows]
+
+    async def balance_orders(self) -> list[BalanceOrderCheck]:
+        """Every balance-paid order with its ledger debits and credits."""
+        rows = await self._db.fetch(Q.invariant_balance_orders)
+        return [BalanceOrderCheck(r["id"], r["status"], r["debits"], r["credits"]) for r in rows]
+
+    async def paid_orders(self, limit: int) -> list[PaidOrderCheck]:
+        """The latest `limit` paid orders that have an invoice."""
+        rows = await self._db.fetch(Q.invariant_paid_orders, limit)
+        return [
+            PaidOrderCheck(
+                r["id"],
+                bytes(r["payment_hash"]),
+                r["price_sats"],
+                r["status"],
+                r["payment_mode"],
+                r["sms_received_at"],
+            )
+            for r in rows
+        ]
+
+    async def unpaid_orders(self, limit: int) -> list[tuple[str, bytes, str]]:
+        """(order id, payment hash, status) of the latest `limit` orders never paid."""
+        rows = await self._db.fetch(Q.invariant_unpaid_orders, limit)
+        return [(r["id"], bytes(r["payment_hash"]), r["status"]) for r in rows]
+
+    async def refunds_paid(self, limit: int) -> list[tuple[str, bytes]]:
+        """(order id, refund payment hash) of the latest `limit` refunds marked paid."""
+        rows = await self._db.fetch(Q.invariant_refunds_paid, limit)
+        return [(r["order_id"], bytes(r["payment_hash"])) for r in rows]

@@ -7,6 +7,7 @@ one place, `order_from_row`; nothing else reads an order column by name.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Final
 
@@ -192,6 +193,15 @@ def _maybe_order(row: asyncpg.Record | None) -> Order | None:
     return None if row is None else order_from_row(row)
 
 
+@dataclass(frozen=True)
+class DueTimer:
+    """A timer claimed because it is due: its row id, its order and its kind."""
+
+    id: int
+    order_id: str
+    kind: str
+
+
 class PgTimers:
     """Durable per-order timers in the `timers` table."""
 
@@ -205,6 +215,29 @@ class PgTimers:
     async def cancel(self, order_id: str, kind: str) -> None:
         """Disarm the order's timer of this kind if it has not fired."""
         await self._db.execute(Q.timer_cancel, order_id, kind)
+
+    # --- scheduler: timer methods ---
+
+    async def claim_due(self, limit: int) -> list[DueTimer]:
+        """Lock up to `limit` due, unfired timers, earliest first (inside a transaction).
+
+        FOR UPDATE SKIP LOCKED: any number of scheduler replicas claim at once and none
+        gets a timer another holds; the database clock decides what is due.
+        """
+        rows = await self._db.fetch(Q.timers_claim_due, limit)
+        return [DueTimer(r["id"], r["order_id"], r["kind"]) for r in rows]
+
+    async def mark_fired(self, ids: list[int]) -> None:
+        """Mark claimed timers fired (in the claiming transaction)."""
+        await self._db.execute(Q.timers_mark_fired, ids)
+
+    async def rearm_overdue(self, after_seconds: float) -> None:
+        """Fire again the deadline timers that fired `after_seconds` ago without moving on.
+
+        The safety net for a lost or dead-lettered message: a paid order still short of an
+        outcome (SMS deadline, another-SMS window, rental end) gets its timer due now.
+        """
+        await self._db.execute(Q.orders_overdue_rearm, after_seconds)
 
 
 class PgOrders:
@@ -287,6 +320,11 @@ class PgOrders:
     # --- provider: order methods ---
 
     # --- scheduler: order methods ---
+
+    async def purge_code(self, order_id: str) -> None:
+        """Forget the SMS codes and texts of an ended order (its row's and its messages')."""
+        await self._db.execute(Q.order_purge_code, order_id)
+        await self._db.execute(Q.messages_purge, order_id)
 
 
 class PgTokens:

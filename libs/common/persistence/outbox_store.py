@@ -6,8 +6,13 @@ outbox to NATS is `libs.common.messaging.outbox`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 
@@ -34,6 +39,16 @@ async def enqueue(conn: asyncpg.Connection, event: Event, *, prefix: str) -> Non
     )
 
 
+@dataclass(frozen=True)
+class OutboxMessage:
+    """An unpublished outbox row, as the relay publishes it."""
+
+    id: uuid.UUID
+    subject: str
+    payload: dict[str, Any]
+    headers: dict[str, str]
+
+
 class PgOutbox:
     """The outbox table, bound to one database handle and the subject prefix."""
 
@@ -44,6 +59,46 @@ class PgOutbox:
     async def enqueue(self, event: Event) -> None:
         """Write an event in the caller's transaction; it is published only if that commits."""
         await enqueue(self._db, event, prefix=self._prefix)
+
+    async def claim(self, limit: int) -> list[OutboxMessage]:
+        """Lock up to `limit` unpublished rows, oldest first (inside a transaction).
+
+        SKIP LOCKED lets every service run a relay without double work.
+        """
+        rows = await self._db.fetch(Q.outbox_claim, limit)
+        return [OutboxMessage(r["id"], r["subject"], r["payload"], r["headers"]) for r in rows]
+
+    async def mark_published(self, ids: list[uuid.UUID]) -> None:
+        """Mark claimed rows published (in the claiming transaction)."""
+        await self._db.execute(Q.outbox_mark_published, ids)
+
+    async def prune(self, older_than_seconds: float) -> None:
+        """Delete rows published more than `older_than_seconds` ago."""
+        await self._db.execute(Q.outbox_prune, older_than_seconds)
+
+    @asynccontextmanager
+    async def wakeups(self, wake: Callable[[], None]) -> AsyncIterator[None]:
+        """Call `wake` on every NOTIFY of a new outbox row while the block runs.
+
+        Holds one pool connection for the block: LISTEN needs a session of its own.
+        """
+        assert isinstance(self._db, asyncpg.Pool), "LISTEN needs the pool, not a transaction"
+        pool = self._db
+
+        def on_notify(*_args: object) -> None:
+            wake()
+
+        listener = await pool.acquire()
+        try:
+            await listener.add_listener("outbox", on_notify)
+            try:
+                yield
+            finally:
+                # A broken connection has no listener left to remove.
+                with contextlib.suppress(Exception):
+                    await listener.remove_listener("outbox", on_notify)
+        finally:
+            await pool.release(listener)
 
 
 class PgInbox:
@@ -59,3 +114,7 @@ class PgInbox:
     async def record(self, consumer: str, message_id: str) -> None:
         """Remember that this consumer handled this message."""
         await self._db.execute(Q.inbox_record, consumer, message_id)
+
+    async def prune(self, older_than_seconds: float) -> None:
+        """Forget messages handled more than `older_than_seconds` ago."""
+        await self._db.execute(Q.inbox_prune, older_than_seconds)

@@ -16,6 +16,7 @@ from libs.common.domain.events import Event
 from libs.common.domain.messages import Message
 from libs.common.domain.orders import NewOrder, Order, Status
 from libs.common.domain.refunds import Refund
+from libs.common.persistence.order_store import DueTimer
 
 
 class Orders(Protocol):
@@ -46,6 +47,9 @@ class Orders(Protocol):
 
     # --- scheduler: order methods ---
 
+    async def purge_code(self, order_id: str) -> None:
+        """Forget the SMS codes and texts of an ended order (its row's and its messages')."""
+
 
 class Timers(Protocol):
     """Durable per-order timers, due by the database clock."""
@@ -55,6 +59,14 @@ class Timers(Protocol):
 
     async def cancel(self, order_id: str, kind: str) -> None:
         """Disarm the order's timer of this kind if it has not fired."""
+
+    # --- scheduler: timer methods ---
+
+    async def claim_due(self, limit: int) -> list[DueTimer]:
+        """Claim up to `limit` due, unfired timers, earliest first (inside a transaction)."""
+
+    async def mark_fired(self, ids: list[int]) -> None:
+        """Mark claimed timers fired (in the claiming transaction)."""
 
 
 class Tokens(Protocol):

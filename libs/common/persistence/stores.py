@@ -8,8 +8,9 @@ from contextlib import asynccontextmanager
 import asyncpg
 
 from libs.common.persistence.account_store import PgAccounts
+from libs.common.persistence.catalog_store import PgCatalog
 from libs.common.persistence.db import Executor
-from libs.common.persistence.ops_store import PgAlarms
+from libs.common.persistence.ops_store import PgAlarms, PgMetrics
 from libs.common.persistence.order_store import PgMessages, PgOrders, PgTimers, PgTokens
 from libs.common.persistence.outbox_store import PgInbox, PgOutbox
 from libs.common.persistence.refund_store import PgRefunds
@@ -37,6 +38,8 @@ class PgStores:
         # --- provider: more stores ---
 
         # --- scheduler: more stores ---
+        self.catalog = PgCatalog(db)
+        self.metrics = PgMetrics(db)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PgStores]:

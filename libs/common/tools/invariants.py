@@ -16,8 +16,9 @@ import asyncpg
 
 from libs.common.adapters.lightning import LndClient, LndError, PaymentNotInitiated
 from libs.common.core.config import load_settings
+from libs.common.domain.orders import PaymentMode, Status
 from libs.common.persistence import db
-from libs.common.persistence.db import Q
+from libs.common.persistence.ops_store import PgInvariants
 
 
 @dataclass(frozen=True)
@@ -49,47 +50,42 @@ async def _final_payment_status(lnd: LndClient, payment_hash: bytes) -> str:
 
 async def check_database(pool: asyncpg.Pool, *, grace_seconds: float = 120.0) -> list[Finding]:
     """Invariants the database alone can prove."""
+    q = PgInvariants(pool)
     found: list[Finding] = []
-    for r in await pool.fetch(Q.invariant_stuck_paid, grace_seconds):
-        found.append(Finding("paid_order_stuck", r["id"], f"{r['status']} past its deadline"))
-    for r in await pool.fetch(Q.invariant_refund_state_mismatch):
+    for order_id, status in await q.stuck_paid(grace_seconds):
+        found.append(Finding("paid_order_stuck", order_id, f"{status} past its deadline"))
+    for order_id, status, refund_status in await q.refund_state_mismatch():
+        found.append(
+            Finding("refund_state_mismatch", order_id, f"order {status}, refund {refund_status}")
+        )
+    for order_id, status in await q.refund_after_code():
+        found.append(Finding("refund_after_code", order_id, f"code delivered, order {status}"))
+    for order_id, amount, price in await q.refund_above_price():
         found.append(
             Finding(
-                "refund_state_mismatch",
-                r["id"],
-                f"order {r['status']}, refund {r['refund_status']}",
+                "refund_above_price", order_id, f"refund of {amount} sats on a price of {price}"
             )
         )
-    for r in await pool.fetch(Q.invariant_refund_after_code):
-        found.append(Finding("refund_after_code", r["id"], f"code delivered, order {r['status']}"))
-    for r in await pool.fetch(Q.invariant_refund_above_price):
-        found.append(
-            Finding(
-                "refund_above_price",
-                r["id"],
-                f"refund of {r['amount_sats']} sats on a price of {r['price_sats']}",
-            )
-        )
-    for r in await pool.fetch(Q.invariant_completed_without_code):
-        found.append(Finding("completed_without_code", r["id"], "completed, no SMS recorded"))
-    for r in await pool.fetch(Q.invariant_terminal_entered_twice):
-        found.append(Finding("terminal_entered_twice", r["order_id"], f"{r['n']} terminal entries"))
-    for r in await pool.fetch(Q.invariant_ledger_mismatch):
+    for order_id in await q.completed_without_code():
+        found.append(Finding("completed_without_code", order_id, "completed, no SMS recorded"))
+    for order_id, n in await q.terminal_entered_twice():
+        found.append(Finding("terminal_entered_twice", order_id, f"{n} terminal entries"))
+    for account_id, balance, ledger_sum in await q.ledger_mismatch():
         found.append(
             Finding(
                 "ledger_mismatch",
-                f"account:{r['id']}",
-                f"balance {r['balance_sats']} but ledger sums to {r['ledger_sum']}",
+                f"account:{account_id}",
+                f"balance {balance} but ledger sums to {ledger_sum}",
             )
         )
-    for r in await pool.fetch(Q.invariant_balance_orders):
-        credited_back = r["status"] == "refunded"
-        if r["debits"] != 1 or r["credits"] != (1 if credited_back else 0):
+    for o in await q.balance_orders():
+        credited_back = o.status == "refunded"
+        if o.debits != 1 or o.credits != (1 if credited_back else 0):
             found.append(
                 Finding(
                     "balance_order_ledger",
-                    r["id"],
-                    f"{r['status']}: {r['debits']} debit(s), {r['credits']} credit(s)",
+                    o.id,
+                    f"{o.status}: {o.debits} debit(s), {o.credits} credit(s)",
                 )
             )
     return found
@@ -97,40 +93,41 @@ async def check_database(pool: asyncpg.Pool, *, grace_seconds: float = 120.0) ->
 
 async def check_node(pool: asyncpg.Pool, lnd: LndClient, *, limit: int = 10_000) -> list[Finding]:
     """Invariants that compare the database with the node's invoices and payments."""
+    q = PgInvariants(pool)
     found: list[Finding] = []
-    for r in await pool.fetch(Q.invariant_paid_orders, limit):
+    for o in await q.paid_orders(limit):
         try:
-            invoice = await lnd.lookup_invoice(bytes(r["payment_hash"]))
+            invoice = await lnd.lookup_invoice(o.payment_hash)
         except LndError as exc:
-            found.append(Finding("paid_invoice_unknown", r["id"], exc.message))
+            found.append(Finding("paid_invoice_unknown", o.id, exc.message))
             continue
         held = invoice.state in ("SETTLED", "ACCEPTED")  # a cancelled HTLC reports 0 paid
-        if held and invoice.amt_paid_msat < r["price_sats"] * 1000:
-            found.append(Finding("underpaid", r["id"], f"{invoice.amt_paid_msat} msat paid"))
-        if r["payment_mode"] == "standard":
+        if held and invoice.amt_paid_msat < o.price_sats * 1000:
+            found.append(Finding("underpaid", o.id, f"{invoice.amt_paid_msat} msat paid"))
+        if o.payment_mode == PaymentMode.STANDARD:
             if invoice.state != "SETTLED":
                 found.append(
-                    Finding("paid_but_not_settled", r["id"], f"invoice {invoice.state} at the node")
+                    Finding("paid_but_not_settled", o.id, f"invoice {invoice.state} at the node")
                 )
             continue
         # Hold invoices: settled exactly when a code was delivered, cancelled when paid back.
-        if invoice.state == "SETTLED" and r["sms_received_at"] is None:
-            found.append(Finding("settled_without_code", r["id"], f"order {r['status']}"))
-        if r["status"] == "completed" and invoice.state != "SETTLED":
-            found.append(Finding("hold_not_settled", r["id"], f"invoice {invoice.state}"))
-        if r["status"] in ("refunded", "refund_failed") and invoice.state != "CANCELED":
-            found.append(Finding("hold_not_released", r["id"], f"invoice {invoice.state}"))
-    for r in await pool.fetch(Q.invariant_unpaid_orders, limit):
+        if invoice.state == "SETTLED" and o.sms_received_at is None:
+            found.append(Finding("settled_without_code", o.id, f"order {o.status}"))
+        if o.status == Status.COMPLETED and invoice.state != "SETTLED":
+            found.append(Finding("hold_not_settled", o.id, f"invoice {invoice.state}"))
+        if o.status in (Status.REFUNDED, Status.REFUND_FAILED) and invoice.state != "CANCELED":
+            found.append(Finding("hold_not_released", o.id, f"invoice {invoice.state}"))
+    for order_id, payment_hash, status in await q.unpaid_orders(limit):
         try:
-            invoice = await lnd.lookup_invoice(bytes(r["payment_hash"]))
+            invoice = await lnd.lookup_invoice(payment_hash)
         except LndError:
             continue
-        if invoice.state == "SETTLED" and r["status"] == "expired":
-            found.append(Finding("settled_but_expired", r["id"], "money taken, order expired"))
-    for r in await pool.fetch(Q.invariant_refunds_paid, limit):
-        status = await _final_payment_status(lnd, bytes(r["payment_hash"]))
-        if status != "SUCCEEDED":
-            found.append(Finding("refund_not_at_node", r["order_id"], f"node says {status}"))
+        if invoice.state == "SETTLED" and status == Status.EXPIRED:
+            found.append(Finding("settled_but_expired", order_id, "money taken, order expired"))
+    for order_id, payment_hash in await q.refunds_paid(limit):
+        node_status = await _final_payment_status(lnd, payment_hash)
+        if node_status != "SUCCEEDED":
+            found.append(Finding("refund_not_at_node", order_id, f"node says {node_status}"))
     return found
 
 

@@ -17,7 +17,3 @@ UPDATE timers SET fired_at = now() WHERE id = ANY($1::bigint[]);
 
 -- name: timer_cancel
 DELETE FROM timers WHERE order_id = $1 AND kind = $2 AND fired_at IS NULL;
-
--- name: timers_next_due
-SELECT extract(epoch FROM (min(due_at) - now()))::float8 AS seconds
-FROM timers WHERE fired_at IS NULL;

@@ -1,21 +1,13 @@
-"""The BTC/USD rate: fetched from a CoinGecko `simple/price` style source, cached in PostgreSQL."""
+"""The BTC/USD rate's rules (pure): how fresh a cached rate is, what move is implausible, and
+how a `simple/price` answer is read."""
 
 from __future__ import annotations
 
 import enum
-import json
-import logging
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
-
-import aiohttp
-import asyncpg
-
-from libs.common.persistence.db import Q
-
-log = logging.getLogger(__name__)
 
 PAIR = "BTC/USD"
 
@@ -74,44 +66,11 @@ def parse_simple_price(data: Any) -> Decimal:
     return rate
 
 
-async def fetch_rate(session: aiohttp.ClientSession, url: str, wait: float = 10.0) -> Decimal:
-    """Ask the source: GET {url}?ids=bitcoin&vs_currencies=usd."""
-    params = {"ids": "bitcoin", "vs_currencies": "usd"}
-    try:
-        async with session.get(
-            url, params=params, timeout=aiohttp.ClientTimeout(total=wait)
-        ) as resp:
-            if resp.status != 200:
-                raise FxSourceError(f"HTTP {resp.status}")
-            data = await resp.json(content_type=None, loads=_loads_decimal)
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        raise FxSourceError(type(exc).__name__) from exc
-    return parse_simple_price(data)
-
-
-def _loads_decimal(text: str) -> Any:
-    """JSON with floats as Decimal, so the rate is stored exactly as sent."""
-    return json.loads(text, parse_float=Decimal)
-
-
 @dataclass(frozen=True)
 class CachedRate:
-    """The rate row as read from PostgreSQL, with its age by the database clock."""
+    """The stored rate, with its age by the database clock when it was read."""
 
     rate: Decimal
     fetched_at: datetime
     age_seconds: float
     source: str
-
-
-async def store_rate(conn: asyncpg.Connection | asyncpg.Pool, rate: Decimal, source: str) -> None:
-    """Record a freshly fetched rate (fetched now, by the database clock)."""
-    await conn.execute(Q.fx_rate_upsert, PAIR, rate, source)
-
-
-async def load_rate(conn: asyncpg.Connection | asyncpg.Pool) -> CachedRate | None:
-    """The cached BTC/USD rate, or None if none was ever fetched."""
-    row = await conn.fetchrow(Q.fx_rate_get, PAIR)
-    if row is None:
-        return None
-    return CachedRate(row["rate"], row["fetched_at"], float(row["age_seconds"]), row["source"])
