@@ -106,4 +106,3 @@ async def test_a_claim_rolled_back_leaves_the_timers_due(backend: Backend) -> No
     async with stores.transaction() as tx:
         assert [t.order_id for t in await tx.timers.claim_due(10)] == [order_id]
     assert await backend.timer_in(order_id, Timer.SMS_TIMEOUT) == pytest.approx(-1, abs=5)
-
