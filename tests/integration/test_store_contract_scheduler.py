@@ -106,3 +106,21 @@ async def test_a_claim_rolled_back_leaves_the_timers_due(backend: Backend) -> No
     async with stores.transaction() as tx:
         assert [t.order_id for t in await tx.timers.claim_due(10)] == [order_id]
     assert await backend.timer_in(order_id, Timer.SMS_TIMEOUT) == pytest.approx(-1, abs=5)
+
+
+async def test_history_lists_every_status_change_oldest_first(backend: Backend) -> None:
+    order = await _with_code(backend)
+    assert await backend.stores.orders.complete(order.id, code_retention=3600)
+    stale = await backend.stores.orders.transition(order.id, Status.PAID, Status.ALLOCATING_NUMBER)
+    assert stale is None  # a refused transition logs nothing
+    log = await backend.stores.orders.history(order.id)
+    assert [(c.from_status, c.to_status) for c in log] == [
+        (None, Status.PENDING_PAYMENT),
+        (Status.PENDING_PAYMENT, Status.PAID),
+        (Status.PAID, Status.ALLOCATING_NUMBER),
+        (Status.ALLOCATING_NUMBER, Status.WAITING_FOR_SMS),
+        (Status.WAITING_FOR_SMS, Status.CODE_RECEIVED),
+        (Status.CODE_RECEIVED, Status.COMPLETED),
+    ]
+    assert [c.at for c in log] == sorted(c.at for c in log)
+    assert await backend.stores.orders.history("no-such-order") == []

@@ -31,7 +31,7 @@ from libs.common.domain.orders import (
     is_terminal,
 )
 from libs.common.domain.refunds import Refund, RefundStatus
-from libs.common.persistence.order_store import NOW, WRITABLE, DueTimer
+from libs.common.persistence.order_store import NOW, WRITABLE, DueTimer, StatusChange
 from libs.common.persistence.ports import Stores
 from libs.common.persistence.stores import PgStores
 
@@ -299,6 +299,14 @@ class MemoryOrders(_Base):
         for key, msg in self._state.messages.items():
             if key[0] == order_id and (msg.text is not None or msg.code is not None):
                 self._state.messages[key] = dataclasses.replace(msg, text=None, code=None)
+
+    async def history(self, order_id: str) -> list[StatusChange]:
+        """The order's status log, oldest first."""
+        return [
+            StatusChange(before, after, at)
+            for oid, before, after, at in self._state.status_log
+            if oid == order_id
+        ]
 
 
 class MemoryRefunds(_Base):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 import asyncpg
@@ -194,6 +194,15 @@ def _maybe_order(row: asyncpg.Record | None) -> Order | None:
 
 
 @dataclass(frozen=True)
+class StatusChange:
+    """One entry of an order's status log (from None: the order was created)."""
+
+    from_status: Status | None
+    to_status: Status
+    at: datetime
+
+
+@dataclass(frozen=True)
 class DueTimer:
     """A timer claimed because it is due: its row id, its order and its kind."""
 
@@ -325,6 +334,18 @@ class PgOrders:
         """Forget the SMS codes and texts of an ended order (its row's and its messages')."""
         await self._db.execute(Q.order_purge_code, order_id)
         await self._db.execute(Q.messages_purge, order_id)
+
+    async def history(self, order_id: str) -> list[StatusChange]:
+        """The order's status log (kept by a trigger), oldest first."""
+        rows = await self._db.fetch(Q.order_transitions, order_id)
+        return [
+            StatusChange(
+                None if r["from_status"] is None else Status(r["from_status"]),
+                Status(r["to_status"]),
+                r["at"],
+            )
+            for r in rows
+        ]
 
 
 class PgTokens:

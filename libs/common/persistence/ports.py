@@ -16,7 +16,7 @@ from libs.common.domain.events import Event
 from libs.common.domain.messages import Message
 from libs.common.domain.orders import NewOrder, Order, Status
 from libs.common.domain.refunds import Refund
-from libs.common.persistence.order_store import DueTimer
+from libs.common.persistence.order_store import DueTimer, StatusChange
 
 
 class Orders(Protocol):
@@ -49,6 +49,9 @@ class Orders(Protocol):
 
     async def purge_code(self, order_id: str) -> None:
         """Forget the SMS codes and texts of an ended order (its row's and its messages')."""
+
+    async def history(self, order_id: str) -> list[StatusChange]:
+        """The order's status log, oldest first."""
 
 
 class Timers(Protocol):
