@@ -23,8 +23,9 @@ from libs.common.domain import countries, fx
 from libs.common.domain.alarms import Alarm
 from libs.common.domain.countries import Country, CountryIndex
 from libs.common.domain.orders import OrderType
-from libs.common.persistence.catalog_store import Catalog, PgCatalog, ServiceRow
+from libs.common.persistence.catalog_store import Catalog, ServiceRow
 from libs.common.persistence.db import Q
+from libs.common.persistence.ports import Catalogs
 from services.gateway.errors import ApiError
 from services.gateway.keys import POOL, SETTINGS, STORES
 from services.gateway.orders import price_for
@@ -124,7 +125,7 @@ class CatalogCache:
         self._entry: Snapshot | None = None
         self._warned_stale_at = -float("inf")
 
-    async def get(self, store: PgCatalog) -> Snapshot:
+    async def get(self, store: Catalogs) -> Snapshot:
         """A snapshot no older than ttl (PostgreSQL is the source of truth)."""
         async with self._lock:  # one read at a time, however many requests wait
             entry = self._entry

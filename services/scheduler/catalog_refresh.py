@@ -37,6 +37,7 @@ from libs.common.persistence.catalog_store import (
     RentPrice,
     ServiceRow,
 )
+from libs.common.persistence.ports import Stores
 from libs.common.persistence.stores import PgStores
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ async def fetch_catalog(provider: SmsProvider, durations: list[int]) -> CatalogD
 
 
 async def refresh_catalog(
-    stores: PgStores, provider: SmsProvider, settings: Settings, *, wait: bool = False
+    stores: Stores, provider: SmsProvider, settings: Settings, *, wait: bool = False
 ) -> dict[str, int | None] | None:
     """Refresh the catalog tables; returns the counts, or None if another refresh is running."""
     async with stores.catalog.single_flight(wait=wait) as mine:
@@ -127,7 +128,7 @@ async def refresh_catalog(
 
 
 async def refresh_fx(
-    stores: PgStores,
+    stores: Stores,
     session: aiohttp.ClientSession,
     url: str,
     interval: float = 0.0,
@@ -154,7 +155,7 @@ async def refresh_fx(
     return rate
 
 
-async def _raise_fx_alarm(stores: PgStores, rate: Decimal, last: Decimal) -> None:
+async def _raise_fx_alarm(stores: Stores, rate: Decimal, last: Decimal) -> None:
     """Tell the operator (once per episode) that the source answered an implausible rate."""
     FX_RATE_REJECTED.set(1)
     if await stores.alarms.raise_(Alarm.FX_RATE_JUMP, f"{rate:f} vs {last:f}") is not None:
@@ -169,7 +170,7 @@ async def _raise_fx_alarm(stores: PgStores, rate: Decimal, last: Decimal) -> Non
 
 
 async def run_if_due(
-    stores: PgStores, name: str, interval: float, job: Callable[[], Awaitable[object]]
+    stores: Stores, name: str, interval: float, job: Callable[[], Awaitable[object]]
 ) -> bool:
     """Run a job if this replica claims it as due; a failure is logged and retried soon."""
     if not await stores.catalog.claim_job(name, interval):
@@ -184,7 +185,7 @@ async def run_if_due(
 
 
 async def refresh_forever(
-    stores: PgStores,
+    stores: Stores,
     provider: SmsProvider,
     settings: Settings,
     stop: asyncio.Event,

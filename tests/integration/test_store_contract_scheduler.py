@@ -5,13 +5,17 @@ Each test runs once per backend (the `backend` fixture of `tests/integration/con
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import pytest
 
+from libs.common.domain.countries import Country, Offer
 from libs.common.domain.events import Timer
 from libs.common.domain.messages import Message
 from libs.common.domain.orders import Order, Status
+from libs.common.persistence.catalog_store import CATALOG_JOB, CatalogData, RentPrice, ServiceRow
 from libs.common.persistence.order_store import NOW
 from tests.integration.contract import Backend, new_order
 
@@ -124,3 +128,101 @@ async def test_history_lists_every_status_change_oldest_first(backend: Backend) 
     ]
     assert [c.at for c in log] == sorted(c.at for c in log)
     assert await backend.stores.orders.history("no-such-order") == []
+
+
+def _catalog_data(rent: list[RentPrice] | None) -> CatalogData:
+    """A small catalog, listed out of order (the store sorts)."""
+    return CatalogData(
+        countries=[Country(187, "USA", "US", True, True, None), Country(16, "England", "GB")],
+        services=[ServiceRow("wa", "WhatsApp"), ServiceRow("tg", "Telegram")],
+        offers=[Offer(187, "tg", Decimal("0.25"), 3), Offer(16, "tg", Decimal("0.1"), 0)],
+        rent=rent,
+    )
+
+
+async def test_a_replaced_catalog_reads_back_sorted_once_its_job_succeeded(
+    backend: Backend,
+) -> None:
+    store = backend.stores.catalog
+    empty = await store.load()
+    assert not empty.loaded and empty.countries.all() == [] and empty.offers == []
+    rent = [RentPrice(187, "tg", 24, Decimal("2.5"), 4), RentPrice(16, "tg", 4, Decimal("1"), 1)]
+    async with backend.stores.transaction() as tx:
+        await tx.catalog.replace(_catalog_data(rent))
+        await tx.catalog.job_ok(CATALOG_JOB, {"countries": 2}, 3600)
+    loaded = await store.load()
+    assert loaded.loaded
+    assert [(c.id, c.name, c.iso, c.rent) for c in loaded.countries.all()] == [
+        (16, "England", "GB", False),
+        (187, "USA", "US", True),
+    ]
+    assert [s.code for s in loaded.services] == ["tg", "wa"]
+    assert [(o.country_id, o.cost_usd, o.count) for o in loaded.offers] == [
+        (16, Decimal("0.1"), 0),
+        (187, Decimal("0.25"), 3),
+    ]
+    assert [(r.country_id, r.hours) for r in loaded.rent] == [(16, 4), (187, 24)]
+
+    # No rent answer at all: the stored rent prices stay; everything else is replaced.
+    await backend.stores.catalog.replace(
+        dataclasses.replace(_catalog_data(None), offers=[Offer(16, "wa", Decimal("0.05"), 9)])
+    )
+    again = await store.load()
+    assert [(o.country_id, o.service) for o in again.offers] == [(16, "wa")]
+    assert [(r.country_id, r.hours) for r in again.rent] == [(16, 4), (187, 24)]
+
+
+async def test_read_reuses_the_known_catalog_until_a_refresh(backend: Backend) -> None:
+    store = backend.stores.catalog
+    await store.replace(_catalog_data([]))
+    await store.job_ok(CATALOG_JOB, {}, 3600)
+    first, no_rate = await store.read()
+    assert first.loaded and no_rate is None
+    same, _ = await store.read(first)
+    assert same is first  # nothing re-read
+    await store.replace(dataclasses.replace(_catalog_data([]), services=[]))
+    if backend.memory is not None:
+        backend.memory.clock = lambda: datetime(2026, 1, 1, 0, 0, 1, tzinfo=UTC)
+    await store.job_ok(CATALOG_JOB, {}, 3600)  # the refresh's success changes the version
+    fresh, _ = await store.read(first)
+    assert fresh is not first and fresh.services == []
+
+
+async def test_the_rate_is_stored_with_its_age(backend: Backend) -> None:
+    store = backend.stores.catalog
+    assert await store.rate() is None
+    await store.store_rate(Decimal("97000.5"), "rates.example")
+    cached = await store.rate()
+    assert cached is not None
+    assert (cached.rate, cached.source) == (Decimal("97000.5"), "rates.example")
+    assert 0 <= cached.age_seconds < 60
+    await store.store_rate(Decimal("65432.1"), "other.example")
+    newer = await store.rate()
+    assert newer is not None and (newer.rate, newer.source) == (Decimal("65432.1"), "other.example")
+    _, read_rate = await store.read()
+    assert read_rate is not None and read_rate.rate == Decimal("65432.1")
+
+
+async def test_a_job_is_claimed_once_per_interval_and_retried_soon_after_failing(
+    backend: Backend,
+) -> None:
+    store = backend.stores.catalog
+    assert await store.claim_job("test-job", 3600)
+    assert not await store.claim_job("test-job", 3600)
+    await store.job_failed("test-job", "source down", 0)
+    assert await store.claim_job("test-job", 3600)  # due again at once
+    await store.job_failed("test-job", "source down", 0)
+    await store.job_ok("test-job", {"rate": "1"}, 3600)  # a success postpones the next run
+    assert not await store.claim_job("test-job", 3600)
+    await store.job_failed("no-such-job", "x", 0)  # nothing to update
+    assert await store.claim_job("no-such-job", 3600)
+
+
+async def test_only_one_holder_of_the_refresh_lock(backend: Backend) -> None:
+    store = backend.stores.catalog
+    async with store.single_flight(wait=False) as mine:
+        assert mine
+        async with store.single_flight(wait=False) as other:
+            assert not other
+    async with store.single_flight(wait=False) as after:
+        assert after

@@ -1,15 +1,18 @@
-"""The catalog job's fetch step against an in-memory provider (no network, no database)."""
+"""The catalog job against an in-memory provider and the stores' twin (no network, no database)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
 from libs.common.adapters.sms import BadRentTime, Country, Offer, ProviderUnavailable, Service
-from services.scheduler.catalog_refresh import CatalogIncomplete, fetch_catalog
+from libs.common.core.config import Settings
+from libs.common.persistence.memory import MemoryStores
+from services.scheduler.catalog_refresh import CatalogIncomplete, fetch_catalog, refresh_catalog
 
 
 @dataclass(frozen=True)
@@ -133,3 +136,33 @@ async def test_a_provider_error_propagates_so_nothing_is_written() -> None:
 
     with pytest.raises(ProviderUnavailable):
         await fetch_catalog(Down(), [4])  # type: ignore[arg-type]
+
+
+def _twin() -> MemoryStores:
+    return MemoryStores(lambda: datetime(2026, 1, 1, tzinfo=UTC))
+
+
+async def test_a_refresh_stores_the_catalog_and_marks_it_loaded() -> None:
+    stores = _twin()
+    counts = await refresh_catalog(stores, FakeProvider(), Settings(rent_hours="4,24"))  # type: ignore[arg-type]
+    assert counts == {"countries": 4, "services": 2, "prices": 3, "rent_prices": 4}
+    loaded = await stores.catalog.load()
+    assert loaded.loaded and [c.id for c in loaded.countries.all()] == [6, 16, 187, 4242]
+
+
+async def test_a_failed_refresh_keeps_the_stored_catalog() -> None:
+    stores = _twin()
+    await refresh_catalog(stores, FakeProvider(), Settings(rent_hours="4"))  # type: ignore[arg-type]
+    before = await stores.catalog.load()
+    with pytest.raises(CatalogIncomplete):
+        await refresh_catalog(stores, FakeProvider(prices_=[]), Settings(rent_hours="4"))  # type: ignore[arg-type]
+    after = await stores.catalog.load()
+    assert after.offers == before.offers and after.refreshed_at == before.refreshed_at
+
+
+async def test_a_refresh_running_elsewhere_is_not_repeated() -> None:
+    stores = _twin()
+    provider = FakeProvider()
+    async with stores.catalog.single_flight(wait=False):
+        assert await refresh_catalog(stores, provider, Settings()) is None  # type: ignore[arg-type]
+    assert provider.rent_calls == [] and not (await stores.catalog.load()).loaded

@@ -17,10 +17,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from libs.common.domain.alarms import Alarm
+from libs.common.domain.countries import CountryIndex
 from libs.common.domain.events import Event, EventType, Timer
+from libs.common.domain.fx import CachedRate
 from libs.common.domain.messages import Message, extract_code, storable
 from libs.common.domain.orders import (
     NewOrder,
@@ -31,6 +34,7 @@ from libs.common.domain.orders import (
     is_terminal,
 )
 from libs.common.domain.refunds import Refund, RefundStatus
+from libs.common.persistence.catalog_store import CATALOG_JOB, Catalog, CatalogData
 from libs.common.persistence.order_store import NOW, WRITABLE, DueTimer, StatusChange
 from libs.common.persistence.ports import Stores
 from libs.common.persistence.stores import PgStores
@@ -60,6 +64,16 @@ class OutboxRow:
 
 
 @dataclass
+class JobRow:
+    """One refresh_jobs row."""
+
+    next_run_at: datetime
+    last_ok_at: datetime | None = None
+    last_error: str | None = None
+    counts: dict[str, Any] | None = None
+
+
+@dataclass
 class MemoryState:
     """Every table of the twin; copied whole to roll a transaction back."""
 
@@ -82,6 +96,11 @@ class MemoryState:
     # --- provider: more tables ---
 
     # --- scheduler: more tables ---
+    # catalog_countries, catalog_services, catalog_prices, catalog_rent_prices.
+    catalog: CatalogData = field(default_factory=lambda: CatalogData([], [], [], []))
+    # fx_rates: (rate, fetched_at, source) of the one pair, or None.
+    fx_rate: tuple[Decimal, datetime, str] | None = None
+    jobs: dict[str, JobRow] = field(default_factory=dict)
 
     next_id: int = 1
 
@@ -373,6 +392,90 @@ class MemoryAlarms(_Base):
 # --- scheduler: new twin classes ---
 
 
+class MemoryCatalog(_Base):
+    """Twin of PgCatalog."""
+
+    async def load(self) -> Catalog:
+        """The whole catalog, sorted as PostgreSQL returns it."""
+        data = self._state.catalog
+        job = self._state.jobs.get(CATALOG_JOB)
+        return Catalog(
+            countries=CountryIndex(sorted(data.countries, key=lambda c: c.id)),
+            services=sorted(data.services, key=lambda s: s.code),
+            offers=sorted(data.offers, key=lambda o: (o.country_id, o.service)),
+            rent=sorted(data.rent or [], key=lambda r: (r.country_id, r.service, r.hours)),
+            refreshed_at=None if job is None else job.last_ok_at,
+        )
+
+    async def rate(self) -> CachedRate | None:
+        """The stored rate with its age by the clock; None before the first."""
+        if self._state.fx_rate is None:
+            return None
+        rate, fetched_at, source = self._state.fx_rate
+        age = max((self._now() - fetched_at).total_seconds(), 0.0)
+        return CachedRate(rate, fetched_at, age, source)
+
+    async def read(self, known: Catalog | None = None) -> tuple[Catalog, CachedRate | None]:
+        """The catalog and the rate; `known` is reused if no refresh replaced it since."""
+        job = self._state.jobs.get(CATALOG_JOB)
+        version = None if job is None else job.last_ok_at
+        catalog = known
+        if catalog is None or catalog.refreshed_at != version:
+            catalog = await self.load()
+        return catalog, await self.rate()
+
+    async def replace(self, data: CatalogData) -> None:
+        """Replace every catalog row (rent prices only when `data.rent` is not None)."""
+        rent = self._state.catalog.rent if data.rent is None else list(data.rent)
+        self._state.catalog = CatalogData(
+            list(data.countries), list(data.services), list(data.offers), rent
+        )
+
+    async def store_rate(self, rate: Decimal, source: str) -> None:
+        """Record a freshly fetched rate, fetched now."""
+        self._state.fx_rate = (rate, self._now(), source)
+
+    @asynccontextmanager
+    async def single_flight(self, *, wait: bool) -> AsyncIterator[bool]:
+        """Hold the refresh lock for the block; yields False if it is held elsewhere."""
+        lock = self._stores.refresh_lock
+        if not wait and lock.locked():
+            yield False
+            return
+        async with lock:
+            yield True
+
+    async def claim_job(self, name: str, interval: float) -> bool:
+        """Claim a due job; it is then not due again for `interval` seconds."""
+        next_run = self._now() + timedelta(seconds=interval)
+        row = self._state.jobs.get(name)
+        if row is None:
+            self._state.jobs[name] = JobRow(next_run)
+            return True
+        if row.next_run_at > self._now():
+            return False
+        row.next_run_at = next_run
+        return True
+
+    async def job_ok(self, name: str, counts: dict[str, Any], interval: float) -> None:
+        """Record a success; the next periodic run is postponed to `interval` from now."""
+        now = self._now()
+        next_run = now + timedelta(seconds=interval)
+        row = self._state.jobs.get(name)
+        if row is None:
+            self._state.jobs[name] = JobRow(next_run, now, None, counts)
+            return
+        row.last_ok_at, row.last_error, row.counts = now, None, counts
+        row.next_run_at = max(row.next_run_at, next_run)
+
+    async def job_failed(self, name: str, error: str, retry: float) -> None:
+        """Record a failure; the job is due again within `retry` seconds."""
+        row = self._state.jobs.get(name)
+        if row is not None:
+            row.last_error = error
+            row.next_run_at = min(row.next_run_at, self._now() + timedelta(seconds=retry))
+
+
 class MemoryStores:
     """Every store, in memory, on the given clock."""
 
@@ -399,6 +502,9 @@ class MemoryStores:
         # --- provider: more stores ---
 
         # --- scheduler: more stores ---
+        self.catalog = MemoryCatalog(self)
+        # The catalog refresh's advisory lock (outside the state: never rolled back).
+        self.refresh_lock = asyncio.Lock()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[MemoryStores]:

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Protocol
 
 from libs.common.domain.alarms import Alarm
 from libs.common.domain.events import Event
+from libs.common.domain.fx import CachedRate
 from libs.common.domain.messages import Message
 from libs.common.domain.orders import NewOrder, Order, Status
 from libs.common.domain.refunds import Refund
+from libs.common.persistence.catalog_store import Catalog, CatalogData
 from libs.common.persistence.order_store import DueTimer, StatusChange
 
 
@@ -147,6 +150,37 @@ class Alarms(Protocol):
 # --- scheduler: new store Protocols ---
 
 
+class Catalogs(Protocol):
+    """What can be sold, at what USD cost, the BTC/USD rate, and the jobs that refresh them."""
+
+    async def load(self) -> Catalog:
+        """The whole catalog, read in one consistent snapshot."""
+
+    async def rate(self) -> CachedRate | None:
+        """The stored BTC/USD rate with its age by the database clock; None before the first."""
+
+    async def read(self, known: Catalog | None = None) -> tuple[Catalog, CachedRate | None]:
+        """The catalog and the rate; `known` is reused if no refresh replaced it since."""
+
+    async def replace(self, data: CatalogData) -> None:
+        """Replace every catalog row (rent prices only when `data.rent` is not None)."""
+
+    async def store_rate(self, rate: Decimal, source: str) -> None:
+        """Record a freshly fetched rate, fetched now."""
+
+    def single_flight(self, *, wait: bool) -> AbstractAsyncContextManager[bool]:
+        """Hold the catalog refresh lock for the block; yields False if it is held elsewhere."""
+
+    async def claim_job(self, name: str, interval: float) -> bool:
+        """Claim a due job; it is then not due again for `interval` seconds."""
+
+    async def job_ok(self, name: str, counts: dict[str, Any], interval: float) -> None:
+        """Record a success; the next periodic run is postponed to `interval` from now."""
+
+    async def job_failed(self, name: str, error: str, retry: float) -> None:
+        """Record a failure; the job is due again within `retry` seconds."""
+
+
 class Stores(Protocol):
     """Every store bound to one database (or one transaction) and the subject prefix."""
 
@@ -189,6 +223,10 @@ class Stores(Protocol):
     # --- provider: more stores ---
 
     # --- scheduler: more stores ---
+
+    @property
+    def catalog(self) -> Catalogs:
+        """The catalog store."""
 
     def transaction(self) -> AbstractAsyncContextManager[Stores]:
         """The same stores inside one transaction that commits when the block succeeds."""
