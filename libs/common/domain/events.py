@@ -63,7 +63,8 @@ EVENTS: dict[EventType, str | None] = {
 }
 
 # The registry of timers: the event each becomes when it fires (None: the scheduler's own
-# housekeeping, run where it fires). Adding a timed step: a Timer member and its row here.
+# housekeeping, its action in the scheduler's `HOUSEKEEPING` table). Adding a timed step: a
+# Timer member and its row here, then the action in the acting worker's table.
 TIMERS: dict[Timer, EventType | None] = {
     Timer.INVOICE_EXPIRED: EventType.INVOICE_EXPIRED,
     Timer.SMS_TIMEOUT: EventType.SMS_TIMEOUT,
