@@ -7,6 +7,7 @@ job), reused in-process for `catalog_ttl_seconds`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -18,9 +19,8 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from libs.common.core.metrics import FX_RATE_AGE, PROVIDER_NO_BALANCE
+from libs.common.core.metrics import FX_RATE_AGE
 from libs.common.domain import countries
-from libs.common.domain.alarms import Alarm
 from libs.common.domain.countries import Country, CountryIndex
 from libs.common.domain.orders import OrderType
 from libs.common.persistence import fx_store as fx
@@ -29,7 +29,8 @@ from libs.common.persistence.catalog_store import load as load_catalog
 from libs.common.persistence.db import Q
 from services.gateway.errors import ApiError
 from services.gateway.keys import POOL, SETTINGS
-from services.gateway.orders import price_for
+from services.gateway.offers import price_for
+from services.gateway.usecases import Market
 
 log = logging.getLogger(__name__)
 
@@ -199,15 +200,9 @@ def usable_rate(request: web.Request, snap: Snapshot) -> Decimal:
     return snap.rate.rate
 
 
-async def ensure_selling(request: web.Request) -> None:
-    """503 UNAVAILABLE while the provider account has no balance (the operator is alarmed)."""
-    try:
-        alarm = await request.app[POOL].fetchrow(Q.alarm_active, Alarm.NO_BALANCE)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-        raise ApiError(503, "UNAVAILABLE", "cannot take orders now; retry later") from exc
-    PROVIDER_NO_BALANCE.set(0 if alarm is None else 1)
-    if alarm is not None:
-        raise ApiError(503, "UNAVAILABLE", "numbers cannot be bought right now; retry later")
+def market(request: web.Request, snap: Snapshot) -> Market:
+    """The snapshot's catalog, priced at the usable rate (read when an order is priced)."""
+    return Market(snap.catalog, functools.partial(usable_rate, request, snap))
 
 
 async def known_services(request: web.Request) -> list[ServiceRow]:
@@ -263,7 +258,7 @@ async def catalog(request: web.Request) -> web.Response:
         entry = _offer_json(OrderType.RENT_NUMBER, country, rent.service, price, rent.count)
         entry["durationMinutes"] = rent.hours * 60
         out.append(entry)
-    out.sort(key=lambda o: (o["countryId"], o["service"], o["type"], o.get("durationMinutes", 0)))
+    out.sort(key=lambda e: (e["countryId"], e["service"], e["type"], e.get("durationMinutes", 0)))
     return web.json_response({"offers": out})
 
 

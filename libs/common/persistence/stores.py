@@ -9,7 +9,7 @@ import asyncpg
 
 from libs.common.persistence.account_store import PgAccounts
 from libs.common.persistence.db import Executor
-from libs.common.persistence.ops_store import PgAlarms
+from libs.common.persistence.ops_store import PgAlarms, PgHealth
 from libs.common.persistence.order_store import PgMessages, PgOrders, PgTimers, PgTokens
 from libs.common.persistence.outbox_store import PgInbox, PgOutbox
 from libs.common.persistence.refund_store import PgRefunds
@@ -31,6 +31,7 @@ class PgStores:
         self.refunds = PgRefunds(db)
         self.accounts = PgAccounts(db)
         # --- gateway: more stores ---
+        self.health = PgHealth(db)
 
         # --- payments: more stores ---
 
