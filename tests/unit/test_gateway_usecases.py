@@ -86,11 +86,17 @@ class World:
         self.stores = MemoryStores(lambda: self.now)
         self.node = FakeNode()
         self.gw = Gateway(self.stores, self.node, settings, lambda: self.now)
-        self.rate = Decimal("100000")
+        self.rate: Decimal | None = Decimal("100000")  # None: too stale to quote with
 
     def market(self) -> Market:
         """The catalog at the current rate."""
-        return Market(CATALOG, lambda: self.rate)
+
+        def rate() -> Decimal:
+            if self.rate is None:
+                raise ApiError(503, "UNAVAILABLE", "the BTC/USD rate is out of date")
+            return self.rate
+
+        return Market(CATALOG, rate)
 
     async def order(self, **changes: object) -> Order:
         """An order in the twin (pending, standard, receive-sms unless told)."""
@@ -214,7 +220,7 @@ async def test_a_refund_invoice_is_used_by_one_order_only() -> None:
     w = World()
     first = receive_sms()
     await usecases.create_l402_order(w.gw, w.market(), first)
-    w.rate = Decimal(0)  # a bad rate: the refusal comes before pricing all the same
+    w.rate = None  # a stale rate: the refusal comes before pricing all the same
     again = receive_sms(request=first.request, client="203.0.113.9")
     assert await refusal(usecases.create_l402_order(w.gw, w.market(), again)) == (
         400,
