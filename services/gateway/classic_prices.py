@@ -1,5 +1,6 @@
-"""The classic API's prices and stock: /getCountries, /getnumbersstatus, /getRentalCountries,
-/price.
+"""The classic API's price and stock lists: countries, services in stock, rentals, prices.
+
+Endpoints: /getCountries, /getnumbersstatus, /getRentalCountries, /price.
 
 Public, unauthenticated and read-only, like GET /v2/l402/catalog, and fed by the same catalog
 snapshot read from PostgreSQL (`services.gateway.discovery.snapshot`), so a classic quote and

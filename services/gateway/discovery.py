@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
+from libs.common.core.config import Settings
 from libs.common.core.metrics import FX_RATE_AGE
 from libs.common.domain import countries
 from libs.common.domain.countries import Country, CountryIndex
@@ -225,22 +226,17 @@ def _offer_json(
     }
 
 
-async def catalog(request: web.Request) -> web.Response:
-    """GET /v2/l402/catalog: what can be bought (numbers and rentals), where, for how many sats."""
-    settings = request.app[SETTINGS]
-    snap = await loaded_snapshot(request)
-    index = snap.catalog.countries
-    want_country: int | None = None
-    if raw := request.query.get("country"):
-        found = index.resolve(raw)
-        if found is None:
-            raise ApiError(400, "INVALID_COUNTRY", f"country {raw!r} is not recognized")
-        if isinstance(found, Country):
-            want_country = found.id
-    want_service = countries.normalize_service(request.query.get("service", "")) or None
-    rate = usable_rate(request, snap)
+def _catalog_json(
+    catalog: Catalog,
+    rate: Decimal,
+    settings: Settings,
+    want_country: int | None,
+    want_service: str | None,
+) -> list[dict[str, Any]]:
+    """Every sellable offer and rental matching the filters, priced in sats, in a stable order."""
+    index = catalog.countries
     out: list[dict[str, Any]] = []
-    for offer in snap.catalog.sellable_offers():
+    for offer in catalog.sellable_offers():
         country = index.by_id(offer.country_id)
         if country is None or want_country not in (None, offer.country_id):
             continue
@@ -248,7 +244,7 @@ async def catalog(request: web.Request) -> web.Response:
             continue
         price = price_for(offer.cost_usd, rate, settings)
         out.append(_offer_json(OrderType.RECEIVE_SMS, country, offer.service, price, offer.count))
-    for rent in snap.catalog.sellable_rent():
+    for rent in catalog.sellable_rent():
         country = index.by_id(rent.country_id)
         if country is None or want_country not in (None, rent.country_id):
             continue
@@ -259,7 +255,23 @@ async def catalog(request: web.Request) -> web.Response:
         entry["durationMinutes"] = rent.hours * 60
         out.append(entry)
     out.sort(key=lambda e: (e["countryId"], e["service"], e["type"], e.get("durationMinutes", 0)))
-    return web.json_response({"offers": out})
+    return out
+
+
+async def catalog(request: web.Request) -> web.Response:
+    """GET /v2/l402/catalog: what can be bought (numbers and rentals), where, for how many sats."""
+    snap = await loaded_snapshot(request)
+    want_country: int | None = None
+    if raw := request.query.get("country"):
+        found = snap.catalog.countries.resolve(raw)
+        if found is None:
+            raise ApiError(400, "INVALID_COUNTRY", f"country {raw!r} is not recognized")
+        if isinstance(found, Country):
+            want_country = found.id
+    want_service = countries.normalize_service(request.query.get("service", "")) or None
+    rate = usable_rate(request, snap)
+    offers = _catalog_json(snap.catalog, rate, request.app[SETTINGS], want_country, want_service)
+    return web.json_response({"offers": offers})
 
 
 def openapi_document() -> dict[str, Any]:
