@@ -176,6 +176,22 @@ async def test_a_failed_creation_leaves_nothing_behind() -> None:
     assert w.stores.state.tokens == {}
 
 
+async def test_a_creation_that_fails_midway_writes_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    w = World()
+
+    async def broken(key_id: bytes, root_key: bytes, order_id: str) -> None:
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(w.stores.tokens, "insert", broken)
+    with pytest.raises(RuntimeError):
+        await usecases.create_l402_order(w.gw, w.market(), receive_sms())
+    # The order, its timer and its event went with the token: one transaction.
+    assert w.stores.state.orders == {} and w.stores.state.timers == {}
+    assert w.stores.events() == []
+
+
 async def test_a_client_at_the_unpaid_cap_gets_429_before_any_invoice() -> None:
     w = World()
     for _ in range(2):
