@@ -8,7 +8,7 @@ import asyncio
 from libs.common.core.config import load_settings
 from libs.common.domain.api_keys import key_hash, new_api_key
 from libs.common.persistence import db
-from libs.common.persistence.db import Q
+from libs.common.persistence.account_store import PgAccounts
 
 
 async def create(label: str) -> tuple[int, str]:
@@ -16,17 +16,17 @@ async def create(label: str) -> tuple[int, str]:
     api_key = new_api_key()
     pool = await db.create_pool(load_settings().database_url, max_size=1)
     try:
-        account_id = await pool.fetchval(Q.account_create, key_hash(api_key), label)
+        account_id = await PgAccounts(pool).create(key_hash(api_key), label)
     finally:
         await pool.close()
-    return int(account_id), api_key
+    return account_id, api_key
 
 
 async def revoke(account_id: int) -> bool:
     """Revoke an account's key; False if there was no active key."""
     pool = await db.create_pool(load_settings().database_url, max_size=1)
     try:
-        return await pool.fetchval(Q.account_revoke, account_id) is not None
+        return await PgAccounts(pool).revoke(account_id)
     finally:
         await pool.close()
 

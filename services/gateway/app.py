@@ -22,7 +22,7 @@ from libs.common.messaging import bus
 from libs.common.messaging.runtime import close_all, start_background
 from libs.common.persistence import db
 from libs.common.persistence.stores import PgStores
-from services.gateway import classic, classic_catalog, discovery, views, webhooks
+from services.gateway import classic, classic_prices, discovery, views, webhooks
 from services.gateway.errors import error_middleware, mark_classic
 from services.gateway.keys import JS_CONN, LND, NETWORK, POOL, PROVIDER, SETTINGS, STORES
 from services.gateway.limits import rate_limit_middleware
@@ -95,10 +95,10 @@ def setup_routes(app: web.Application) -> None:
         app.router.add_post("/fund", classic.fund),
         app.router.add_get("/balance", classic.balance),
         app.router.add_get("/history", classic.history),
-        app.router.add_get("/getCountries", classic_catalog.get_countries),
-        app.router.add_get("/getnumbersstatus", classic_catalog.get_numbers_status),
-        app.router.add_get("/getRentalCountries", classic_catalog.get_rental_countries),
-        app.router.add_get("/price", classic_catalog.price),
+        app.router.add_get("/getCountries", classic_prices.get_countries),
+        app.router.add_get("/getnumbersstatus", classic_prices.get_numbers_status),
+        app.router.add_get("/getRentalCountries", classic_prices.get_rental_countries),
+        app.router.add_get("/price", classic_prices.price),
     ):
         mark_classic(app, route)
     app.router.add_post("/v2/l402/order", views.create_order)

@@ -1,59 +1,37 @@
 """The classic API (hold invoices): /createorder, /orderstatus, /cancelorder.
 
-Errors are `{"status": "error", "reason": "..."}`; the 64-hex orderId is the bearer secret.
-Prepaid accounts use the `X-API-Key` header: /fund, /balance, /history, and
-`immediate: true` orders paid from the balance.
+Errors are `{"status": "error", "reason": "..."}` (the error middleware answers every
+`ApiError` of these routes so); the 64-hex orderId is the bearer secret. Prepaid accounts use
+the `X-API-Key` header: /fund, /balance, /history, and `immediate: true` orders paid from the
+balance.
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
 import re
-import secrets
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from libs.common.adapters.lightning import AddedInvoice, LndError
-from libs.common.core.faults import crash_point
 from libs.common.domain import countries
-from libs.common.domain.api_keys import key_hash, plausible_key
-from libs.common.domain.countries import Offer
-from libs.common.domain.events import Event, EventType, Timer
-from libs.common.domain.orders import CancelRefused, OrderType, Status, check_customer_cancel
-from libs.common.persistence import account_store as accounts
-from libs.common.persistence import order_store as store
-from libs.common.persistence.db import Q, transaction
-from libs.common.persistence.outbox_store import enqueue
-from services.gateway import unpaid
-from services.gateway.discovery import (
-    country_index,
-    ensure_selling,
-    loaded_snapshot,
-    usable_rate,
-)
+from libs.common.domain.countries import Country, CountryIndex
+from libs.common.domain.orders import Order, PaymentMode, Status
+from libs.common.persistence.account_store import Account
+from services.gateway import usecases
+from services.gateway.discovery import country_index, loaded_snapshot, market
 from services.gateway.errors import ApiError
-from services.gateway.keys import LND, POOL, SETTINGS
-from services.gateway.orders import best_offer, price_for
+from services.gateway.keys import SETTINGS, STORES, gateway, prepaid
+from services.gateway.limits import client_address
+from services.gateway.usecases import NewClassicOrder
 
 AUTO_COUNTRY = 999
 MAX_FUND_SATS = 10_000_000
-LND_HOLD_EXPIRY_DELTA = 18  # blocks before the HTLC expiry at which LND cancels on its own
-BLOCK_SECONDS = 600
 NO_NUMBER = (
     "No available number, payment request is canceled. "
     "Your funds are returned to your wallet automatically."
 )
 _ORDER_ID = re.compile(r"[0-9a-f]{64}")
-
-
-def _error(status: int, reason: str) -> web.Response:
-    """The classic error body."""
-    return web.json_response({"status": "error", "reason": reason}, status=status)
-
 
 # What reading a body can raise on hostile input: ValueError (bad JSON, bad UTF-8, a multipart
 # without boundary), LookupError (unknown charset), RecursionError (absurd nesting),
@@ -68,6 +46,11 @@ _UNREADABLE = (
 )
 
 
+def _invalid(reason: str) -> ApiError:
+    """A 400 of the classic API (its body shows the reason only)."""
+    return ApiError(400, "VALIDATION_ERROR", reason)
+
+
 async def _params(request: web.Request) -> dict[str, Any]:
     """Request fields from the query, a form or a JSON object; 400 for an unreadable body."""
     fields: dict[str, Any] = dict(request.query)
@@ -78,257 +61,123 @@ async def _params(request: web.Request) -> dict[str, Any]:
             except _UNREADABLE:
                 body = None
             if not isinstance(body, dict):
-                raise ApiError(400, "VALIDATION_ERROR", "body must be a JSON object")
+                raise _invalid("body must be a JSON object")
             fields.update(body)
         else:
             try:
                 form = await request.post()
             except _UNREADABLE as exc:
-                raise ApiError(
-                    400, "VALIDATION_ERROR", "body must be a form, multipart form or JSON object"
-                ) from exc
+                raise _invalid("body must be a form, multipart form or JSON object") from exc
             fields.update(form)
     return fields
 
 
-def cltv_expiry_blocks(invoice_expiry: int, order_timeout: int) -> int:
-    """A final CLTV delta that outlives the longest hold (payment window + SMS wait) safely."""
-    hold_blocks = math.ceil((invoice_expiry + order_timeout + BLOCK_SECONDS) / BLOCK_SECONDS)
-    return max(40, LND_HOLD_EXPIRY_DELTA + hold_blocks + 12)
+def _flag(fields: dict[str, Any], name: str) -> bool:
+    """A true/false request field (absent: false)."""
+    return str(fields.get(name, "false")).lower() in ("true", "1")
 
 
-async def _hold_invoice(
-    request: web.Request, amount_sats: int, memo: str, hold_seconds: int
-) -> tuple[bytes, bytes, AddedInvoice] | None:
-    """A hold invoice on our own fresh preimage; None when the node cannot be reached."""
-    settings = request.app[SETTINGS]
-    preimage = secrets.token_bytes(32)
-    payment_hash = hashlib.sha256(preimage).digest()
-    try:
-        invoice = await request.app[LND].add_hold_invoice(
-            payment_hash=payment_hash,
-            value_msat=amount_sats * 1000,
-            memo=memo,
-            expiry=settings.invoice_expiry_seconds,
-            cltv_expiry=cltv_expiry_blocks(settings.invoice_expiry_seconds, hold_seconds),
-        )
-    except (TimeoutError, LndError, OSError):
-        return None
-    return preimage, payment_hash, invoice
+async def _account(request: web.Request) -> Account:
+    """The prepaid account of the X-API-Key header; 400/401 for a missing or unknown key."""
+    api_key = request.headers.get("X-API-Key", "")
+    usecases.check_api_key(api_key)  # before the database is touched
+    return await usecases.account(prepaid(request), api_key)
+
+
+def _country(index: CountryIndex, raw: str | int) -> Country | str:
+    """The country of a /createorder request (id, ISO, name, auto or 999)."""
+    found = index.resolve(countries.AUTO if str(raw).strip() == str(AUTO_COUNTRY) else raw)
+    if found is None:
+        raise _invalid("invalid country")
+    return found
+
+
+def _service(raw: Any, known: set[str]) -> str:
+    """The service code of a /createorder request, which the catalog must list."""
+    if not isinstance(raw, str) or not raw.strip():
+        raise _invalid("service is required")
+    service = countries.normalize_service(raw)
+    if service not in known:
+        raise _invalid(f"unknown service {service!r}")
+    return service
 
 
 async def create_order(request: web.Request) -> web.Response:
-    """POST /createorder: a hold invoice for a one-time number."""
-    settings = request.app[SETTINGS]
-    try:
-        fields = await _params(request)
-    except ApiError as exc:
-        return _error(400, exc.message)
-    if str(fields.get("isRental", "false")).lower() in ("true", "1"):
-        return _error(400, "rentals are not available yet")
-    immediate = str(fields.get("immediate", "false")).lower() in ("true", "1")
-    account_id: int | None = None
-    if immediate:
-        found = await _account(request)
-        if isinstance(found, web.Response):
-            return found
-        account_id = found
+    """POST /createorder: a hold invoice for a one-time number (or paid from the balance)."""
+    fields = await _params(request)
+    if _flag(fields, "isRental"):
+        raise _invalid("rentals are not available yet")
+    account_id = (await _account(request)).id if _flag(fields, "immediate") else None
     raw_country = fields.get("country", AUTO_COUNTRY)
-    if str(raw_country).strip() == str(AUTO_COUNTRY):
-        raw_country = countries.AUTO
     if isinstance(raw_country, bool) or not isinstance(raw_country, str | int):
-        return _error(400, "invalid country")
-    try:
-        snap = await loaded_snapshot(request)
-    except ApiError as exc:
-        return _error(exc.status, exc.message)
-    country = snap.catalog.countries.resolve(raw_country)
-    if country is None:
-        return _error(400, "invalid country")
-    raw_service = fields.get("service")
-    if not isinstance(raw_service, str) or not raw_service.strip():
-        return _error(400, "service is required")
-    service = countries.normalize_service(raw_service)
-    try:
-        if service not in snap.catalog.service_codes():
-            return _error(400, f"unknown service {service!r}")
-        await ensure_selling(request)
-        offer = best_offer(snap.catalog, service, country)
-        # The quote is what the hold invoice asks for and what the order row stores.
-        price = price_for(offer.cost_usd, usable_rate(request, snap), settings)
-    except ApiError as exc:
-        return _error(exc.status, exc.message)
+        raise _invalid("invalid country")
+    snap = await loaded_snapshot(request)
+    country = _country(snap.catalog.countries, raw_country)
+    service = _service(fields.get("service"), snap.catalog.service_codes())
+    client = client_address(request, request.app[SETTINGS])
+    new = NewClassicOrder(service, country, client, account_id)
     if account_id is not None:
-        return await _create_paid_from_balance(request, account_id, service, offer, price)
-    await unpaid.refuse(request, request.app[POOL])
-    order_id = secrets.token_hex(32)
-    held = await _hold_invoice(
-        request, price, f"sms4sats {service} order", settings.order_timeout_seconds
-    )
-    if held is None:
-        return _error(503, "cannot create an invoice now; retry later")
-    preimage, payment_hash, invoice = held
-    expires_at = datetime.now(UTC) + timedelta(seconds=settings.invoice_expiry_seconds)
-    async with transaction(request.app[POOL]) as conn:
-        await unpaid.claim(conn, request, payment_hash)
-        await conn.execute(
-            Q.order_insert_hold,
-            order_id,
-            OrderType.RECEIVE_SMS.value,
-            service,
-            offer.country_id,
-            price,
-            offer.cost_usd,
-            payment_hash,
-            invoice.payment_request,
-            expires_at,
-            preimage,
-        )
-        await store.set_timer(
-            conn, order_id, Timer.INVOICE_EXPIRED, settings.invoice_expiry_seconds
-        )
-        await enqueue(conn, Event(EventType.CREATED, order_id), prefix=settings.subject_prefix)
-        crash_point("gateway.hold_order_invoiced")
+        created = await usecases.create_balance_order(prepaid(request), market(request, snap), new)
+    else:
+        created = await usecases.create_hold_order(gateway(request), market(request, snap), new)
     return web.json_response(
-        {"status": "OK", "orderId": order_id, "payreq": invoice.payment_request}
+        {"status": "OK", "orderId": created.order_id, "payreq": created.payment_request}
     )
-
-
-async def _account_row(request: web.Request) -> Any:
-    """The account row of the X-API-Key header, or the classic error to answer."""
-    api_key = request.headers.get("X-API-Key", "")
-    if not api_key:
-        return _error(400, "X-API-Key header is required")
-    if not plausible_key(api_key):
-        # Non-ASCII bytes, control characters, absurd length: no key we issued looks so.
-        return _error(401, "unknown or revoked API key")
-    row = await request.app[POOL].fetchrow(Q.account_by_key, key_hash(api_key))
-    if row is None:
-        return _error(401, "unknown or revoked API key")
-    return row
-
-
-async def _account(request: web.Request) -> int | web.Response:
-    """The account id of the X-API-Key header, or the classic error to answer."""
-    found = await _account_row(request)
-    return found if isinstance(found, web.Response) else int(found["id"])
-
-
-class _Insufficient(Exception):
-    """The balance does not cover the order."""
-
-
-async def _create_paid_from_balance(
-    request: web.Request, account_id: int, service: str, offer: Offer, price: int
-) -> web.Response:
-    """An order paid from the prepaid balance: debit and paid in one transaction."""
-    settings = request.app[SETTINGS]
-    order_id = secrets.token_hex(32)
-    try:
-        async with transaction(request.app[POOL]) as conn:
-            await conn.execute(
-                Q.order_insert_balance,
-                order_id,
-                OrderType.RECEIVE_SMS.value,
-                service,
-                offer.country_id,
-                price,
-                offer.cost_usd,
-                secrets.token_bytes(32),  # no invoice; the column wants a unique hash
-                account_id,
-            )
-            if await accounts.move(conn, account_id, -price, "order", order_id) is None:
-                raise _Insufficient
-            await store.mark_paid(
-                conn,
-                order_id,
-                deadline=settings.order_timeout_seconds,
-                prefix=settings.subject_prefix,
-            )
-            crash_point("gateway.balance_debited")
-    except _Insufficient:
-        return _error(402, f"insufficient balance: this order costs {price} sats")
-    return web.json_response({"status": "OK", "orderId": order_id, "payreq": "paid"})
 
 
 async def fund(request: web.Request) -> web.Response:
     """POST /fund: a hold invoice that credits the balance once when paid."""
-    found = await _account(request)
-    if isinstance(found, web.Response):
-        return found
-    try:
-        fields = await _params(request)
-    except ApiError as exc:
-        return _error(400, exc.message)
+    account = await _account(request)
+    fields = await _params(request)
     try:
         amount = int(str(fields.get("amount", "")))
     except ValueError:
-        return _error(400, "amount must be a whole number of sats")
+        raise _invalid("amount must be a whole number of sats") from None
     if not 1 <= amount <= MAX_FUND_SATS:
-        return _error(400, f"amount must be between 1 and {MAX_FUND_SATS} sats")
-    settings = request.app[SETTINGS]
-    held = await _hold_invoice(request, amount, "sms4sats balance top-up", 0)
-    if held is None:
-        return _error(503, "cannot create an invoice now; retry later")
-    preimage, payment_hash, invoice = held
-    funding_id = secrets.token_hex(32)
-    crash_point("gateway.funding_invoiced")
-    await request.app[POOL].execute(
-        Q.funding_insert,
-        funding_id,
-        found,
-        amount,
-        payment_hash,
-        preimage,
-        invoice.payment_request,
-        datetime.now(UTC) + timedelta(seconds=settings.invoice_expiry_seconds),
-    )
+        raise _invalid(f"amount must be between 1 and {MAX_FUND_SATS} sats")
+    funded = await usecases.fund(prepaid(request), account.id, amount)
     return web.json_response(
-        {"status": "OK", "orderId": funding_id, "payreq": invoice.payment_request}
+        {"status": "OK", "orderId": funded.order_id, "payreq": funded.payment_request}
     )
 
 
 async def balance(request: web.Request) -> web.Response:
     """GET /balance: the prepaid balance in sats."""
-    row = await _account_row(request)
-    if isinstance(row, web.Response):
-        return row
-    return web.json_response({"status": "OK", "balance": row["balance_sats"]})
+    account = await _account(request)
+    return web.json_response({"status": "OK", "balance": account.balance_sats})
 
 
 async def history(request: web.Request) -> web.Response:
     """GET /history: every movement of the balance, newest first."""
-    found = await _account(request)
-    if isinstance(found, web.Response):
-        return found
-    rows = await request.app[POOL].fetch(Q.ledger_history, found, 500)
+    account = await _account(request)
+    entries = await usecases.history(prepaid(request), account.id)
     return web.json_response(
         {
             "status": "OK",
-            "totalAmount": sum(r["amount_sats"] for r in rows if r["kind"] == "fund"),
+            "totalAmount": sum(e.amount_sats for e in entries if e.kind == "fund"),
             "orders": [
                 {
-                    "amount": r["amount_sats"],
-                    "kind": r["kind"],
-                    "orderId": r["ref"],
-                    "balanceAfter": r["balance_after"],
-                    "timestamp": int(r["created_at"].timestamp() * 1000),
+                    "amount": e.amount_sats,
+                    "kind": e.kind,
+                    "orderId": e.ref,
+                    "balanceAfter": e.balance_after,
+                    "timestamp": int(e.created_at.timestamp() * 1000),
                 }
-                for r in rows
+                for e in entries
             ],
         }
     )
 
 
-async def _order(request: web.Request) -> Any:
-    """The classic order named by ?orderId=, or None."""
+async def _order(request: web.Request) -> Order:
+    """The classic order named by ?orderId=; 404 when there is none."""
     order_id = request.query.get("orderId", "")
-    if not _ORDER_ID.fullmatch(order_id):
-        return None
-    order = await store.get(request.app[POOL], order_id)
-    if order is None or order["payment_mode"] not in ("hold", "balance"):
-        return None
-    return order
+    found = None
+    if _ORDER_ID.fullmatch(order_id):
+        found = await usecases.classic_order(request.app[STORES], order_id)
+    if found is None:
+        raise ApiError(404, "NOT_FOUND", "order not found")
+    return found
 
 
 def _number(text: str | None) -> int | str | None:
@@ -338,64 +187,51 @@ def _number(text: str | None) -> int | str | None:
     return int(text) if text.isdigit() and not text.startswith("0") else text
 
 
-async def order_status(request: web.Request) -> web.Response:
-    """GET /orderstatus?orderId=: paid, the number once assigned, the code once paid for."""
-    order = await _order(request)
-    if order is None:
-        return _error(404, "order not found")
-    status = Status(order["status"])
-    paid = order["paid_at"] is not None
+def _status_json(order: Order, index: CountryIndex | None) -> dict[str, Any]:
+    """The /orderstatus body: paid, the number once assigned, the code once paid for."""
+    paid = order.paid_at is not None
     body: dict[str, Any] = {
         "status": "OK",
         "paid": paid,
-        "id": order["id"],
-        "timestamp": int(order["created_at"].timestamp() * 1000),
-        "service": order["service"],
-        "orderStatus": status.value,
+        "id": order.id,
+        "timestamp": int(order.created_at.timestamp() * 1000),
+        "service": order.service,
+        "orderStatus": order.status.value,
     }
     if (
         paid
-        and order["activation_id"] is None
-        and status
+        and order.activation_id is None
+        and order.status
         in (
             Status.REFUND_PENDING,
             Status.REFUNDED,
         )
     ):
         body["error"] = NO_NUMBER
-    if order["phone_number"]:
-        index = await country_index(request)
-        country = index.by_id(order["country_id"]) if index is not None else None
-        body["number"] = _number(order["phone_number"])  # without "+", as documented
-        body["country"] = country.display_name if country else str(order["country_id"])
+    if order.phone_number:
+        country = index.by_id(order.country_id) if index is not None else None
+        body["number"] = _number(order.phone_number)  # without "+", as documented
+        body["country"] = country.display_name if country else str(order.country_id)
     # A hold order's code is shown only once its invoice is SETTLED (settled_at is written by
     # the payments worker after the node settled, with the completion); a prepaid order's
     # price was debited before its number was bought.
-    if order["code"] is not None and (
-        order["settled_at"] is not None or order["payment_mode"] == "balance"
+    if order.code is not None and (
+        order.settled_at is not None or order.payment_mode is PaymentMode.BALANCE
     ):
-        body["code"] = _number(order["code"])
-    return web.json_response(body)
+        body["code"] = _number(order.code)
+    return body
+
+
+async def order_status(request: web.Request) -> web.Response:
+    """GET /orderstatus?orderId=: paid, the number once assigned, the code once paid for."""
+    order = await _order(request)
+    index = await country_index(request) if order.phone_number else None
+    return web.json_response(_status_json(order, index))
 
 
 async def cancel_order(request: web.Request) -> web.Response:
     """GET /cancelorder?orderId=: cancel at the provider, then cancel the hold invoice."""
     order = await _order(request)
-    if order is None:
-        return _error(404, "order not found")
-    try:
-        check_customer_cancel(
-            order_type=OrderType(order["type"]),
-            status=Status(order["status"]),
-            paid_at=order["paid_at"],
-            now=datetime.now(UTC),
-            min_age=timedelta(seconds=request.app[SETTINGS].classic_cancel_min_age_seconds),
-        )
-    except CancelRefused as exc:
-        return _error(409, exc.message)
-    settings = request.app[SETTINGS]
-    async with transaction(request.app[POOL]) as conn:
-        await enqueue(
-            conn, Event(EventType.CANCEL_REQUESTED, order["id"]), prefix=settings.subject_prefix
-        )
+    min_age = request.app[SETTINGS].classic_cancel_min_age_seconds
+    await usecases.cancel(gateway(request), order, min_age)
     return web.json_response({"status": "OK"})

@@ -7,6 +7,7 @@ job), reused in-process for `catalog_ttl_seconds`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -18,17 +19,17 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from libs.common.core.metrics import FX_RATE_AGE, PROVIDER_NO_BALANCE
+from libs.common.core.config import Settings
+from libs.common.core.metrics import FX_RATE_AGE
 from libs.common.domain import countries, fx
-from libs.common.domain.alarms import Alarm
 from libs.common.domain.countries import Country, CountryIndex
 from libs.common.domain.orders import OrderType
 from libs.common.persistence.catalog_store import Catalog, ServiceRow
-from libs.common.persistence.db import Q
 from libs.common.persistence.ports import Catalogs
 from services.gateway.errors import ApiError
-from services.gateway.keys import POOL, SETTINGS, STORES
-from services.gateway.orders import price_for
+from services.gateway.keys import SETTINGS, STORES
+from services.gateway.offers import price_for
+from services.gateway.usecases import Market
 
 log = logging.getLogger(__name__)
 
@@ -193,15 +194,9 @@ def usable_rate(request: web.Request, snap: Snapshot) -> Decimal:
     return snap.rate.rate
 
 
-async def ensure_selling(request: web.Request) -> None:
-    """503 UNAVAILABLE while the provider account has no balance (the operator is alarmed)."""
-    try:
-        alarm = await request.app[POOL].fetchrow(Q.alarm_active, Alarm.NO_BALANCE)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-        raise ApiError(503, "UNAVAILABLE", "cannot take orders now; retry later") from exc
-    PROVIDER_NO_BALANCE.set(0 if alarm is None else 1)
-    if alarm is not None:
-        raise ApiError(503, "UNAVAILABLE", "numbers cannot be bought right now; retry later")
+def market(request: web.Request, snap: Snapshot) -> Market:
+    """The snapshot's catalog, priced at the usable rate (read when an order is priced)."""
+    return Market(snap.catalog, functools.partial(usable_rate, request, snap))
 
 
 async def known_services(request: web.Request) -> list[ServiceRow]:
@@ -224,22 +219,17 @@ def _offer_json(
     }
 
 
-async def catalog(request: web.Request) -> web.Response:
-    """GET /v2/l402/catalog: what can be bought (numbers and rentals), where, for how many sats."""
-    settings = request.app[SETTINGS]
-    snap = await loaded_snapshot(request)
-    index = snap.catalog.countries
-    want_country: int | None = None
-    if raw := request.query.get("country"):
-        found = index.resolve(raw)
-        if found is None:
-            raise ApiError(400, "INVALID_COUNTRY", f"country {raw!r} is not recognized")
-        if isinstance(found, Country):
-            want_country = found.id
-    want_service = countries.normalize_service(request.query.get("service", "")) or None
-    rate = usable_rate(request, snap)
+def _catalog_json(
+    catalog: Catalog,
+    rate: Decimal,
+    settings: Settings,
+    want_country: int | None,
+    want_service: str | None,
+) -> list[dict[str, Any]]:
+    """Every sellable offer and rental matching the filters, priced in sats, in a stable order."""
+    index = catalog.countries
     out: list[dict[str, Any]] = []
-    for offer in snap.catalog.sellable_offers():
+    for offer in catalog.sellable_offers():
         country = index.by_id(offer.country_id)
         if country is None or want_country not in (None, offer.country_id):
             continue
@@ -247,7 +237,7 @@ async def catalog(request: web.Request) -> web.Response:
             continue
         price = price_for(offer.cost_usd, rate, settings)
         out.append(_offer_json(OrderType.RECEIVE_SMS, country, offer.service, price, offer.count))
-    for rent in snap.catalog.sellable_rent():
+    for rent in catalog.sellable_rent():
         country = index.by_id(rent.country_id)
         if country is None or want_country not in (None, rent.country_id):
             continue
@@ -257,8 +247,24 @@ async def catalog(request: web.Request) -> web.Response:
         entry = _offer_json(OrderType.RENT_NUMBER, country, rent.service, price, rent.count)
         entry["durationMinutes"] = rent.hours * 60
         out.append(entry)
-    out.sort(key=lambda o: (o["countryId"], o["service"], o["type"], o.get("durationMinutes", 0)))
-    return web.json_response({"offers": out})
+    out.sort(key=lambda e: (e["countryId"], e["service"], e["type"], e.get("durationMinutes", 0)))
+    return out
+
+
+async def catalog(request: web.Request) -> web.Response:
+    """GET /v2/l402/catalog: what can be bought (numbers and rentals), where, for how many sats."""
+    snap = await loaded_snapshot(request)
+    want_country: int | None = None
+    if raw := request.query.get("country"):
+        found = snap.catalog.countries.resolve(raw)
+        if found is None:
+            raise ApiError(400, "INVALID_COUNTRY", f"country {raw!r} is not recognized")
+        if isinstance(found, Country):
+            want_country = found.id
+    want_service = countries.normalize_service(request.query.get("service", "")) or None
+    rate = usable_rate(request, snap)
+    offers = _catalog_json(snap.catalog, rate, request.app[SETTINGS], want_country, want_service)
+    return web.json_response({"offers": offers})
 
 
 def openapi_document() -> dict[str, Any]:

@@ -12,10 +12,9 @@ from aiohttp import web
 from libs.common.adapters.sms import parse_provider_time
 from libs.common.domain.messages import Message
 from libs.common.domain.orders import Status
-from libs.common.persistence import message_store as messages
-from libs.common.persistence.db import Q
+from libs.common.persistence.stores import PgStores
 from services.gateway.errors import ApiError, read_json
-from services.gateway.keys import POOL, SETTINGS
+from services.gateway.keys import SETTINGS, STORES
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +65,32 @@ def _provider_id(value: Any, field: str) -> str:
     return text
 
 
+def _rental_message(body: dict[str, Any]) -> Message:
+    """The SMS a rental push carries."""
+    sms = body.get("sms")
+    if not isinstance(sms, dict):
+        raise ApiError(400, "VALIDATION_ERROR", "sms: must be an object")
+    # No usable date (absent, garbage, out of range in UTC): when we saw it, kept out
+    # of the de-duplication key so a retried push is stored once.
+    sent_at = parse_provider_time(_text(sms.get("date"), "sms.date"))
+    return Message(
+        received_at=sent_at or datetime.now(UTC),
+        text=_text(sms.get("text"), "sms.text"),
+        phone_from=_text(sms.get("phoneFrom"), "sms.phoneFrom", 64),
+        dated=sent_at is not None,
+    )
+
+
+async def _record_rental_sms(stores: PgStores, rent_id: str, msg: Message) -> bool:
+    """Store the SMS of an active rental; False when the rental is not ours or is over."""
+    order = await stores.orders.by_rent_id(rent_id)
+    if order is None or order.status is not Status.RENT_ACTIVE:
+        return False
+    if await stores.messages.record(order.id, msg):
+        log.info("rental SMS received by webhook", extra={"order_id": order.id})
+    return True
+
+
 async def rent_sms(request: web.Request) -> web.Response:
     """POST /v2/l402/webhooks/rent: an incoming SMS pushed by the provider."""
     if not _authentic(request, request.app[SETTINGS].webhook_secret):
@@ -73,31 +98,15 @@ async def rent_sms(request: web.Request) -> web.Response:
     body = await read_json(request)
     if not isinstance(body, dict) or not ("rentId" in body or "activationId" in body):
         raise ApiError(400, "VALIDATION_ERROR", "body: needs rentId or activationId")
-    pool = request.app[POOL]
+    stores = request.app[STORES]
     if "rentId" in body:
         rent_id = _provider_id(body["rentId"], "rentId")
-        sms = body.get("sms")
-        if not isinstance(sms, dict):
-            raise ApiError(400, "VALIDATION_ERROR", "sms: must be an object")
-        # No usable date (absent, garbage, out of range in UTC): when we saw it, kept out
-        # of the de-duplication key so a retried push is stored once.
-        sent_at = parse_provider_time(_text(sms.get("date"), "sms.date"))
-        msg = Message(
-            received_at=sent_at or datetime.now(UTC),
-            text=_text(sms.get("text"), "sms.text"),
-            phone_from=_text(sms.get("phoneFrom"), "sms.phoneFrom", 64),
-            dated=sent_at is not None,
-        )
-        order = await pool.fetchrow(Q.order_by_rent_id, rent_id)
-        if order is None or order["status"] != Status.RENT_ACTIVE:
-            # Not ours, or over: acknowledge so the provider stops retrying.
-            return web.json_response({"status": "ok", "matched": False})
-        new = await messages.record(pool, order["id"], msg)
-        if new:
-            log.info("rental SMS received by webhook", extra={"order_id": order["id"]})
-        return web.json_response({"status": "ok", "matched": True})
+        msg = _rental_message(body)
+        # Not ours, or over: acknowledged all the same, so the provider stops retrying.
+        matched = await _record_rental_sms(stores, rent_id, msg)
+        return web.json_response({"status": "ok", "matched": matched})
     activation_id = _provider_id(body["activationId"], "activationId")
     # One-time activations: polling is the source of truth; the webhook only makes the
     # poller look now instead of at its next turn.
-    order_id = await pool.fetchval(Q.order_poll_now, activation_id)
+    order_id = await stores.orders.poll_now(activation_id)
     return web.json_response({"status": "ok", "matched": order_id is not None})

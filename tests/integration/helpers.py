@@ -15,7 +15,9 @@ import asyncpg
 
 from libs.common.adapters.lightning import Invoice, InvoicePage, LndClient
 from libs.common.core.config import Settings
-from libs.common.persistence.db import Q, transaction
+from libs.common.domain.orders import NewOrder, OrderType, PaymentMode
+from libs.common.persistence.db import Executor
+from libs.common.persistence.stores import PgStores
 
 
 def settings_for(
@@ -73,23 +75,30 @@ async def insert_order(
     if cost_usd is None:
         cost_usd = Decimal("100.00") if order_type == "rent-number" else Decimal("1.00")
     order_id = str(uuid.uuid4())
-    await conn.execute(
-        Q.order_insert,
-        order_id,
-        order_type,
-        "tg",
-        187,
-        price_sats,
-        cost_usd,
-        secrets.token_bytes(32),
-        "lnbcrt1fake",
-        datetime.now(UTC) + timedelta(minutes=10),
-        "lnbcrt1refund",
-        secrets.token_bytes(32),
-        rent_hours,
-        reactivates,
+    await new_order(
+        conn,
+        NewOrder(
+            id=order_id,
+            type=OrderType(order_type),
+            service="tg",
+            country_id=187,
+            price_sats=price_sats,
+            provider_cost_usd=cost_usd,
+            payment_hash=secrets.token_bytes(32),
+            payment_request="lnbcrt1fake",
+            invoice_expires_at=datetime.now(UTC) + timedelta(minutes=10),
+            refund_invoice="lnbcrt1refund",
+            refund_payment_hash=secrets.token_bytes(32),
+            rent_hours=rent_hours,
+            reactivates=reactivates,
+        ),
     )
     return order_id
+
+
+async def new_order(db: Executor, new: NewOrder) -> None:
+    """Insert an order row as the gateway does (the order store's insert)."""
+    await PgStores(db, "orders").orders.insert(new)
 
 
 async def insert_hold_order(
@@ -109,18 +118,20 @@ async def insert_hold_order(
         cltv_expiry=80,
     )
     order_id = uuid.uuid4().hex * 2
-    async with transaction(pool) as conn:
-        await conn.execute(
-            Q.order_insert_hold,
-            order_id,
-            "receive-sms",
-            "tg",
-            187,
-            price_sats,
-            Decimal("0.1"),
-            payment_hash,
-            invoice.payment_request,
-            datetime.now(UTC) + timedelta(minutes=10),
-            preimage,
-        )
+    await new_order(
+        pool,
+        NewOrder(
+            id=order_id,
+            type=OrderType.RECEIVE_SMS,
+            service="tg",
+            country_id=187,
+            price_sats=price_sats,
+            provider_cost_usd=Decimal("0.1"),
+            payment_hash=payment_hash,
+            payment_request=invoice.payment_request,
+            invoice_expires_at=datetime.now(UTC) + timedelta(minutes=10),
+            payment_mode=PaymentMode.HOLD,
+            preimage=preimage,
+        ),
+    )
     return order_id, invoice.payment_request, payment_hash

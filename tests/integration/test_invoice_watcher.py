@@ -13,13 +13,13 @@ import pytest
 from libs.common.adapters.lightning import LndError
 from libs.common.domain import l402
 from libs.common.domain.events import Timer
-from libs.common.domain.orders import Status
+from libs.common.domain.orders import NewOrder, OrderType, Status
 from libs.common.messaging.runtime import open_worker
 from libs.common.persistence import order_store as store
 from libs.common.persistence.db import Q, transaction
 from services.payments.invoice_watch import InvoiceWatcher
 from tests.integration.conftest import Lightning
-from tests.integration.helpers import settings_for
+from tests.integration.helpers import new_order, settings_for
 
 pytestmark = pytest.mark.integration
 
@@ -33,21 +33,21 @@ async def _order(pool: asyncpg.Pool, ln: Lightning) -> tuple[str, str, bytes]:
     refund = await ln.payer.add_invoice(value_msat=0, memo="refund", expiry=3600)
     identifier = l402.new_identifier(invoice.r_hash)
     async with transaction(pool) as conn:
-        await conn.execute(
-            Q.order_insert,
-            order_id,
-            "receive-sms",
-            "tg",
-            187,
-            PRICE,
-            Decimal("0.1"),
-            invoice.r_hash,
-            invoice.payment_request,
-            datetime.now(UTC) + timedelta(minutes=10),
-            refund.payment_request,
-            refund.r_hash,
-            None,
-            None,
+        await new_order(
+            conn,
+            NewOrder(
+                id=order_id,
+                type=OrderType.RECEIVE_SMS,
+                service="tg",
+                country_id=187,
+                price_sats=PRICE,
+                provider_cost_usd=Decimal("0.1"),
+                payment_hash=invoice.r_hash,
+                payment_request=invoice.payment_request,
+                invoice_expires_at=datetime.now(UTC) + timedelta(minutes=10),
+                refund_invoice=refund.payment_request,
+                refund_payment_hash=refund.r_hash,
+            ),
         )
         await conn.execute(
             Q.token_insert, l402.root_key_id(identifier), l402.new_root_key(), order_id

@@ -19,7 +19,7 @@ from libs.common.adapters.lightning import Payment
 from libs.common.adapters.sms import HeroSmsClient
 from libs.common.core.config import Settings
 from libs.common.domain.events import Timer
-from libs.common.domain.orders import Status
+from libs.common.domain.orders import NewOrder, OrderType, PaymentMode, Status
 from libs.common.messaging.runtime import Worker, open_worker
 from libs.common.persistence import account_store as accounts
 from libs.common.persistence import order_store as store
@@ -28,7 +28,7 @@ from services.payments.hold import HoldInvoices
 from services.payments.invoice_watch import InvoiceWatcher
 from services.provider.activations import Activations
 from tests.integration.conftest import Lightning
-from tests.integration.helpers import insert_order
+from tests.integration.helpers import insert_order, new_order
 from tests.integration.test_provider_stage import (  # noqa: F401  (fixtures)
     API_KEY,
     Sim,
@@ -90,18 +90,21 @@ async def hold_order(stage: Stage, preimage: bytes | None = None, *, paid: bool 
     """A classic hold order, made paid unless told (its invoice not checked); returns its id."""
     preimage = preimage or secrets.token_bytes(32)
     order_id = secrets.token_hex(32)
-    await stage.pool.execute(
-        Q.order_insert_hold,
-        order_id,
-        "receive-sms",
-        "tg",
-        187,
-        150,
-        Decimal("1.00"),
-        hashlib.sha256(preimage).digest(),
-        "lnbcrt1fake",
-        datetime.now(UTC) + timedelta(minutes=10),
-        preimage,
+    await new_order(
+        stage.pool,
+        NewOrder(
+            id=order_id,
+            type=OrderType.RECEIVE_SMS,
+            service="tg",
+            country_id=187,
+            price_sats=150,
+            provider_cost_usd=Decimal("1.00"),
+            payment_hash=hashlib.sha256(preimage).digest(),
+            payment_request="lnbcrt1fake",
+            invoice_expires_at=datetime.now(UTC) + timedelta(minutes=10),
+            payment_mode=PaymentMode.HOLD,
+            preimage=preimage,
+        ),
     )
     if paid:
         await _paid(stage, order_id)
@@ -114,16 +117,21 @@ async def prepaid_order(stage: Stage) -> str:
     order_id = secrets.token_hex(32)
     async with transaction(stage.pool) as conn:
         assert await accounts.move(conn, account, 1000, "fund", order_id) is not None
-        await conn.execute(
-            Q.order_insert_balance,
-            order_id,
-            "receive-sms",
-            "tg",
-            187,
-            150,
-            Decimal("1.00"),
-            secrets.token_bytes(32),
-            account,
+        await new_order(
+            conn,
+            NewOrder(
+                id=order_id,
+                type=OrderType.RECEIVE_SMS,
+                service="tg",
+                country_id=187,
+                price_sats=150,
+                provider_cost_usd=Decimal("1.00"),
+                payment_hash=secrets.token_bytes(32),
+                payment_request="paid",
+                invoice_expires_at=None,
+                payment_mode=PaymentMode.BALANCE,
+                account_id=account,
+            ),
         )
         assert await accounts.move(conn, account, -150, "order", order_id) is not None
     await _paid(stage, order_id)

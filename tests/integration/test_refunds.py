@@ -27,7 +27,7 @@ from aiohttp import web
 
 from libs.common.adapters.lightning import LndClient, LndError, Payment, PaymentNotInitiated
 from libs.common.core.config import Settings
-from libs.common.domain.orders import Status
+from libs.common.domain.orders import NewOrder, OrderType, Status
 from libs.common.messaging.runtime import Worker, open_worker
 from libs.common.persistence import order_store as store
 from libs.common.persistence.db import Q, transaction
@@ -37,7 +37,7 @@ from services.payments.invoice_watch import InvoiceWatcher
 from services.payments.refunds import RefundPayer
 from services.payments.service import lnd_client
 from tests.integration.conftest import Lightning
-from tests.integration.helpers import insert_hold_order, settings_for
+from tests.integration.helpers import insert_hold_order, new_order, settings_for
 
 pytestmark = pytest.mark.integration
 
@@ -111,21 +111,21 @@ async def make_order(
     """Insert a receive-sms order with a real refund invoice and walk it to `status`."""
     invoice = await ln.payer.add_invoice(value_msat=0, memo="sms4sats refund", expiry=refund_expiry)
     order_id = str(uuid.uuid4())
-    await pool.execute(
-        Q.order_insert,
-        order_id,
-        "receive-sms",
-        "tg",
-        187,
-        price,
-        Decimal("0.10"),
-        secrets.token_bytes(32),
-        "lnbcrt1fake",
-        datetime.now(UTC) + timedelta(minutes=10),
-        invoice.payment_request,
-        invoice.r_hash,
-        None,
-        None,
+    await new_order(
+        pool,
+        NewOrder(
+            id=order_id,
+            type=OrderType.RECEIVE_SMS,
+            service="tg",
+            country_id=187,
+            price_sats=price,
+            provider_cost_usd=Decimal("0.10"),
+            payment_hash=secrets.token_bytes(32),
+            payment_request="lnbcrt1fake",
+            invoice_expires_at=datetime.now(UTC) + timedelta(minutes=10),
+            refund_invoice=invoice.payment_request,
+            refund_payment_hash=invoice.r_hash,
+        ),
     )
     async with transaction(pool) as conn:
         for expected, target, changes in PATHS[status]:

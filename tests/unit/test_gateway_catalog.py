@@ -18,7 +18,7 @@ from libs.common.persistence.catalog_store import Catalog, ServiceRow
 from services.gateway.discovery import CACHE, CatalogCache, Snapshot, usable_rate
 from services.gateway.errors import ApiError
 from services.gateway.keys import SETTINGS
-from services.gateway.orders import best_offer, price_for
+from services.gateway.offers import best_offer, price_for
 
 SETTINGS_ = Settings(fx_stale_seconds=600, fx_max_age_seconds=3600)
 CATALOG = Catalog(

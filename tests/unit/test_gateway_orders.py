@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -11,17 +12,12 @@ import pytest
 
 from libs.common.core.config import Settings
 from libs.common.domain.countries import AUTO, Country, CountryIndex, Offer
-from libs.common.domain.orders import OrderType
+from libs.common.domain.orders import Order, OrderType, PaymentMode, Status
 from libs.common.persistence.catalog_store import Catalog, RentPrice, ServiceRow
 from services.gateway.errors import ApiError
-from services.gateway.orders import (
-    OrderRequest,
-    check_reactivation,
-    credential_lifetime,
-    parse_order_request,
-    reactivation_offer,
-    rent_offer,
-)
+from services.gateway.offers import reactivation_offer, rent_offer
+from services.gateway.order_requests import OrderRequest, parse_order_request
+from services.gateway.usecases import check_reactivation, credential_lifetime
 from tests.unit.test_invoices import NOW, make_invoice
 
 SETTINGS = Settings()
@@ -137,35 +133,45 @@ def test_a_reactivation_is_priced_from_the_catalog_even_without_stock() -> None:
         reactivation_offer(CATALOG, 16, "wa")
 
 
-def _earlier(**changes: Any) -> dict[str, Any]:
-    row = {
-        "id": str(uuid.uuid4()),
-        "status": "completed",
-        "type": "receive-sms",
-        "payment_mode": "standard",
-        "activation_id": "123",
-    }
-    return {**row, **changes}
+def _earlier(**changes: Any) -> Order:
+    at = datetime.now(UTC)
+    order = Order(
+        id=str(uuid.uuid4()),
+        type=OrderType.RECEIVE_SMS,
+        status=Status.COMPLETED,
+        payment_mode=PaymentMode.STANDARD,
+        service="tg",
+        country_id=187,
+        price_sats=100,
+        provider_cost_usd=Decimal("0.05"),
+        payment_hash=b"h" * 32,
+        payment_request="lnbcrt1",
+        invoice_expires_at=at,
+        created_at=at,
+        updated_at=at,
+        activation_id="123",
+    )
+    return replace(order, **changes)
 
 
 def test_only_the_owner_of_a_completed_order_may_reactivate_it() -> None:
     earlier = _earlier()
-    req = OrderRequest(OrderType.RECEIVE_SMS_REACTIVATE, AUTO, "", None, reactivates=earlier["id"])
-    check_reactivation(earlier, req)  # type: ignore[arg-type]
+    req = OrderRequest(OrderType.RECEIVE_SMS_REACTIVATE, AUTO, "", None, reactivates=earlier.id)
+    check_reactivation(earlier, req)
     for credential in (None, _earlier()):  # no credential / the credential of another order
         with pytest.raises(ApiError) as info:
-            check_reactivation(credential, req)  # type: ignore[arg-type]
+            check_reactivation(credential, req)
         assert (info.value.status, info.value.code) == (403, "INVALID_MACAROON")
     for bad in (
-        _earlier(status="waiting_for_sms"),
-        _earlier(status="refunded"),
-        _earlier(type="rent-number"),
-        _earlier(payment_mode="hold"),
+        _earlier(status=Status.WAITING_FOR_SMS),
+        _earlier(status=Status.REFUNDED),
+        _earlier(type=OrderType.RENT_NUMBER),
+        _earlier(payment_mode=PaymentMode.HOLD),
         _earlier(activation_id=None),
     ):
-        req = OrderRequest(OrderType.RECEIVE_SMS_REACTIVATE, AUTO, "", None, reactivates=bad["id"])
+        req = OrderRequest(OrderType.RECEIVE_SMS_REACTIVATE, AUTO, "", None, reactivates=bad.id)
         with pytest.raises(ApiError) as info:
-            check_reactivation(bad, req)  # type: ignore[arg-type]
+            check_reactivation(bad, req)
         assert info.value.code == "VALIDATION_ERROR"
 
 

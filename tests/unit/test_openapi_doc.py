@@ -140,30 +140,34 @@ def test_order_statuses_and_types_match_the_code(doc: dict[str, Any]) -> None:
 
 def test_order_schema_lists_exactly_what_order_json_returns(doc: dict[str, Any]) -> None:
     from datetime import UTC, datetime
+    from decimal import Decimal
 
     from libs.common.core.config import Settings
-    from services.gateway.orders import order_json
+    from libs.common.domain.orders import Order, OrderType, PaymentMode, Status
+    from libs.common.domain.refunds import RefundStatus
+    from libs.common.persistence.ports import RefundState
+    from services.gateway.order_view import order_json
 
-    row = {
-        "id": "0b8f6c1e-3f2a-4d6e-9a51-2f0c8f9b7d10",
-        "type": "receive-sms",
-        "status": "waiting_for_sms",
-        "country_id": 187,
-        "service": "tg",
-        "price_sats": 480,
-        "phone_number": "12025550143",
-        "code": None,
-        "sms_text": None,
-        "sms_received_at": None,
-        "created_at": datetime(2026, 5, 8, 12, 0, tzinfo=UTC),
-        "paid_at": datetime(2026, 5, 8, 12, 0, 30, tzinfo=UTC),
-        "deadline_at": datetime(2026, 5, 8, 12, 20, 30, tzinfo=UTC),
-        "invoice_expires_at": datetime(2026, 5, 8, 12, 10, tzinfo=UTC),
-        "refund_status": "in_flight",
-        "refund_amount_sats": 480,
-        "refund_paid_at": None,
-    }
-    body = order_json(row, Settings())
+    order = Order(
+        id="0b8f6c1e-3f2a-4d6e-9a51-2f0c8f9b7d10",
+        type=OrderType.RECEIVE_SMS,
+        status=Status.WAITING_FOR_SMS,
+        payment_mode=PaymentMode.STANDARD,
+        country_id=187,
+        service="tg",
+        price_sats=480,
+        provider_cost_usd=Decimal("0.10"),
+        payment_hash=b"h" * 32,
+        payment_request="lnbcrt1",
+        phone_number="12025550143",
+        created_at=datetime(2026, 5, 8, 12, 0, tzinfo=UTC),
+        updated_at=datetime(2026, 5, 8, 12, 0, 30, tzinfo=UTC),
+        paid_at=datetime(2026, 5, 8, 12, 0, 30, tzinfo=UTC),
+        deadline_at=datetime(2026, 5, 8, 12, 20, 30, tzinfo=UTC),
+        invoice_expires_at=datetime(2026, 5, 8, 12, 10, tzinfo=UTC),
+    )
+    refund = RefundState(RefundStatus.IN_FLIGHT, 480, None)
+    body = order_json(order, Settings(), refund=refund)
     validator = _validator(doc, "Order")
     assert sorted(e.message for e in validator.iter_errors(body)) == []
     assert set(body) == set(doc["components"]["schemas"]["OrderFields"]["required"])

@@ -14,7 +14,7 @@ from libs.common.domain.refund_invoices import (
     refund_min_validity_seconds,
 )
 from services.gateway.errors import ApiError
-from services.gateway.orders import parse_order_request
+from services.gateway.order_requests import parse_order_request
 from tests.unit.test_gateway_orders import INDEX
 from tests.unit.test_invoices import NOW, check, expect_error, make_invoice
 

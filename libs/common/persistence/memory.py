@@ -35,8 +35,15 @@ from libs.common.domain.orders import (
 )
 from libs.common.domain.refunds import Refund, RefundStatus
 from libs.common.persistence.catalog_store import CATALOG_JOB, Catalog, CatalogData
-from libs.common.persistence.order_store import NOW, WRITABLE, DueTimer, StatusChange
-from libs.common.persistence.ports import Stores
+from libs.common.persistence.order_store import NOW, WRITABLE
+from libs.common.persistence.ports import (
+    CredentialedOrder,
+    DueTimer,
+    RefundState,
+    StatusChange,
+    Stores,
+    UnpaidOrders,
+)
 from libs.common.persistence.stores import PgStores
 
 Clock = Callable[[], datetime]
@@ -199,6 +206,20 @@ class MemoryTokens(_Base):
 
     # --- gateway: token methods ---
 
+    async def order_for_key(self, key_id: bytes) -> CredentialedOrder | None:
+        """The order a credential's key id unlocks, with its root key, refund and messages."""
+        found = self._state.tokens.get(key_id)
+        if found is None:
+            return None
+        root_key, order_id = found
+        order = self._state.orders[order_id]
+        refund = self._state.refunds.get(order_id)
+        state = None
+        if refund is not None:
+            state = RefundState(refund.status, refund.amount_sats, refund.paid_at)
+        messages = await self._stores.messages.for_order(order_id)
+        return CredentialedOrder(order, root_key, state, messages)
+
 
 class MemoryOutbox(_Base):
     """Twin of PgOutbox."""
@@ -300,6 +321,39 @@ class MemoryOrders(_Base):
         return True
 
     # --- gateway: order methods ---
+
+    async def refund_invoice_in_use(self, payment_hash: bytes) -> bool:
+        """Whether an order already names this refund invoice (by its payment hash)."""
+        return any(o.refund_payment_hash == payment_hash for o in self._state.orders.values())
+
+    async def reactivation_in_progress(self, order_id: str) -> bool:
+        """Whether a paid reactivation of this order is not over yet."""
+        return any(
+            o.reactivates == order_id
+            and o.status is not Status.PENDING_PAYMENT
+            and not is_terminal(o.status)
+            for o in self._state.orders.values()
+        )
+
+    async def unpaid_of_client(self, address: str) -> UnpaidOrders:
+        """The client's unpaid orders that can still be paid (the unpaid cap counts them)."""
+        now = self._now()
+        expiries = [
+            o.invoice_expires_at
+            for o in self._state.orders.values()
+            if o.client_addr == address
+            and o.status is Status.PENDING_PAYMENT
+            and o.invoice_expires_at > now
+        ]
+        return UnpaidOrders(len(expiries), min(expiries, default=None))
+
+    async def tag_client(self, address: str) -> None:
+        """Record, for the orders this transaction inserts, the client address they came from."""
+        self._stores.client_addr = address
+
+    async def lock_client(self, address: str) -> None:
+        """Serialise this client's order inserts: the twin runs one transaction at a time."""
+        del address
 
     # --- payments: order methods ---
 

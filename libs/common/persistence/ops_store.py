@@ -34,6 +34,20 @@ class PgAlarms:
         return None if row is None else (row["detail"], row["since"])
 
 
+# --- gateway: health ---
+
+
+class PgHealth:
+    """Whether the database answers (the gateway's health check)."""
+
+    def __init__(self, db: Executor) -> None:
+        self._db = db
+
+    async def ping(self) -> None:
+        """Run the cheapest query; raises when the database cannot answer."""
+        await self._db.fetchval(Q.db_ping)
+
+
 # --- metrics (scheduler & libs) ---
 
 

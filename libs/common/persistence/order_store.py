@@ -7,8 +7,7 @@ one place, `order_from_row`; nothing else reads an order column by name.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import asyncpg
@@ -25,8 +24,16 @@ from libs.common.domain.orders import (
     check_transition,
     is_terminal,
 )
+from libs.common.domain.refunds import RefundStatus
 from libs.common.persistence.db import Executor, Q
 from libs.common.persistence.outbox_store import PgOutbox, enqueue
+from libs.common.persistence.ports import (
+    CredentialedOrder,
+    DueTimer,
+    RefundState,
+    StatusChange,
+    UnpaidOrders,
+)
 
 
 class _Now:
@@ -193,24 +200,6 @@ def _maybe_order(row: asyncpg.Record | None) -> Order | None:
     return None if row is None else order_from_row(row)
 
 
-@dataclass(frozen=True)
-class StatusChange:
-    """One entry of an order's status log (from None: the order was created)."""
-
-    from_status: Status | None
-    to_status: Status
-    at: datetime
-
-
-@dataclass(frozen=True)
-class DueTimer:
-    """A timer claimed because it is due: its row id, its order and its kind."""
-
-    id: int
-    order_id: str
-    kind: str
-
-
 class PgTimers:
     """Durable per-order timers in the `timers` table."""
 
@@ -324,6 +313,40 @@ class PgOrders:
 
     # --- gateway: order methods ---
 
+    async def refund_invoice_in_use(self, payment_hash: bytes) -> bool:
+        """Whether an order already names this refund invoice (by its payment hash)."""
+        return await self._db.fetchval(Q.order_refund_invoice_in_use, payment_hash) is not None
+
+    async def reactivation_in_progress(self, order_id: str) -> bool:
+        """Whether a paid reactivation of this order is not over yet."""
+        return await self._db.fetchval(Q.order_reactivation_in_progress, order_id) is not None
+
+    async def unpaid_of_client(self, address: str) -> UnpaidOrders:
+        """The client's unpaid orders that can still be paid (the unpaid cap counts them)."""
+        row = await self._db.fetchrow(Q.unpaid_count_for_client, address)
+        assert row is not None  # an aggregate always answers one row
+        return UnpaidOrders(int(row["unpaid"]), row["first_expiry"])
+
+    async def tag_client(self, address: str) -> None:
+        """Record, for the orders this transaction inserts, the client address they came from.
+
+        A transaction-local setting that the new row's client_addr default reads.
+        """
+        await self._db.execute(Q.unpaid_tag_transaction, address)
+
+    async def lock_client(self, address: str) -> None:
+        """Serialise this client's order inserts until the transaction ends (advisory lock)."""
+        await self._db.execute(Q.unpaid_lock_client, address)
+
+    async def by_rent_id(self, rent_id: str) -> Order | None:
+        """The rent-number order of this provider rental id, if any."""
+        return _maybe_order(await self._db.fetchrow(Q.order_by_rent_id, rent_id))
+
+    async def poll_now(self, activation_id: str) -> str | None:
+        """Have the SMS poller look at this activation's order now; its id, or None if none."""
+        order_id: str | None = await self._db.fetchval(Q.order_poll_now, activation_id)
+        return order_id
+
     # --- payments: order methods ---
 
     # --- provider: order methods ---
@@ -363,6 +386,39 @@ class PgTokens:
         await self._db.execute(Q.tokens_delete_for_order, order_id)
 
     # --- gateway: token methods ---
+
+    async def order_for_key(self, key_id: bytes) -> CredentialedOrder | None:
+        """The order a credential's key id unlocks, with its root key, refund and messages.
+
+        The whole authenticated poll in one indexed read.
+        """
+        row = await self._db.fetchrow(Q.order_by_token, key_id)
+        if row is None:
+            return None
+        refund = None
+        if row["refund_status"] is not None:
+            refund = RefundState(
+                RefundStatus(row["refund_status"]), row["refund_amount_sats"], row["refund_paid_at"]
+            )
+        return CredentialedOrder(
+            order_from_row(row),
+            bytes(row["root_key"]),
+            refund,
+            _messages_from_json(row["messages"]),
+        )
+
+
+def _messages_from_json(items: list[dict[str, Any]] | None) -> list[Message]:
+    """The messages as order_by_token aggregates them (receivedAt in epoch seconds)."""
+    return [
+        Message(
+            received_at=datetime.fromtimestamp(float(m["receivedAt"]), UTC),
+            text=m["text"],
+            code=m["code"],
+            phone_from=m["phoneFrom"],
+        )
+        for m in items or []
+    ]
 
 
 class PgMessages:

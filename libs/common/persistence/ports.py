@@ -8,6 +8,7 @@ same tests against both.
 from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
@@ -17,9 +18,8 @@ from libs.common.domain.events import Event
 from libs.common.domain.fx import CachedRate
 from libs.common.domain.messages import Message
 from libs.common.domain.orders import NewOrder, Order, Status
-from libs.common.domain.refunds import Refund
+from libs.common.domain.refunds import Refund, RefundStatus
 from libs.common.persistence.catalog_store import Catalog, CatalogData
-from libs.common.persistence.order_store import DueTimer, StatusChange
 
 
 class Orders(Protocol):
@@ -43,6 +43,21 @@ class Orders(Protocol):
         """code_received (or rent_active) -> completed, arming the code purge and the event."""
 
     # --- gateway: order methods ---
+
+    async def refund_invoice_in_use(self, payment_hash: bytes) -> bool:
+        """Whether an order already names this refund invoice (by its payment hash)."""
+
+    async def reactivation_in_progress(self, order_id: str) -> bool:
+        """Whether a paid reactivation of this order is not over yet."""
+
+    async def unpaid_of_client(self, address: str) -> UnpaidOrders:
+        """The client's unpaid orders that can still be paid (the unpaid cap counts them)."""
+
+    async def tag_client(self, address: str) -> None:
+        """Record, for the orders this transaction inserts, the client address they came from."""
+
+    async def lock_client(self, address: str) -> None:
+        """Serialise this client's order inserts until the transaction ends."""
 
     # --- payments: order methods ---
 
@@ -85,6 +100,9 @@ class Tokens(Protocol):
         """Forget every credential of the order."""
 
     # --- gateway: token methods ---
+
+    async def order_for_key(self, key_id: bytes) -> CredentialedOrder | None:
+        """The order a credential's key id unlocks, with its root key, refund and messages."""
 
 
 class Messages(Protocol):
@@ -142,6 +160,52 @@ class Alarms(Protocol):
 
 
 # --- gateway: new store Protocols ---
+
+
+@dataclass(frozen=True)
+class StatusChange:
+    """One entry of an order's status log (from None: the order was created)."""
+
+    from_status: Status | None
+    to_status: Status
+    at: datetime
+
+
+@dataclass(frozen=True)
+class DueTimer:
+    """A timer claimed because it is due: its row id, its order and its kind."""
+
+    id: int
+    order_id: str
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class UnpaidOrders:
+    """A client's orders still awaiting payment: how many, and when the first one expires."""
+
+    count: int
+    first_expiry: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class RefundState:
+    """What the customer sees of a refund: where it stands, how much, when paid."""
+
+    status: RefundStatus
+    amount_sats: int
+    paid_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialedOrder:
+    """An order read through its credential: everything an authenticated poll answers with."""
+
+    order: Order
+    root_key: bytes
+    refund: RefundState | None
+    messages: list[Message]
+
 
 # --- payments: new store Protocols ---
 

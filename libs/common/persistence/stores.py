@@ -10,7 +10,7 @@ import asyncpg
 from libs.common.persistence.account_store import PgAccounts
 from libs.common.persistence.catalog_store import PgCatalog
 from libs.common.persistence.db import Executor
-from libs.common.persistence.ops_store import PgAlarms, PgMetrics
+from libs.common.persistence.ops_store import PgAlarms, PgHealth, PgMetrics
 from libs.common.persistence.order_store import PgMessages, PgOrders, PgTimers, PgTokens
 from libs.common.persistence.outbox_store import PgInbox, PgOutbox
 from libs.common.persistence.refund_store import PgRefunds
@@ -32,6 +32,7 @@ class PgStores:
         self.refunds = PgRefunds(db)
         self.accounts = PgAccounts(db)
         # --- gateway: more stores ---
+        self.health = PgHealth(db)
 
         # --- payments: more stores ---
 

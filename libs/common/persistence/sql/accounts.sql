@@ -37,12 +37,6 @@ SELECT * FROM fundings WHERE status = 'pending' ORDER BY created_at LIMIT $1;
 -- name: funding_mark
 UPDATE fundings SET status = $2 WHERE id = $1 AND status = 'pending' RETURNING id;
 
--- name: order_insert_balance
-INSERT INTO orders (
-    id, type, status, service, country_id, price_sats, provider_cost_usd,
-    payment_hash, payment_request, invoice_expires_at, payment_mode, account_id
-) VALUES ($1, $2, 'pending_payment', $3, $4, $5, $6, $7, 'paid', now(), 'balance', $8);
-
 -- name: invariant_ledger_mismatch
 SELECT a.id, a.balance_sats, COALESCE(sum(l.amount_sats), 0) AS ledger_sum
 FROM accounts a LEFT JOIN ledger l ON l.account_id = a.id

@@ -15,7 +15,7 @@ UPDATE order_messages SET text = NULL, code = NULL
 WHERE order_id = $1 AND (text IS NOT NULL OR code IS NOT NULL);
 
 -- name: order_by_rent_id
-SELECT id, status FROM orders WHERE type = 'rent-number' AND activation_id = $1;
+SELECT * FROM orders WHERE type = 'rent-number' AND activation_id = $1;
 
 -- name: order_another_sms
 -- Re-open polling of an order whose customer asked for another SMS.

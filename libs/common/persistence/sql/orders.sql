@@ -9,12 +9,6 @@ INSERT INTO orders (
           $12, $13, $14, $15, $16)
 RETURNING *;
 
--- name: order_insert_hold
-INSERT INTO orders (
-    id, type, status, service, country_id, price_sats, provider_cost_usd,
-    payment_hash, payment_request, invoice_expires_at, payment_mode, preimage
-) VALUES ($1, $2, 'pending_payment', $3, $4, $5, $6, $7, $8, $9, 'hold', $10);
-
 -- name: order_stop_polling
 UPDATE orders SET next_poll_at = NULL WHERE id = $1 AND status = 'code_received';
 
@@ -71,13 +65,6 @@ WHERE payment_mode = 'hold'
                  'refund_pending')
 ORDER BY created_at
 LIMIT $1;
-
--- name: order_insert
-INSERT INTO orders (
-    id, type, status, service, country_id, price_sats, provider_cost_usd,
-    payment_hash, payment_request, invoice_expires_at, refund_invoice, refund_payment_hash,
-    rent_hours, reactivates
-) VALUES ($1, $2, 'pending_payment', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13);
 
 -- name: order_get
 SELECT * FROM orders WHERE id = $1;

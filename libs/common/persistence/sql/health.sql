@@ -1,0 +1,3 @@
+-- name: db_ping
+-- The health check: the database answers.
+SELECT 1;
