@@ -19,14 +19,13 @@ from libs.common.adapters.lightning import Payment
 from libs.common.adapters.sms import HeroSmsClient
 from libs.common.core.config import Settings
 from libs.common.domain.events import Timer
-from libs.common.domain.orders import Status
+from libs.common.domain.orders import Order, Status
 from libs.common.messaging.runtime import Worker, open_worker
 from libs.common.persistence import account_store as accounts
-from libs.common.persistence import order_store as store
 from libs.common.persistence.db import Q, transaction
 from services.payments.hold import HoldInvoices
 from services.payments.invoice_watch import InvoiceWatcher
-from services.provider.activations import Activations
+from services.provider.service import ProviderStage
 from tests.integration.conftest import Lightning
 from tests.integration.helpers import insert_order
 from tests.integration.test_provider_stage import (  # noqa: F401  (fixtures)
@@ -36,6 +35,7 @@ from tests.integration.test_provider_stage import (  # noqa: F401  (fixtures)
     claim_for_poll,
     event_types,
     get,
+    provider_stage,
     settings,
     sim,
     smssim_url,
@@ -51,7 +51,7 @@ RETRY = 0.2  # the first wait after a failed finish, in these tests
 class Stage:
     """A provider worker whose L402 orders have a 60 s another-SMS window."""
 
-    def __init__(self, worker: Worker, acts: Activations) -> None:
+    def __init__(self, worker: Worker, acts: ProviderStage) -> None:
         self.worker = worker
         self.pool = worker.pool
         self.settings = worker.settings
@@ -64,19 +64,14 @@ async def stage(settings: Settings, smssim_url: str) -> AsyncIterator[Stage]:  #
     provider = HeroSmsClient(smssim_url, API_KEY, timeout=1.0, max_wait=0.5, max_retries=0)
     try:
         async with open_worker("provider", tuned, asyncio.Event()) as worker:
-            yield Stage(worker, Activations(worker, provider))
+            yield Stage(worker, provider_stage(worker, provider))
     finally:
         await provider.close()
 
 
 async def _paid(stage: Stage, order_id: str) -> None:
-    async with transaction(stage.pool) as conn:
-        assert await store.mark_paid(
-            conn,
-            order_id,
-            deadline=stage.settings.order_timeout_seconds,
-            prefix=stage.settings.subject_prefix,
-        )
+    async with stage.worker.stores.transaction() as tx:
+        assert await tx.orders.mark_paid(order_id, deadline=stage.settings.order_timeout_seconds)
 
 
 async def l402_order(stage: Stage) -> str:
@@ -130,13 +125,13 @@ async def prepaid_order(stage: Stage) -> str:
     return order_id
 
 
-async def code_arrives(stage: Stage, sim: Sim, order_id: str, code: str) -> asyncpg.Record:  # noqa: F811
+async def code_arrives(stage: Stage, sim: Sim, order_id: str, code: str) -> Order:  # noqa: F811
     """Allocate a number, let an SMS reach it and poll it once."""
-    await stage.acts.allocate(order_id)
+    await stage.acts.allocation.allocate(order_id)
     order = await get(stage.pool, order_id)
-    assert order["status"] == S.WAITING_FOR_SMS
-    await sim.deliver(order["activation_id"], code)
-    await stage.acts.check(await claim_for_poll(stage.pool, order_id))
+    assert order.status == S.WAITING_FOR_SMS
+    await sim.deliver(order.activation_id, code)
+    await stage.acts.watch.check(await claim_for_poll(stage.pool, order_id))
     return await get(stage.pool, order_id)
 
 
@@ -166,16 +161,16 @@ async def test_a_hold_order_asks_for_its_settle_with_the_code_while_setstatus_fa
 
     # The code and the settle request are written by one transaction (same now()); the
     # payments worker completes the order after the settle.
-    assert order["status"] == S.CODE_RECEIVED and order["code"] == "424242"
+    assert order.status == S.CODE_RECEIVED and order.code == "424242"
     assert await event_types(stage.pool, order_id) == ["paid", "code_delivered"]
     written = await stage.pool.fetchval(
         "SELECT created_at FROM outbox WHERE payload->>'orderId' = $1"
         " AND payload->>'type' = 'code_delivered'",
         order_id,
     )
-    assert written == order["sms_received_at"]
-    assert order["settled_at"] is None and order["next_poll_at"] is None
-    assert order["finish_due_at"] is not None  # the provider finish is housekeeping
+    assert written == order.sms_received_at
+    assert order.settled_at is None and order.next_poll_at is None
+    assert order.finish_due_at is not None  # the provider finish is housekeeping
     assert Timer.SMS_TIMEOUT not in await timers(stage.pool, order_id)
 
 
@@ -188,12 +183,12 @@ async def test_a_prepaid_order_completes_when_its_code_is_recorded_while_setstat
 
     order = await code_arrives(stage, sim, order_id, "515151")
 
-    assert order["status"] == S.COMPLETED and order["code"] == "515151"
+    assert order.status == S.COMPLETED and order.code == "515151"
     at = await entered_at(stage.pool, order_id)
     assert at["completed"] == at["code_received"]  # one transaction
     assert await event_types(stage.pool, order_id) == ["paid", "completed"]
     assert Timer.PURGE_CODE in await timers(stage.pool, order_id)
-    assert order["finish_due_at"] is not None
+    assert order.finish_due_at is not None
     await assert_each_status_entered_once(stage.pool, order_id)
 
 
@@ -203,17 +198,17 @@ async def test_an_l402_order_whose_sms_came_at_its_deadline_completes_at_once(
 ) -> None:
     await sim.request("POST", "/sim/faults", SET_STATUS_DOWN)
     order_id = await l402_order(stage)
-    await stage.acts.allocate(order_id)
+    await stage.acts.allocation.allocate(order_id)
     # The SMS comes as the deadline passes: no time is left for another SMS (window 0).
     await stage.pool.execute("UPDATE orders SET deadline_at = now() WHERE id = $1", order_id)
     order = await get(stage.pool, order_id)
-    await sim.deliver(order["activation_id"], "616161")
-    await stage.acts.check(await claim_for_poll(stage.pool, order_id))
+    await sim.deliver(order.activation_id, "616161")
+    await stage.acts.watch.check(await claim_for_poll(stage.pool, order_id))
 
     order = await get(stage.pool, order_id)
-    assert order["status"] == S.COMPLETED and order["code"] == "616161"
+    assert order.status == S.COMPLETED and order.code == "616161"
     assert Timer.CODE_WINDOW not in await timers(stage.pool, order_id)
-    assert order["finish_due_at"] is not None
+    assert order.finish_due_at is not None
 
 
 async def test_an_l402_order_in_its_window_is_not_finished_and_completes_when_it_closes(
@@ -222,21 +217,21 @@ async def test_an_l402_order_in_its_window_is_not_finished_and_completes_when_it
 ) -> None:
     order_id = await l402_order(stage)
     order = await code_arrives(stage, sim, order_id, "717171")
-    assert order["status"] == S.CODE_RECEIVED
-    assert order["finish_due_at"] is None  # the number stays open for another SMS
+    assert order.status == S.CODE_RECEIVED
+    assert order.finish_due_at is None  # the number stays open for another SMS
     window = await timers(stage.pool, order_id)
-    assert window[Timer.CODE_WINDOW]["due_at"] <= order["deadline_at"]
-    assert await stage.acts.finish_due() == 0
-    assert (await sim.activation(order["activation_id"]))["status"] != "FINISHED"
+    assert window[Timer.CODE_WINDOW]["due_at"] <= order.deadline_at
+    assert await stage.acts.finisher.finish_due() == 0
+    assert (await sim.activation(order.activation_id))["status"] != "FINISHED"
 
     await sim.request("POST", "/sim/faults", SET_STATUS_DOWN)
     before = await calls(sim, "setStatus")
-    await stage.acts.close(order_id)
+    await stage.acts.watch.close(order_id)
 
     order = await get(stage.pool, order_id)
-    assert order["status"] == S.COMPLETED
+    assert order.status == S.COMPLETED
     assert await calls(sim, "setStatus") == before  # completing asks the provider nothing
-    assert order["finish_due_at"] is not None
+    assert order.finish_due_at is not None
 
 
 # ----------------------------------------------------------------------------- housekeeping
@@ -248,14 +243,14 @@ async def test_a_failing_finish_backs_off_and_gives_up_at_the_activation_end_plu
 ) -> None:
     await sim.request("POST", "/sim/faults", SET_STATUS_DOWN)
     order_id = await prepaid_order(stage)
-    activation_id = (await code_arrives(stage, sim, order_id, "818181"))["activation_id"]
+    activation_id = (await code_arrives(stage, sim, order_id, "818181")).activation_id
     before = await calls(sim, "setStatus")
 
     for attempt in range(3):
         await stage.pool.execute(
             "UPDATE orders SET finish_due_at = now() WHERE id = $1", order_id
         )  # due now, as the backoff would make it
-        assert await stage.acts.finish_due() == 1
+        assert await stage.acts.finisher.finish_due() == 1
         row = await stage.pool.fetchrow(
             "SELECT finish_attempts, extract(epoch FROM finish_due_at - now())::float8 AS wait"
             " FROM orders WHERE id = $1",
@@ -263,7 +258,7 @@ async def test_a_failing_finish_backs_off_and_gives_up_at_the_activation_end_plu
         )
         assert row["finish_attempts"] == attempt + 1
         assert row["wait"] == pytest.approx(RETRY * 2**attempt, abs=0.1)
-        assert await stage.acts.finish_due() == 0  # not due again before its wait
+        assert await stage.acts.finisher.finish_due() == 0  # not due again before its wait
     assert await calls(sim, "setStatus") == before + 3
 
     # Past the activation's end plus the give-up grace, one more failure ends the retries.
@@ -274,10 +269,10 @@ async def test_a_failing_finish_backs_off_and_gives_up_at_the_activation_end_plu
         order_id,
         giveup,
     )
-    assert await stage.acts.finish_due() == 1
+    assert await stage.acts.finisher.finish_due() == 1
     order = await get(stage.pool, order_id)
-    assert order["finish_due_at"] is None and order["finish_attempts"] == 4
-    assert order["status"] == S.COMPLETED
+    assert order.finish_due_at is None and order.finish_attempts == 4
+    assert order.status == S.COMPLETED
     assert (await sim.activation(activation_id))["status"] != "FINISHED"
     assert await calls(sim, "setStatus") == before + 4
 
@@ -287,18 +282,18 @@ async def test_a_finish_claimed_by_a_worker_that_died_is_tried_again_after_its_l
     sim: Sim,  # noqa: F811
 ) -> None:
     order_id = await prepaid_order(stage)
-    activation_id = (await code_arrives(stage, sim, order_id, "919191"))["activation_id"]
+    activation_id = (await code_arrives(stage, sim, order_id, "919191")).activation_id
     # Another worker claims the finish and dies before calling the provider.
     claimed = await stage.pool.fetch(Q.orders_claim_finish, 50, 120.0)
     assert [r["id"] for r in claimed] == [order_id]
-    assert await stage.acts.finish_due() == 0  # leased: nobody else takes it meanwhile
+    assert await stage.acts.finisher.finish_due() == 0  # leased: nobody else takes it meanwhile
     # The lease runs out.
     await stage.pool.execute(
         "UPDATE orders SET finish_due_at = now() - interval '1 second' WHERE id = $1", order_id
     )
-    assert await stage.acts.finish_due() == 1
+    assert await stage.acts.finisher.finish_due() == 1
     assert (await sim.activation(activation_id))["status"] == "FINISHED"
-    assert (await get(stage.pool, order_id))["finish_due_at"] is None
+    assert (await get(stage.pool, order_id)).finish_due_at is None
 
 
 async def test_the_poller_leaves_orders_with_a_code_alone_while_setstatus_fails(
@@ -310,17 +305,17 @@ async def test_the_poller_leaves_orders_with_a_code_alone_while_setstatus_fails(
     late_id = await l402_order(stage)
     prepaid_id = await prepaid_order(stage)
     for order_id in (hold_id, late_id, prepaid_id):
-        await stage.acts.allocate(order_id)
+        await stage.acts.allocation.allocate(order_id)
     await stage.pool.execute("UPDATE orders SET deadline_at = now() WHERE id = $1", late_id)
     for order_id in (hold_id, late_id, prepaid_id):
-        await sim.deliver((await get(stage.pool, order_id))["activation_id"], "123123")
+        await sim.deliver((await get(stage.pool, order_id)).activation_id, "123123")
 
-    loop = asyncio.gather(stage.acts.poll_forever(), stage.acts.finish_forever())
+    loop = asyncio.gather(stage.acts.watch.poll_forever(), stage.acts.finisher.finish_forever())
     try:
         deadline = asyncio.get_running_loop().time() + 10
-        while (await get(stage.pool, prepaid_id))["status"] != S.COMPLETED or (
+        while (await get(stage.pool, prepaid_id)).status != S.COMPLETED or (
             await get(stage.pool, late_id)
-        )["status"] != S.COMPLETED:
+        ).status != S.COMPLETED:
             assert asyncio.get_running_loop().time() < deadline, "never completed"
             await asyncio.sleep(0.05)
         polls, finishes = await status_calls(sim), await calls(sim, "setStatus")
@@ -329,7 +324,7 @@ async def test_the_poller_leaves_orders_with_a_code_alone_while_setstatus_fails(
         stage.worker.stop.set()
         await asyncio.wait_for(loop, 5)
 
-    assert (await get(stage.pool, hold_id))["status"] == S.CODE_RECEIVED  # payments settles
+    assert (await get(stage.pool, hold_id)).status == S.CODE_RECEIVED  # payments settles
     # Nobody polls orders that have their code, and failed finishes back off (0.2, 0.4,
     # 0.8, 1.6 s...): a handful of tries per order, not one per poll interval.
     assert await status_calls(sim) == polls
@@ -375,7 +370,7 @@ async def test_settle_records_when_the_invoice_was_settled_with_the_completion(
     await holds.settle(order_id)
 
     order = await get(stage.pool, order_id)
-    assert order["status"] == S.COMPLETED and order["settled_at"] is not None
+    assert order.status == S.COMPLETED and order.settled_at is not None
     assert (await ln.merchant.lookup_invoice(payment_hash)).state == "SETTLED"
     assert (await asyncio.wait_for(payment, 10)).status == "SUCCEEDED"
 
@@ -394,5 +389,5 @@ async def test_a_hold_the_node_gave_back_before_the_settle_never_counts_as_settl
 
     order = await get(stage.pool, order_id)
     # The code was recorded, so the order ends; it was never paid, so it is never shown.
-    assert order["status"] == S.COMPLETED and order["settled_at"] is None
+    assert order.status == S.COMPLETED and order.settled_at is None
     assert (await asyncio.wait_for(payment, 10)).status == "FAILED"
