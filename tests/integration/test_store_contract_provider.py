@@ -93,7 +93,7 @@ async def test_sms_poll_claims_due_orders_once_per_interval(backend: Backend) ->
 
 
 async def test_rent_poll_claims_only_active_rentals(backend: Backend) -> None:
-    await waiting(backend)  # an activation: the SMS poller's, not the rent poller's
+    order = await waiting(backend)  # an activation: the SMS poller's, not the rent poller's
     rental = await paid(backend, type=OrderType.RENT_NUMBER, rent_hours=4)
     await backend.stores.orders.transition(
         rental.id,
@@ -106,6 +106,8 @@ async def test_rent_poll_claims_only_active_rentals(backend: Backend) -> None:
         next_poll_at=NOW,
     )
 
+    # The SMS poller takes the activation only; a rental is never its to poll.
+    assert [o.id for o in await backend.stores.orders.claim_sms_poll(50, 10.0)] == [order.id]
     claimed = await backend.stores.orders.claim_rent_poll(50, 10.0)
 
     assert [(o.id, o.status) for o in claimed] == [(rental.id, S.RENT_ACTIVE)]
