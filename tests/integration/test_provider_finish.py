@@ -19,10 +19,9 @@ from libs.common.adapters.lightning import Payment
 from libs.common.adapters.sms import HeroSmsClient
 from libs.common.core.config import Settings
 from libs.common.domain.events import Timer
-from libs.common.domain.orders import Order, Status
+from libs.common.domain.orders import NewOrder, Order, OrderType, PaymentMode, Status
 from libs.common.messaging.runtime import Worker, open_worker
-from libs.common.persistence import account_store as accounts
-from libs.common.persistence.db import Q, transaction
+from libs.common.persistence.db import Q
 from services.payments.hold import HoldInvoices
 from services.payments.invoice_watch import InvoiceWatcher
 from services.provider.service import ProviderStage
@@ -85,18 +84,20 @@ async def hold_order(stage: Stage, preimage: bytes | None = None, *, paid: bool 
     """A classic hold order, made paid unless told (its invoice not checked); returns its id."""
     preimage = preimage or secrets.token_bytes(32)
     order_id = secrets.token_hex(32)
-    await stage.pool.execute(
-        Q.order_insert_hold,
-        order_id,
-        "receive-sms",
-        "tg",
-        187,
-        150,
-        Decimal("1.00"),
-        hashlib.sha256(preimage).digest(),
-        "lnbcrt1fake",
-        datetime.now(UTC) + timedelta(minutes=10),
-        preimage,
+    await stage.worker.stores.orders.insert(
+        NewOrder(
+            id=order_id,
+            type=OrderType.RECEIVE_SMS,
+            service="tg",
+            country_id=187,
+            price_sats=150,
+            provider_cost_usd=Decimal("1.00"),
+            payment_hash=hashlib.sha256(preimage).digest(),
+            payment_request="lnbcrt1fake",
+            invoice_expires_at=datetime.now(UTC) + timedelta(minutes=10),
+            payment_mode=PaymentMode.HOLD,
+            preimage=preimage,
+        )
     )
     if paid:
         await _paid(stage, order_id)
@@ -107,20 +108,24 @@ async def prepaid_order(stage: Stage) -> str:
     """A classic order paid from a prepaid balance, as the gateway makes it."""
     account = await stage.pool.fetchval(Q.account_create, secrets.token_bytes(32), "t")
     order_id = secrets.token_hex(32)
-    async with transaction(stage.pool) as conn:
-        assert await accounts.move(conn, account, 1000, "fund", order_id) is not None
-        await conn.execute(
-            Q.order_insert_balance,
-            order_id,
-            "receive-sms",
-            "tg",
-            187,
-            150,
-            Decimal("1.00"),
-            secrets.token_bytes(32),
-            account,
+    async with stage.worker.stores.transaction() as tx:
+        assert await tx.accounts.move(account, 1000, "fund", order_id) is not None
+        await tx.orders.insert(
+            NewOrder(
+                id=order_id,
+                type=OrderType.RECEIVE_SMS,
+                service="tg",
+                country_id=187,
+                price_sats=150,
+                provider_cost_usd=Decimal("1.00"),
+                payment_hash=secrets.token_bytes(32),
+                payment_request="paid",
+                invoice_expires_at=None,
+                payment_mode=PaymentMode.BALANCE,
+                account_id=account,
+            )
         )
-        assert await accounts.move(conn, account, -150, "order", order_id) is not None
+        assert await tx.accounts.move(account, -150, "order", order_id) is not None
     await _paid(stage, order_id)
     return order_id
 
@@ -144,7 +149,10 @@ async def status_calls(sim: Sim) -> int:  # noqa: F811
 
 
 async def entered_at(pool: asyncpg.Pool, order_id: str) -> dict[str, datetime]:
-    return {r["to_status"]: r["at"] for r in await pool.fetch(Q.order_transitions, order_id)}
+    rows = await pool.fetch(
+        "SELECT to_status, at FROM order_transitions WHERE order_id = $1 ORDER BY id", order_id
+    )
+    return {r["to_status"]: r["at"] for r in rows}
 
 
 # ----------------------------------------------------------------------------- outcomes
@@ -284,8 +292,8 @@ async def test_a_finish_claimed_by_a_worker_that_died_is_tried_again_after_its_l
     order_id = await prepaid_order(stage)
     activation_id = (await code_arrives(stage, sim, order_id, "919191")).activation_id
     # Another worker claims the finish and dies before calling the provider.
-    claimed = await stage.pool.fetch(Q.orders_claim_finish, 50, 120.0)
-    assert [r["id"] for r in claimed] == [order_id]
+    claimed = await stage.worker.stores.orders.claim_finish(50, 120.0)
+    assert [o.id for o in claimed] == [order_id]
     assert await stage.acts.finisher.finish_due() == 0  # leased: nobody else takes it meanwhile
     # The lease runs out.
     await stage.pool.execute(

@@ -23,7 +23,6 @@ from libs.common.domain.orders import Order, Status
 from libs.common.messaging import bus
 from libs.common.messaging.bus import Retry
 from libs.common.messaging.runtime import Worker, open_worker
-from libs.common.persistence.db import Q
 from libs.common.persistence.order_store import NOW
 from libs.common.persistence.stores import PgStores
 from services.provider.service import ProviderStage
@@ -208,7 +207,9 @@ async def timers(pool: asyncpg.Pool, order_id: str) -> dict[str, asyncpg.Record]
 
 async def assert_each_status_entered_once(pool: asyncpg.Pool, order_id: str) -> list[str]:
     """The transition log never shows a status entered twice; returns the statuses in order."""
-    log = await pool.fetch(Q.order_transitions, order_id)
+    log = await pool.fetch(
+        "SELECT to_status FROM order_transitions WHERE order_id = $1 ORDER BY id", order_id
+    )
     entered = [r["to_status"] for r in log]
     counts = Counter(entered)
     assert all(n == 1 for n in counts.values()), f"status entered twice: {entered}"
@@ -601,5 +602,5 @@ async def test_a_number_dearer_than_the_customer_paid_for_is_not_bought(
     assert order.status == S.REFUND_PENDING
     assert order.activation_id is None
     assert await sim.activations() == []
-    refund = await worker.pool.fetchrow(Q.refund_get, order_id)
-    assert refund is not None and refund["amount_sats"] == order.price_sats
+    refund = await worker.stores.refunds.get(order_id)
+    assert refund is not None and refund.amount_sats == order.price_sats

@@ -18,6 +18,7 @@ from libs.common.core.config import Settings
 from libs.common.core.metrics import PROVIDER_NO_BALANCE
 from libs.common.domain.alarms import Alarm
 from libs.common.domain.orders import Order, Status
+from libs.common.domain.refunds import RefundStatus
 from libs.common.messaging.bus import Retry
 from libs.common.messaging.runtime import Worker, open_worker
 from libs.common.persistence.db import Q
@@ -200,10 +201,10 @@ async def test_a_rental_the_provider_ends_early_is_refunded_the_unused_time(
     order = await run_rent_poller(stage, order_id, {S.REFUND_PENDING, S.COMPLETED})
 
     assert order.status == S.REFUND_PENDING
-    refund = await stage.pool.fetchrow(Q.refund_get, order_id)
-    assert refund is not None and refund["status"] == "pending"
+    refund = await stage.stores.refunds.get(order_id)
+    assert refund is not None and refund.status is RefundStatus.PENDING
     # ceil(1440 x (2 h + the 10 s poll interval, less the test's few seconds) / 4 h): 721.
-    assert 720 < refund["amount_sats"] <= 721
+    assert 720 < refund.amount_sats <= 721
     assert await refund_rows(stage.pool, order_id) == 1
     # The SMS that came before the end stays the customer's, and is purged on schedule.
     assert [m.text for m in await stage.stores.messages.for_order(order_id)] == ["Code 12345"]
@@ -517,7 +518,7 @@ async def test_no_balance_refunds_raises_the_alarm_and_lifts_it_when_topped_up(
     await stage.acts.allocation.allocate(order_id)
 
     assert (await get(stage.pool, order_id)).status == S.REFUND_PENDING
-    assert await stage.pool.fetchrow(Q.alarm_active, Alarm.NO_BALANCE) is not None
+    assert await stage.stores.alarms.active(Alarm.NO_BALANCE) is not None
     assert PROVIDER_NO_BALANCE._value.get() == 1
 
     watcher = asyncio.create_task(stage.acts.alarm.watch_forever())
@@ -529,13 +530,13 @@ async def test_no_balance_refunds_raises_the_alarm_and_lifts_it_when_topped_up(
                 break
             await asyncio.sleep(0.05)
         assert await balance_checks(sim) >= checked + 2
-        assert await stage.pool.fetchrow(Q.alarm_active, Alarm.NO_BALANCE) is not None
+        assert await stage.stores.alarms.active(Alarm.NO_BALANCE) is not None
         await sim.config(balance=50)  # topped up
         for _ in range(100):
-            if await stage.pool.fetchrow(Q.alarm_active, Alarm.NO_BALANCE) is None:
+            if await stage.stores.alarms.active(Alarm.NO_BALANCE) is None:
                 break
             await asyncio.sleep(0.05)
-        assert await stage.pool.fetchrow(Q.alarm_active, Alarm.NO_BALANCE) is None
+        assert await stage.stores.alarms.active(Alarm.NO_BALANCE) is None
         assert PROVIDER_NO_BALANCE._value.get() == 0
     finally:
         stage.worker.stop.set()
