@@ -7,6 +7,7 @@ until the allocation deadline, judged by the database clock.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from decimal import Decimal
 
@@ -21,19 +22,25 @@ from libs.common.persistence.order_store import NOW
 from libs.common.persistence.ports import Stores
 from services.provider.balance_alarm import BalanceAlarm
 from services.provider.outcomes import no_number
+from services.provider.part import ProviderPart
 
 log = logging.getLogger(__name__)
 
 
-class Allocation:
+class Allocation(ProviderPart):
     """Moves a paid order to waiting_for_sms (or rent_active) with a number, or to refund."""
 
     def __init__(
-        self, stores: Stores, settings: Settings, provider: sms.SmsProvider, alarm: BalanceAlarm
+        self,
+        stores: Stores,
+        settings: Settings,
+        provider: sms.SmsProvider,
+        stop: asyncio.Event,
+        *,
+        alarm: BalanceAlarm,
     ) -> None:
-        self._stores = stores
-        self._settings = settings
-        self._provider = provider
+        super().__init__(stores, settings, provider, stop)
+        # A purchase refused for NO_BALANCE raises it.
         self._alarm = alarm
 
     async def allocate(self, order_id: str) -> None:

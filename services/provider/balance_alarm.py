@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from decimal import Decimal
 
 from libs.common.adapters import sms
-from libs.common.core.config import Settings
 from libs.common.core.metrics import PROVIDER_NO_BALANCE
 from libs.common.domain.activation_policy import balance_needed
 from libs.common.domain.alarms import Alarm
-from libs.common.persistence.ports import Stores
+from services.provider.part import ProviderPart
 
 log = logging.getLogger(__name__)
 
 
-class BalanceAlarm:
+class BalanceAlarm(ProviderPart):
     """Raises the alarm on a refused purchase and lifts it when the balance covers it again."""
-
-    def __init__(
-        self, stores: Stores, settings: Settings, provider: sms.SmsProvider, stop: asyncio.Event
-    ) -> None:
-        self._stores = stores
-        self._settings = settings
-        self._provider = provider
-        self._stop = stop
 
     async def raise_(self, needed_usd: Decimal) -> None:
         """Our provider account is empty: stop selling and tell the operator (once).
@@ -55,14 +45,16 @@ class BalanceAlarm:
 
     async def watch_forever(self) -> None:
         """While the alarm is up, lift it as soon as the account has money again, until stop."""
-        while not self._stop.is_set():
+
+        async def check_quietly() -> None:
             try:
                 await self.check()
             except sms.ProviderError as exc:
                 log.info("balance check failed: %s", exc.code)
-            except Exception:
-                log.exception("balance check failed")
-            try:
-                await asyncio.wait_for(self._stop.wait(), self._settings.balance_check_seconds)
-            except TimeoutError:
-                pass
+
+        await self._every(
+            self._settings.balance_check_seconds,
+            check_quietly,
+            beat=None,  # it waits BALANCE_CHECK_SECONDS, which may exceed the liveness limit
+            what="balance check",
+        )

@@ -21,25 +21,17 @@ from libs.common.domain.activation_policy import (
     provider_given_up,
 )
 from libs.common.domain.orders import Order, Status
-from libs.common.messaging import ops
 from libs.common.messaging.bus import Retry
 from libs.common.persistence.ports import Stores
 from services.provider.outcomes import no_number, no_sms
+from services.provider.part import ProviderPart
 from services.provider.sms_watch import SmsWatch
 
 log = logging.getLogger(__name__)
 
 
-class Finisher:
+class Finisher(ProviderPart):
     """Tells the provider that done activations are done, as bounded housekeeping."""
-
-    def __init__(
-        self, stores: Stores, settings: Settings, provider: sms.SmsProvider, stop: asyncio.Event
-    ) -> None:
-        self._stores = stores
-        self._settings = settings
-        self._provider = provider
-        self._stop = stop
 
     async def finish_due(self, limit: int = 50) -> int:
         """Finish the activations whose finish is due at the provider; returns how many."""
@@ -84,27 +76,25 @@ class Finisher:
         A loop of its own: a provider that hangs on finishing must not slow the SMS poller,
         which the next codes (and their settlement) wait for.
         """
-        while not self._stop.is_set():
-            ops.beat("activation-finisher")
-            try:
-                await self.finish_due()
-            except Exception:
-                log.exception("finishing activations failed")
-            try:
-                await asyncio.wait_for(self._stop.wait(), 1.0)
-            except TimeoutError:
-                pass
+        await self._every(
+            1.0, self.finish_due, beat="activation-finisher", what="finishing activations"
+        )
 
 
-class Cancellation:
+class Cancellation(ProviderPart):
     """Ends an order whose SMS deadline passed or whose customer cancelled it."""
 
     def __init__(
-        self, stores: Stores, settings: Settings, provider: sms.SmsProvider, watch: SmsWatch
+        self,
+        stores: Stores,
+        settings: Settings,
+        provider: sms.SmsProvider,
+        stop: asyncio.Event,
+        *,
+        watch: SmsWatch,
     ) -> None:
-        self._stores = stores
-        self._settings = settings
-        self._provider = provider
+        super().__init__(stores, settings, provider, stop)
+        # An SMS found while cancelling is delivered as the poller would.
         self._watch = watch
 
     async def cancel(self, order_id: str, reason: str) -> None:

@@ -12,7 +12,6 @@ import contextlib
 import logging
 
 from libs.common.adapters import sms
-from libs.common.core.config import Settings
 from libs.common.domain.activation_policy import (
     ended_early,
     rent_early_by,
@@ -22,23 +21,14 @@ from libs.common.domain.activation_policy import (
 from libs.common.domain.events import Event, EventType, Timer
 from libs.common.domain.messages import Message
 from libs.common.domain.orders import Order, Status
-from libs.common.messaging import ops
 from libs.common.messaging.bus import Retry
-from libs.common.persistence.ports import Stores
+from services.provider.part import ProviderPart
 
 log = logging.getLogger(__name__)
 
 
-class Rentals:
+class Rentals(ProviderPart):
     """Polls active rentals for SMS and completes them when their time is up."""
-
-    def __init__(
-        self, stores: Stores, settings: Settings, provider: sms.SmsProvider, stop: asyncio.Event
-    ) -> None:
-        self._stores = stores
-        self._settings = settings
-        self._provider = provider
-        self._stop = stop
 
     async def collect(self, order: Order) -> bool:
         """Store the rental's SMS not seen yet; False once the provider says it has ended."""
@@ -128,25 +118,20 @@ class Rentals:
     async def poll_forever(self) -> None:
         """Claim due rentals and poll them at the provider until stop."""
         interval = self._settings.rent_poll_interval_seconds
-        while not self._stop.is_set():
-            ops.beat("rent-poller")
-            try:
-                orders = await self._stores.orders.claim_rent_poll(50, interval)
-                results = await asyncio.gather(
-                    *(self.collect(o) for o in orders), return_exceptions=True
-                )
-                for order, result in zip(orders, results, strict=True):
-                    if result is False:
-                        # Over at the provider before its time: nothing more can arrive.
-                        with contextlib.suppress(Retry):  # its end timer tries again
-                            await self.end(order.id, ended_at_provider=True)
-                    elif isinstance(result, sms.ProviderError):
-                        log.info("rent poll failed: %s", result.code, extra={"order_id": order.id})
-                    elif isinstance(result, BaseException):
-                        log.error("rent poll failed: %r", result, extra={"order_id": order.id})
-            except Exception:
-                log.exception("rent poll failed")
-            try:
-                await asyncio.wait_for(self._stop.wait(), min(interval, 1.0))
-            except TimeoutError:
-                pass
+
+        async def poll_due() -> None:
+            orders = await self._stores.orders.claim_rent_poll(50, interval)
+            results = await asyncio.gather(
+                *(self.collect(o) for o in orders), return_exceptions=True
+            )
+            for order, result in zip(orders, results, strict=True):
+                if result is False:
+                    # Over at the provider before its time: nothing more can arrive.
+                    with contextlib.suppress(Retry):  # its end timer tries again
+                        await self.end(order.id, ended_at_provider=True)
+                elif isinstance(result, sms.ProviderError):
+                    log.info("rent poll failed: %s", result.code, extra={"order_id": order.id})
+                elif isinstance(result, BaseException):
+                    log.error("rent poll failed: %r", result, extra={"order_id": order.id})
+
+        await self._every(min(interval, 1.0), poll_due, beat="rent-poller", what="rent poll")

@@ -41,10 +41,10 @@ class ProviderStage:
         watch = SmsWatch(stores, settings, provider, stop)
         return cls(
             alarm=alarm,
-            allocation=Allocation(stores, settings, provider, alarm),
+            allocation=Allocation(stores, settings, provider, stop, alarm=alarm),
             watch=watch,
             finisher=Finisher(stores, settings, provider, stop),
-            cancels=Cancellation(stores, settings, provider, watch),
+            cancels=Cancellation(stores, settings, provider, stop, watch=watch),
             rentals=Rentals(stores, settings, provider, stop),
         )
 

@@ -6,30 +6,21 @@ import asyncio
 import logging
 
 from libs.common.adapters import sms
-from libs.common.core.config import Settings
 from libs.common.domain.activation_policy import code_window_seconds
 from libs.common.domain.events import Event, EventType, Timer
 from libs.common.domain.messages import Message
 from libs.common.domain.orders import Order, Status
-from libs.common.messaging import ops
 from libs.common.messaging.bus import Retry
 from libs.common.persistence.order_store import NOW
 from libs.common.persistence.ports import Stores
 from services.provider.outcomes import no_sms
+from services.provider.part import ProviderPart
 
 log = logging.getLogger(__name__)
 
 
-class SmsWatch:
+class SmsWatch(ProviderPart):
     """Drives orders through waiting_for_sms and code_received: the code, and another one."""
-
-    def __init__(
-        self, stores: Stores, settings: Settings, provider: sms.SmsProvider, stop: asyncio.Event
-    ) -> None:
-        self._stores = stores
-        self._settings = settings
-        self._provider = provider
-        self._stop = stop
 
     async def check(self, order: Order) -> None:
         """Poll one order at the provider and act on what it says."""
@@ -159,14 +150,9 @@ class SmsWatch:
     async def poll_forever(self) -> None:
         """Claim due orders and poll them at the provider until stop."""
         interval = self._settings.sms_poll_interval_seconds
-        while not self._stop.is_set():
-            ops.beat("sms-poller")
-            try:
-                orders = await self._stores.orders.claim_sms_poll(50, interval)
-                await asyncio.gather(*(self.check(o) for o in orders))
-            except Exception:
-                log.exception("SMS poll failed")
-            try:
-                await asyncio.wait_for(self._stop.wait(), min(interval, 1.0))
-            except TimeoutError:
-                pass
+
+        async def poll_due() -> None:
+            orders = await self._stores.orders.claim_sms_poll(50, interval)
+            await asyncio.gather(*(self.check(o) for o in orders))
+
+        await self._every(min(interval, 1.0), poll_due, beat="sms-poller", what="SMS poll")
