@@ -64,8 +64,9 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
 
 TERMINAL: frozenset[Status] = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
 
-# The rule of the API (docs/api.md): only receive-sms is refunded when no SMS comes; every
-# paid type is refunded when no number could be allocated.
+# The refund rule of the API (docs/api.md): only receive-sms is refunded when no SMS comes (a
+# reactivation whose SMS never came fails unrefunded); every paid type is refunded when no
+# number could be allocated.
 REFUNDABLE_WITHOUT_SMS: frozenset[OrderType] = frozenset({OrderType.RECEIVE_SMS})
 
 # Once an SMS has arrived the customer has what they paid for: no cancel, no refund.

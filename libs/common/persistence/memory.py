@@ -359,6 +359,98 @@ class MemoryOrders(_Base):
 
     # --- provider: order methods ---
 
+    def _set(self, order: Order, **values: Any) -> Order:
+        """Store a changed copy of the order (an UPDATE without a status change)."""
+        changed = dataclasses.replace(order, **values)
+        self._state.orders[order.id] = changed
+        return changed
+
+    def _claim(
+        self, due: Callable[[Order], datetime | None], limit: int
+    ) -> list[tuple[Order, datetime]]:
+        """The orders due by `due` (soonest first, at most `limit`), each with the claim's now."""
+        now = self._now()
+        found = [
+            (at, o) for o in self._state.orders.values() if (at := due(o)) is not None and at <= now
+        ]
+        found.sort(key=lambda pair: pair[0])
+        return [(o, now) for _, o in found[:limit]]
+
+    async def now(self) -> datetime:
+        """The twin's clock, which every deadline of the provider stage is judged by."""
+        return self._now()
+
+    async def claim_sms_poll(self, limit: int, interval: float) -> list[Order]:
+        """Due orders with a number to poll, claimed and pushed back by `interval` seconds."""
+        polled = {Status.WAITING_FOR_SMS, Status.CODE_RECEIVED}
+        claimed = self._claim(lambda o: o.next_poll_at if o.status in polled else None, limit)
+        return [self._set(o, next_poll_at=now + timedelta(seconds=interval)) for o, now in claimed]
+
+    async def claim_rent_poll(self, limit: int, interval: float) -> list[Order]:
+        """Due active rentals to poll, claimed and pushed back by `interval` seconds."""
+        claimed = self._claim(
+            lambda o: o.next_poll_at if o.status is Status.RENT_ACTIVE else None,
+            limit,
+        )
+        return [self._set(o, next_poll_at=now + timedelta(seconds=interval)) for o, now in claimed]
+
+    async def record_new_code(self, order_id: str, code: str, text: str | None) -> Order | None:
+        """Another SMS on a code_received order becomes its code; None when it is not one."""
+        order = self._state.orders.get(order_id)
+        if order is None or order.status is not Status.CODE_RECEIVED:
+            return None
+        now = self._now()
+        return self._set(
+            order,
+            code=code,
+            sms_text=text,
+            sms_received_at=now,
+            another_sms_at=None,
+            updated_at=now,
+        )
+
+    async def reopen_for_another_sms(self, order_id: str) -> bool:
+        """Poll a code_received order again (another SMS asked for); False when it is not one."""
+        order = self._state.orders.get(order_id)
+        if order is None or order.status is not Status.CODE_RECEIVED:
+            return False
+        now = self._now()
+        self._set(order, another_sms_at=now, next_poll_at=now, updated_at=now)
+        return True
+
+    async def stop_polling(self, order_id: str) -> None:
+        """Stop polling a code_received order."""
+        order = self._state.orders.get(order_id)
+        if order is not None and order.status is Status.CODE_RECEIVED:
+            self._set(order, next_poll_at=None)
+
+    async def arm_finish(self, order_id: str) -> None:
+        """Arm the housekeeping finish at the provider, first try now (orders with a number)."""
+        order = self._state.orders.get(order_id)
+        if order is not None and order.activation_id is not None:
+            self._set(order, finish_due_at=self._now(), finish_attempts=0)
+
+    async def claim_finish(self, limit: int, lease: float) -> list[Order]:
+        """Orders whose finish is due, claimed and pushed back by a `lease` of seconds."""
+        claimed = self._claim(lambda o: o.finish_due_at, limit)
+        return [self._set(o, finish_due_at=now + timedelta(seconds=lease)) for o, now in claimed]
+
+    async def retry_finish(self, order_id: str, delay: float) -> None:
+        """A failed finish: count the attempt and try again in `delay` seconds."""
+        order = self._state.orders.get(order_id)
+        if order is not None:
+            self._set(
+                order,
+                finish_due_at=self._now() + timedelta(seconds=delay),
+                finish_attempts=order.finish_attempts + 1,
+            )
+
+    async def finish_done(self, order_id: str) -> None:
+        """Finished at the provider (or given up on): count the attempt, nothing left to do."""
+        order = self._state.orders.get(order_id)
+        if order is not None:
+            self._set(order, finish_due_at=None, finish_attempts=order.finish_attempts + 1)
+
     # --- scheduler: order methods ---
 
     async def purge_code(self, order_id: str) -> None:

@@ -351,6 +351,50 @@ class PgOrders:
 
     # --- provider: order methods ---
 
+    async def now(self) -> datetime:
+        """The database's clock, which every deadline of the provider stage is judged by."""
+        now: datetime = await self._db.fetchval(Q.db_now)
+        return now
+
+    async def claim_sms_poll(self, limit: int, interval: float) -> list[Order]:
+        """Due orders with a number to poll, claimed and pushed back by `interval` seconds."""
+        rows = await self._db.fetch(Q.orders_claim_sms_poll, limit, interval)
+        return [order_from_row(r) for r in rows]
+
+    async def claim_rent_poll(self, limit: int, interval: float) -> list[Order]:
+        """Due active rentals to poll, claimed and pushed back by `interval` seconds."""
+        rows = await self._db.fetch(Q.orders_claim_rent_poll, limit, interval)
+        return [order_from_row(r) for r in rows]
+
+    async def record_new_code(self, order_id: str, code: str, text: str | None) -> Order | None:
+        """Another SMS on a code_received order becomes its code; None when it is not one."""
+        return _maybe_order(await self._db.fetchrow(Q.order_new_code, order_id, code, text))
+
+    async def reopen_for_another_sms(self, order_id: str) -> bool:
+        """Poll a code_received order again (another SMS asked for); False when it is not one."""
+        return await self._db.fetchrow(Q.order_another_sms, order_id) is not None
+
+    async def stop_polling(self, order_id: str) -> None:
+        """Stop polling a code_received order."""
+        await self._db.execute(Q.order_stop_polling, order_id)
+
+    async def arm_finish(self, order_id: str) -> None:
+        """Arm the housekeeping finish at the provider, first try now (orders with a number)."""
+        await self._db.execute(Q.order_finish_arm, order_id)
+
+    async def claim_finish(self, limit: int, lease: float) -> list[Order]:
+        """Orders whose finish is due, claimed and pushed back by a `lease` of seconds."""
+        rows = await self._db.fetch(Q.orders_claim_finish, limit, lease)
+        return [order_from_row(r) for r in rows]
+
+    async def retry_finish(self, order_id: str, delay: float) -> None:
+        """A failed finish: count the attempt and try again in `delay` seconds."""
+        await self._db.execute(Q.order_finish_retry, order_id, delay)
+
+    async def finish_done(self, order_id: str) -> None:
+        """Finished at the provider (or given up on): count the attempt, nothing left to do."""
+        await self._db.execute(Q.order_finish_done, order_id)
+
     # --- scheduler: order methods ---
 
     async def purge_code(self, order_id: str) -> None:

@@ -63,6 +63,36 @@ class Orders(Protocol):
 
     # --- provider: order methods ---
 
+    async def now(self) -> datetime:
+        """The database's clock, which every deadline of the provider stage is judged by."""
+
+    async def claim_sms_poll(self, limit: int, interval: float) -> list[Order]:
+        """Due orders with a number to poll, claimed and pushed back by `interval` seconds."""
+
+    async def claim_rent_poll(self, limit: int, interval: float) -> list[Order]:
+        """Due active rentals to poll, claimed and pushed back by `interval` seconds."""
+
+    async def record_new_code(self, order_id: str, code: str, text: str | None) -> Order | None:
+        """Another SMS on a code_received order becomes its code; None when it is not one."""
+
+    async def reopen_for_another_sms(self, order_id: str) -> bool:
+        """Poll a code_received order again (another SMS asked for); False when it is not one."""
+
+    async def stop_polling(self, order_id: str) -> None:
+        """Stop polling a code_received order."""
+
+    async def arm_finish(self, order_id: str) -> None:
+        """Arm the housekeeping finish at the provider, first try now (orders with a number)."""
+
+    async def claim_finish(self, limit: int, lease: float) -> list[Order]:
+        """Orders whose finish is due, claimed and pushed back by a `lease` of seconds."""
+
+    async def retry_finish(self, order_id: str, delay: float) -> None:
+        """A failed finish: count the attempt and try again in `delay` seconds."""
+
+    async def finish_done(self, order_id: str) -> None:
+        """Finished at the provider (or given up on): count the attempt, nothing left to do."""
+
     # --- scheduler: order methods ---
 
     async def purge_code(self, order_id: str) -> None:

@@ -27,7 +27,8 @@ RETURNING activation_id;
 -- Another SMS arrived on a code_received order: it becomes the order's code.
 UPDATE orders SET code = $2, sms_text = $3, sms_received_at = now(), another_sms_at = NULL,
                   updated_at = now()
-WHERE id = $1 AND status = 'code_received';
+WHERE id = $1 AND status = 'code_received'
+RETURNING *;
 
 -- name: orders_claim_rent_poll
 -- Polling fallback for rentals (webhooks may be lost): due rentals, claimed and pushed back.

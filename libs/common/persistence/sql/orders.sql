@@ -43,7 +43,7 @@ WITH due AS (
 )
 UPDATE orders o SET finish_due_at = now() + make_interval(secs => $2)
 FROM due WHERE o.id = due.id
-RETURNING o.id, o.activation_id, o.deadline_at, o.finish_attempts;
+RETURNING o.*;
 
 -- name: order_finish_retry
 -- A failed finish: try again in $2 seconds.
@@ -68,6 +68,10 @@ LIMIT $1;
 
 -- name: order_get
 SELECT * FROM orders WHERE id = $1;
+
+-- name: db_now
+-- The database's clock: every deadline is judged by it, whatever a worker's clock says.
+SELECT now();
 
 -- name: order_by_payment_hash
 SELECT * FROM orders WHERE payment_hash = $1;
