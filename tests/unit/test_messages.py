@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from libs.common.domain.messages import Message, extract_code, storable
-from libs.common.persistence.message_store import from_json
+from libs.common.persistence.order_store import messages_from_json as from_json
 
 
 @pytest.mark.parametrize(

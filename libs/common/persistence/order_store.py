@@ -448,11 +448,11 @@ class PgTokens:
             order_from_row(row),
             bytes(row["root_key"]),
             refund,
-            _messages_from_json(row["messages"]),
+            messages_from_json(row["messages"]),
         )
 
 
-def _messages_from_json(items: list[dict[str, Any]] | None) -> list[Message]:
+def messages_from_json(items: list[dict[str, Any]] | None) -> list[Message]:
     """The messages as order_by_token aggregates them (receivedAt in epoch seconds)."""
     return [
         Message(
