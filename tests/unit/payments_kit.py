@@ -195,6 +195,8 @@ class FakeNode:
         # Which track calls (1 = the first) get no answer from the node.
         self.fail_track_at: set[int] = set()
         self.tracks = 0
+        # What given track calls report instead of the recorded payment (1 = the first).
+        self.track_status_at: dict[int, str] = {}
         # Successful sends per payment hash: a refund paid twice shows 2.
         self.paid: Counter[bytes] = Counter()
 
@@ -285,6 +287,8 @@ class FakeNode:
         if self.tracks in self.fail_track_at:
             raise LndError("node unreachable", 0)
         found = self.payments.get(payment_hash)
+        if found is not None and self.tracks in self.track_status_at:
+            found = replace(found, status=self.track_status_at[self.tracks])
         if found is None:
             raise PaymentNotInitiated("payment isn't initiated", 404)
         yield found

@@ -189,6 +189,21 @@ async def test_no_give_up_while_the_node_cannot_say_whether_it_paid() -> None:
     assert await status_of(h, order.id) is S.REFUND_FAILED
 
 
+async def test_no_give_up_while_the_last_payment_is_still_in_flight() -> None:
+    h, _ = host(refund_max_attempts=1)
+    node = FakeNode()
+    order = await place(h.stores, S.REFUND_PENDING, node=node)
+    node.plan = [FAIL]
+    node.track_status_at = {2: "IN_FLIGHT"}  # the look before giving up finds it in flight
+
+    await RefundPayer(h, node).attempt(order.id)
+
+    refund = await refund_of(h, order.id)
+    assert refund.status is RefundStatus.IN_FLIGHT  # the lease brings it back
+    assert await status_of(h, order.id) is S.REFUND_PENDING
+    assert h.stores.events(EventType.REFUND_FAILED) == []
+
+
 async def test_the_retry_loop_starts_only_due_refunds() -> None:
     h, clock = host(refund_retry_base_seconds=5.0)
     node = FakeNode()
