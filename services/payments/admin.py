@@ -8,27 +8,28 @@ import json
 
 from libs.common.core.config import load_settings
 from libs.common.persistence import db
-from libs.common.persistence.db import Q
+from libs.common.persistence.stores import PgStores
 
 
 async def failed_refunds() -> list[dict[str, object]]:
     """Every refund that ended refund_failed, oldest first."""
-    pool = await db.create_pool(load_settings().database_url, max_size=1)
+    settings = load_settings()
+    pool = await db.create_pool(settings.database_url, max_size=1)
     try:
-        rows = await pool.fetch(Q.refunds_failed)
+        refunds = await PgStores(pool, settings.subject_prefix).refunds.failed()
     finally:
         await pool.close()
     return [
         {
-            "orderId": r["order_id"],
-            "amountSats": r["amount_sats"],
-            "attempts": r["attempts"],
-            "lastError": r["last_error"],
-            "failedAt": r["updated_at"].isoformat(),
+            "orderId": r.order_id,
+            "amountSats": r.amount_sats,
+            "attempts": r.attempts,
+            "lastError": r.last_error,
+            "failedAt": r.updated_at.isoformat(),
             # The customer's own no-amount invoice: pay it by hand with this amount.
-            "refundInvoice": r["payment_request"],
+            "refundInvoice": r.payment_request,
         }
-        for r in rows
+        for r in refunds
     ]
 
 

@@ -5,17 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import asyncpg
-
-from libs.common.adapters.lightning import Invoice, LndClient, LndError
+from libs.common.adapters.lightning import Invoice, LndError
 from libs.common.domain.events import Event, EventType
 from libs.common.domain.orders import Status
-from libs.common.messaging.runtime import Worker
-from libs.common.persistence import account_store as accounts
-from libs.common.persistence import order_store as store
-from libs.common.persistence.db import Q, transaction
-from libs.common.persistence.outbox_store import enqueue
+from libs.common.domain.payment_policy import OPEN, TopUp, top_up_step
+from libs.common.persistence.ports import AlreadyRecorded, Funding
 from services.payments.invoice_watch import InvoiceWatcher
+from services.payments.node import Host, Node
 
 log = logging.getLogger(__name__)
 
@@ -25,47 +21,42 @@ SWEEP_SECONDS = 2.0
 class Balances:
     """The payments side of prepaid accounts."""
 
-    def __init__(self, worker: Worker, lnd: LndClient, invoices: InvoiceWatcher) -> None:
+    def __init__(self, worker: Host, lnd: Node, invoices: InvoiceWatcher) -> None:
         self._w = worker
         self._lnd = lnd
         self._invoices = invoices
 
     async def credit_back(self, order_id: str) -> None:
         """A balance order that got no code: the price goes back to the balance, once."""
-        order = await store.get(self._w.pool, order_id)
-        if order is None or order["payment_mode"] != "balance":
+        order = await self._w.stores.orders.get(order_id)
+        if order is None or not order.is_balance:
             return
-        if order["status"] != Status.REFUND_PENDING:
+        if order.status is not Status.REFUND_PENDING:
             return
+        assert order.account_id is not None  # every balance order names its account
         try:
-            async with transaction(self._w.pool) as conn:
-                await accounts.move(
-                    conn, order["account_id"], order["price_sats"], "refund", order_id
-                )
+            async with self._w.stores.transaction() as tx:
+                await tx.accounts.move_once(order.account_id, order.price_sats, "refund", order_id)
                 if (
-                    await store.transition(conn, order_id, Status.REFUND_PENDING, Status.REFUNDED)
+                    await tx.orders.transition(order_id, Status.REFUND_PENDING, Status.REFUNDED)
                     is None
                 ):
                     raise _Raced
-                await enqueue(
-                    conn,
-                    Event(EventType.REFUNDED, order_id),
-                    prefix=self._w.settings.subject_prefix,
-                )
-        except (_Raced, asyncpg.UniqueViolationError):
+                await tx.outbox.enqueue(Event(EventType.REFUNDED, order_id))
+        except (_Raced, AlreadyRecorded):
             return  # another worker credited it first; the transaction changed nothing
         log.info("balance credited back", extra={"order_id": order_id})
 
-    async def _credit(self, funding: asyncpg.Record) -> None:
+    async def _credit(self, funding: Funding) -> None:
         """Credit a paid top-up exactly once."""
         try:
-            async with transaction(self._w.pool) as conn:
-                await accounts.move(
-                    conn, funding["account_id"], funding["amount_sats"], "fund", funding["id"]
+            async with self._w.stores.transaction() as tx:
+                await tx.accounts.move_once(
+                    funding.account_id, funding.amount_sats, "fund", funding.id
                 )
-                await conn.execute(Q.funding_mark, funding["id"], "credited")
-        except asyncpg.UniqueViolationError:
-            await self._w.pool.execute(Q.funding_mark, funding["id"], "credited")
+                await tx.accounts.mark_funding(funding.id, "credited")
+        except AlreadyRecorded:
+            await self._w.stores.accounts.mark_funding(funding.id, "credited")
 
     async def sweep_fundings(self) -> None:
         """Settle accepted top-ups (then credit them); expire the ones never paid.
@@ -76,7 +67,7 @@ class Balances:
         """
         # Rows first, then the scan (see InvoiceWatcher.reconcile): a top-up's invoice exists
         # before its row, so one the scan misses has really left the pending states.
-        fundings = await self._w.pool.fetch(Q.fundings_pending, 500)
+        fundings = await self._w.stores.accounts.fundings_pending(500)
         if not fundings:
             return
         try:
@@ -85,22 +76,22 @@ class Balances:
             log.warning("top-up sweep: pending invoice scan failed: %s", exc.message)
             return
         for funding in fundings:
-            payment_hash = bytes(funding["payment_hash"])
             try:
-                invoice: Invoice | None = pending.get(payment_hash)
-                if invoice is not None and invoice.state == "OPEN":
+                invoice: Invoice | None = pending.get(funding.payment_hash)
+                if invoice is not None and invoice.state == OPEN:
                     continue  # not paid yet: nothing to ask the node
                 if invoice is None:
-                    invoice = await self._lnd.lookup_invoice(payment_hash)
-                if invoice.state == "ACCEPTED":
+                    invoice = await self._lnd.lookup_invoice(funding.payment_hash)
+                if top_up_step(invoice.state) is TopUp.SETTLE:
                     # Settle first, then credit: a crash in between is caught next sweep
                     # (SETTLED, not yet credited), and nothing is credited that was not paid.
-                    await self._lnd.settle_invoice(bytes(funding["preimage"]))
-                    invoice = await self._lnd.lookup_invoice(payment_hash)
-                if invoice.state == "SETTLED":
+                    await self._lnd.settle_invoice(funding.preimage)
+                    invoice = await self._lnd.lookup_invoice(funding.payment_hash)
+                step = top_up_step(invoice.state)
+                if step is TopUp.CREDIT:
                     await self._credit(funding)
-                elif invoice.state == "CANCELED":
-                    await self._w.pool.execute(Q.funding_mark, funding["id"], "expired")
+                elif step is TopUp.EXPIRE:
+                    await self._w.stores.accounts.mark_funding(funding.id, "expired")
             except LndError as exc:
                 log.warning("top-up check failed: %s", exc.message)
 
@@ -109,8 +100,8 @@ class Balances:
         while not self._w.stop.is_set():
             try:
                 await self.sweep_fundings()
-                for row in await self._w.pool.fetch(Q.orders_balance_refund_pending, 500):
-                    await self.credit_back(row["id"])
+                for order_id in await self._w.stores.orders.balance_refund_pending(500):
+                    await self.credit_back(order_id)
             except Exception:
                 log.exception("balance sweep failed")
             try:

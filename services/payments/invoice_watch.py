@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from libs.common.adapters.lightning import Invoice, InvoiceNotFound, LndClient, LndError
+from libs.common.adapters.lightning import Invoice, InvoiceNotFound, LndError
 from libs.common.core.faults import crash_point
 from libs.common.domain.events import Event, EventType, Timer
+from libs.common.domain.hold_policy import hold_deadline_seconds
 from libs.common.domain.orders import Status
-from libs.common.messaging.runtime import Worker
-from libs.common.persistence import order_store as store
-from libs.common.persistence.db import Q, transaction
-from libs.common.persistence.outbox_store import enqueue
+from libs.common.domain.payment_policy import Paid, may_pay, pays_order
+from services.payments.node import Host, Node
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +19,7 @@ log = logging.getLogger(__name__)
 class InvoiceWatcher:
     """Keeps each pending order in step with its invoice at the node."""
 
-    def __init__(self, worker: Worker, lnd: LndClient) -> None:
+    def __init__(self, worker: Host, lnd: Node) -> None:
         self._w = worker
         self._lnd = lnd
         self._settle_index = 0
@@ -31,38 +30,42 @@ class InvoiceWatcher:
         A standard invoice counts once SETTLED; a hold invoice once ACCEPTED (its HTLC is
         locked in and we hold the preimage).
         """
-        if invoice.state not in ("SETTLED", "ACCEPTED"):
+        if not may_pay(invoice.state):
             return False
         settings = self._w.settings
         crash_point("payments.settle_seen")
-        async with transaction(self._w.pool) as conn:
-            order = await conn.fetchrow(Q.order_by_payment_hash, invoice.r_hash)
-            if order is None or order["status"] != Status.PENDING_PAYMENT:
+        async with self._w.stores.transaction() as tx:
+            order = await tx.orders.by_payment_hash(invoice.r_hash)
+            if order is None:
                 return False
-            if order["payment_mode"] == "standard" and invoice.state != "SETTLED":
-                return False
-            if invoice.amt_paid_msat < order["price_sats"] * 1000:
-                log.error(
-                    "invoice underpaid; leaving order pending", extra={"order_id": order["id"]}
-                )
+            paid = pays_order(
+                invoice_state=invoice.state,
+                amt_paid_msat=invoice.amt_paid_msat,
+                status=order.status,
+                payment_mode=order.payment_mode,
+                price_sats=order.price_sats,
+            )
+            if paid is Paid.UNDERPAID:
+                log.error("invoice underpaid; leaving order pending", extra={"order_id": order.id})
+            if paid is not Paid.YES:
                 return False
             timeout = settings.order_timeout_seconds
-            if not await store.mark_paid(
-                conn,
-                order["id"],
+            if not await tx.orders.mark_paid(
+                order.id,
                 deadline=timeout,
-                prefix=settings.subject_prefix,
                 amt_paid_msat=invoice.amt_paid_msat,
                 htlc_expiry_height=min(invoice.htlc_expiry_heights, default=None),
             ):
                 return False
-            if order["payment_mode"] == "hold":
+            if order.is_hold:
                 # The docs promise the hold is released by 21 minutes at the latest, even if
                 # the provider cannot be reached to cancel the activation.
-                await store.set_timer(
-                    conn, order["id"], Timer.HOLD_DEADLINE, timeout + settings.hold_grace_seconds
+                await tx.timers.set(
+                    order.id,
+                    Timer.HOLD_DEADLINE,
+                    hold_deadline_seconds(timeout, settings.hold_grace_seconds),
                 )
-        log.info("order paid", extra={"order_id": order["id"]})
+        log.info("order paid", extra={"order_id": order.id})
         return True
 
     async def on_invoice(self, invoice: Invoice) -> None:
@@ -71,10 +74,10 @@ class InvoiceWatcher:
 
     async def expire(self, order_id: str) -> None:
         """Handle an unpaid order's invoice expiry: cancel the invoice, then expire the order."""
-        order = await store.get(self._w.pool, order_id)
-        if order is None or order["status"] != Status.PENDING_PAYMENT:
+        order = await self._w.stores.orders.get(order_id)
+        if order is None or order.status is not Status.PENDING_PAYMENT:
             return
-        payment_hash = bytes(order["payment_hash"])
+        payment_hash = order.payment_hash
         try:
             invoice = await self._lnd.lookup_invoice(payment_hash)
             if await self.mark_paid(invoice):
@@ -90,14 +93,12 @@ class InvoiceWatcher:
             if await self.mark_paid(invoice):
                 return
             raise exc
-        async with transaction(self._w.pool) as conn:
-            moved = await store.transition(conn, order_id, Status.PENDING_PAYMENT, Status.EXPIRED)
+        async with self._w.stores.transaction() as tx:
+            moved = await tx.orders.transition(order_id, Status.PENDING_PAYMENT, Status.EXPIRED)
             if moved is None:
                 return
-            await conn.execute(Q.tokens_delete_for_order, order_id)
-            await enqueue(
-                conn, Event(EventType.EXPIRED, order_id), prefix=self._w.settings.subject_prefix
-            )
+            await tx.tokens.delete_for_order(order_id)
+            await tx.outbox.enqueue(Event(EventType.EXPIRED, order_id))
         log.info("order expired unpaid", extra={"order_id": order_id})
 
     async def pending_at_node(self) -> dict[bytes, Invoice]:
@@ -129,20 +130,19 @@ class InvoiceWatcher:
         paid = 0
         # Rows first, then the scan: an order's invoice exists before its row, so an invoice
         # missing from the later scan really did leave the pending states.
-        rows = await self._w.pool.fetch(Q.orders_pending_payment, 10_000)
+        rows = await self._w.stores.orders.pending_payment(10_000)
         try:
             pending = await self.pending_at_node()
         except LndError as exc:
             log.warning("pending invoice scan failed: %s", exc)
             return 0
         for row in rows:
-            payment_hash = bytes(row["payment_hash"])
-            invoice = pending.get(payment_hash)
+            invoice = pending.get(row.payment_hash)
             if invoice is None:
                 try:
-                    invoice = await self._lnd.lookup_invoice(payment_hash)
+                    invoice = await self._lnd.lookup_invoice(row.payment_hash)
                 except LndError as exc:
-                    log.warning("lookup failed: %s", exc, extra={"order_id": row["id"]})
+                    log.warning("lookup failed: %s", exc, extra={"order_id": row.order_id})
                     continue
             if await self.mark_paid(invoice):
                 paid += 1

@@ -8,33 +8,29 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
-import asyncpg
-
-from libs.common.adapters.lightning import LndClient, LndError, Payment, PaymentNotInitiated
+from libs.common.adapters.lightning import LndError, Payment, PaymentNotInitiated
 from libs.common.core import metrics
 from libs.common.core.faults import crash_point
 from libs.common.domain.events import Event, EventType
 from libs.common.domain.orders import Status
-from libs.common.domain.pricing import refund_fee_limit_sat
-from libs.common.domain.refund_invoices import (
-    REFUND_LEASE_SLACK_SECONDS,
-    REFUND_MAX_BACKOFF_SECONDS,
-    REFUND_NODE_WAIT_SLACK_SECONDS,
-    RefundInvoiceError,
-    check_refund_invoice,
-    currency_for_network,
+from libs.common.domain.refund_invoices import currency_for_network
+from libs.common.domain.refund_policy import (
+    GIVE_UP_UNKNOWN_RETRY_SECONDS,
+    LastLook,
+    Next,
+    after_send,
+    after_track,
+    after_unpaid_attempt,
+    before_giving_up,
+    fee_limit,
+    refund_timing,
+    unpayable_reason,
 )
+from libs.common.domain.refunds import Refund, RefundClaim
 from libs.common.messaging import ops
-from libs.common.messaging.runtime import Worker
-from libs.common.persistence import order_store as store
-from libs.common.persistence.db import Q, transaction
-from libs.common.persistence.outbox_store import enqueue
+from services.payments.node import Host, Node
 
 log = logging.getLogger(__name__)
-
-
-# How long a track waits for an in-flight payment to end before leaving it to the lease.
-TRACK_WAIT_SECONDS = 3.0
 
 
 class _Unknown(Exception):
@@ -55,14 +51,14 @@ class RefundPayer:
     giving up; an unknown outcome is never counted as a failure.
     """
 
-    def __init__(self, worker: Worker, lnd: LndClient) -> None:
+    def __init__(self, worker: Host, lnd: Node) -> None:
         self._w = worker
         self._lnd = lnd
         settings = worker.settings
         # How long one attempt waits on the node; a payment held longer (a hold invoice,
         # a stuck HTLC) stays in_flight and is tracked again once the lease runs out.
-        self._wait = settings.refund_timeout_seconds + REFUND_NODE_WAIT_SLACK_SECONDS
-        self._lease = self._wait + REFUND_LEASE_SLACK_SECONDS
+        self._timing = refund_timing(settings.refund_timeout_seconds)
+        self._wait = self._timing.wait
         self._running: dict[str, asyncio.Task[None]] = {}
         self._currency = currency_for_network(settings.lnd_network)
 
@@ -72,11 +68,11 @@ class RefundPayer:
         With wait=False the attempt runs in the background: the event handler returns at
         once so one slow payment does not hold up the consumer; the intent row is durable.
         """
-        async with transaction(self._w.pool) as conn:
-            order = await store.get(conn, order_id)
-            if order is None or order["status"] != Status.REFUND_PENDING:
+        async with self._w.stores.transaction() as tx:
+            order = await tx.orders.get(order_id)
+            if order is None or order.status is not Status.REFUND_PENDING:
                 return
-            await conn.execute(Q.refund_insert, order_id)  # no-op unless the row is missing
+            await tx.refunds.insert(order_id)  # no-op unless the row is missing
         task = self.start(order_id)
         if wait:
             await task
@@ -99,77 +95,62 @@ class RefundPayer:
 
     async def attempt(self, order_id: str) -> None:
         """Claim the refund and drive one attempt as far as the node lets us."""
-        claim = uuid.uuid4()
-        refund = await self._w.pool.fetchrow(Q.refund_claim, order_id, self._lease, claim)
-        if refund is None:
+        claim_id = uuid.uuid4()
+        claim = await self._w.stores.refunds.claim(order_id, self._timing.lease, claim_id)
+        if claim is None:
             return  # not due, already paid, or another worker holds it
-        payment_hash = bytes(refund["payment_hash"])
+        refund = claim.refund
         try:
             # Always ask the node first: after a crash the earlier attempt may have gone out.
-            known = await self._track(payment_hash)
-            if known is None or known.status == "FAILED":
-                if (expired := self._expired(refund["payment_request"])) is not None:
-                    await self._give_up(refund, claim, expired)
+            known = await self._track(refund.payment_hash)
+            if after_track(known.status if known else None) is Next.SEND:
+                expired = unpayable_reason(
+                    refund.payment_request, currency=self._currency, now=int(time.time())
+                )
+                if expired is not None:
+                    await self._give_up(claim, claim_id, expired)
                     return
                 try:
                     known = await self._outcome(self._send(refund))
                 except _Unknown as exc:
                     # The send may or may not have left; only the node can tell.
-                    known = await self._track(payment_hash)
+                    known = await self._track(refund.payment_hash)
                     if known is None:
                         # Nothing was paid. A send the node refused counts as an attempt; one
                         # that never reached it (e.g. it waited out the connection pool) does
                         # not, so a busy pool can never end an order refund_failed.
                         await self._retry(
-                            refund,
                             claim,
+                            claim_id,
                             str(exc),
                             definite=exc.answered,
                             counted=exc.answered,
                         )
                         return
         except _Unknown as exc:
-            await self._retry(refund, claim, str(exc), definite=False, counted=exc.answered)
+            await self._retry(claim, claim_id, str(exc), definite=False, counted=exc.answered)
             return
-        if known.status == "SUCCEEDED":
+        assert known is not None  # a payment the node never saw was sent above
+        step = after_send(known.status)
+        if step is Next.RECORD_PAID:
             crash_point("payments.refund_sent")
             await self._succeeded(order_id, known)
-        elif known.status == "FAILED":
-            await self._retry(refund, claim, known.failure_reason, definite=True)
+        elif step is Next.RETRY:
+            await self._retry(claim, claim_id, known.failure_reason, definite=True)
         # Still IN_FLIGHT: keep the claim; when the lease runs out the next claim tracks it.
 
-    def _send(self, refund: asyncpg.Record) -> AsyncIterator[Payment]:
+    def _send(self, refund: Refund) -> AsyncIterator[Payment]:
         """Pay the refund invoice the refund amount, within the fee limit and timeout.
 
         The fee is ours, on top of the amount: the customer gets back exactly what was owed.
         """
         settings = self._w.settings
         return self._lnd.send_payment(
-            refund["payment_request"],
-            amt_sat=refund["amount_sats"],
-            fee_limit_sat=refund_fee_limit_sat(
-                refund["amount_sats"],
-                ppm=settings.refund_fee_limit_ppm,
-                ceiling_sat=settings.refund_fee_limit_sat,
-                floor_sat=settings.refund_fee_limit_floor_sat,
-            ),
+            refund.payment_request,
+            amt_sat=refund.amount_sats,
+            fee_limit_sat=fee_limit(refund.amount_sats, settings),
             timeout_seconds=settings.refund_timeout_seconds,
         )
-
-    def _expired(self, payment_request: str) -> str | None:
-        """Why the refund invoice can no longer be paid, or None if it still can."""
-        try:
-            check_refund_invoice(
-                payment_request,
-                currency=self._currency,
-                now=int(time.time()),
-                min_validity_seconds=1,  # expiring this second counts as expired
-            )
-        except RefundInvoiceError as exc:
-            if exc.code == "REFUND_INVOICE_EXPIRES_TOO_SOON":
-                return "the refund invoice expired"
-            return f"refund invoice unusable: {exc.message}"
-        return None
 
     async def _track(self, payment_hash: bytes) -> Payment | None:
         """The node's view of our payment to this hash; None if it never saw one.
@@ -180,7 +161,7 @@ class RefundPayer:
         """
         try:
             return await self._outcome(
-                self._lnd.track_payment(payment_hash), wait=min(self._wait, TRACK_WAIT_SECONDS)
+                self._lnd.track_payment(payment_hash), wait=self._timing.track_wait
             )
         except PaymentNotInitiated:
             return None
@@ -193,7 +174,7 @@ class RefundPayer:
             async with asyncio.timeout(wait or self._wait):
                 async for update in stream:
                     last = update
-                    if update.status in ("SUCCEEDED", "FAILED"):
+                    if update.is_final:
                         break
         except TimeoutError:
             pass
@@ -213,20 +194,18 @@ class RefundPayer:
 
     async def _succeeded(self, order_id: str, payment: Payment) -> None:
         """Record a paid refund and finish the order as refunded."""
-        async with transaction(self._w.pool) as conn:
-            if await conn.fetchval(Q.refund_succeeded, order_id, payment.fee_sat) is None:
+        async with self._w.stores.transaction() as tx:
+            if not await tx.refunds.succeeded(order_id, payment.fee_sat):
                 return
-            await store.transition(conn, order_id, Status.REFUND_PENDING, Status.REFUNDED)
-            await enqueue(
-                conn, Event(EventType.REFUNDED, order_id), prefix=self._w.settings.subject_prefix
-            )
+            await tx.orders.transition(order_id, Status.REFUND_PENDING, Status.REFUNDED)
+            await tx.outbox.enqueue(Event(EventType.REFUNDED, order_id))
         metrics.REFUNDS.labels("paid").inc()
         log.info("refund paid", extra={"order_id": order_id})
 
     async def _retry(
         self,
-        refund: asyncpg.Record,
-        claim: uuid.UUID,
+        claim: RefundClaim,
+        claim_id: uuid.UUID,
         reason: str,
         *,
         definite: bool,
@@ -237,55 +216,58 @@ class RefundPayer:
         counted=False gives back the attempt the claim took, if it took one (a re-claim after a
         lease took none): nothing reached the node.
         """
-        order_id: str = refund["order_id"]
-        give_back = not counted and bool(refund["new_attempt"])
-        attempts: int = refund["attempts"] - 1 if give_back else refund["attempts"]
+        order_id = claim.refund.order_id
         settings = self._w.settings
-        if definite and attempts >= settings.refund_max_attempts:
-            await self._give_up(refund, claim, reason)
-            return
-        delay = min(
-            settings.refund_retry_base_seconds * 2 ** max(attempts - 1, 0),
-            REFUND_MAX_BACKOFF_SECONDS,
+        unpaid = after_unpaid_attempt(
+            attempts=claim.refund.attempts,
+            new_attempt=claim.new_attempt,
+            counted=counted,
+            definite=definite,
+            max_attempts=settings.refund_max_attempts,
+            base_seconds=settings.refund_retry_base_seconds,
         )
-        query = Q.refund_retry_uncounted if give_back else Q.refund_retry_later
-        await self._w.pool.execute(query, order_id, claim, reason, delay)
+        if unpaid.give_up:
+            await self._give_up(claim, claim_id, reason)
+            return
+        if unpaid.give_back:
+            await self._w.stores.refunds.retry_uncounted(order_id, claim_id, reason, unpaid.delay)
+        else:
+            await self._w.stores.refunds.retry_later(order_id, claim_id, reason, unpaid.delay)
         metrics.REFUNDS.labels("retried").inc()
         log.warning(
             "refund attempt %d did not pay (%s); retrying in %.1fs",
-            attempts,
+            unpaid.attempts,
             reason,
-            delay,
+            unpaid.delay,
             extra={"order_id": order_id},
         )
 
-    async def _give_up(self, refund: asyncpg.Record, claim: uuid.UUID, reason: str) -> None:
+    async def _give_up(self, claim: RefundClaim, claim_id: uuid.UUID, reason: str) -> None:
         """End the order refund_failed, but only after the node confirms nothing was paid."""
-        order_id: str = refund["order_id"]
-        attempts: int = refund["attempts"]
+        order_id = claim.refund.order_id
         try:
-            last = await self._track(bytes(refund["payment_hash"]))
+            last = await self._track(claim.refund.payment_hash)
         except _Unknown as exc:
-            await self._w.pool.execute(Q.refund_retry_later, order_id, claim, str(exc), 30.0)
+            await self._w.stores.refunds.retry_later(
+                order_id, claim_id, str(exc), GIVE_UP_UNKNOWN_RETRY_SECONDS
+            )
             return
-        if last is not None and last.status == "SUCCEEDED":
+        look = before_giving_up(last.status if last is not None else None)
+        if look is LastLook.RECORD_PAID:
+            assert last is not None
             await self._succeeded(order_id, last)
             return
-        if last is not None and last.status != "FAILED":
+        if look is LastLook.WAIT:
             return  # in flight after all: the lease will bring it back
-        async with transaction(self._w.pool) as conn:
-            if await conn.fetchval(Q.refund_given_up, order_id, claim, reason) is None:
+        async with self._w.stores.transaction() as tx:
+            if not await tx.refunds.given_up(order_id, claim_id, reason):
                 return
-            await store.transition(conn, order_id, Status.REFUND_PENDING, Status.REFUND_FAILED)
-            await enqueue(
-                conn,
-                Event(EventType.REFUND_FAILED, order_id),
-                prefix=self._w.settings.subject_prefix,
-            )
+            await tx.orders.transition(order_id, Status.REFUND_PENDING, Status.REFUND_FAILED)
+            await tx.outbox.enqueue(Event(EventType.REFUND_FAILED, order_id))
         metrics.REFUNDS.labels("failed").inc()
         log.error(
             "refund failed for good after %d attempts: %s",
-            attempts,
+            claim.refund.attempts,
             reason,
             extra={"order_id": order_id},
         )
@@ -295,8 +277,8 @@ class RefundPayer:
         while not self._w.stop.is_set():
             ops.beat("refund-retry")
             try:
-                for row in await self._w.pool.fetch(Q.refunds_due, 100):
-                    self.start(row["order_id"])
+                for order_id in await self._w.stores.refunds.due(100):
+                    self.start(order_id)
             except Exception:
                 log.exception("refund retry loop failed")
             try:

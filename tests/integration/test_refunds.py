@@ -28,6 +28,7 @@ from aiohttp import web
 from libs.common.adapters.lightning import LndClient, LndError, Payment, PaymentNotInitiated
 from libs.common.core.config import Settings
 from libs.common.domain.orders import NewOrder, OrderType, Status
+from libs.common.domain.refunds import Refund
 from libs.common.messaging.runtime import Worker, open_worker
 from libs.common.persistence import order_store as store
 from libs.common.persistence.db import Q, transaction
@@ -612,7 +613,7 @@ async def test_a_send_that_waited_out_the_pool_is_not_counted_as_a_failed_attemp
             payer = RefundPayer(worker, lnd)
             send = payer._send
 
-            async def send_into_a_full_pool(refund: asyncpg.Record) -> AsyncIterator[Payment]:
+            async def send_into_a_full_pool(refund: Refund) -> AsyncIterator[Payment]:
                 # Just before the send, another money call takes the only connection.
                 hogs.append(asyncio.create_task(_hog(lnd)))
                 await proxy.hog_arrived.wait()

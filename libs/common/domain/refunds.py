@@ -35,3 +35,12 @@ class Refund:
     last_error: str | None = None
     fee_sat: int | None = None
     paid_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RefundClaim:
+    """A refund claimed for one attempt, and whether the claim counted a new attempt."""
+
+    refund: Refund
+    # False for a re-claim after a lease ran out: it took no attempt, so it may give none back.
+    new_attempt: bool

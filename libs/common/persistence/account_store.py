@@ -11,6 +11,7 @@ from datetime import datetime
 import asyncpg
 
 from libs.common.persistence.db import Executor, Q
+from libs.common.persistence.ports import AlreadyRecorded, Funding
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +105,34 @@ class PgAccounts:
         ]
 
     # --- payments: account methods ---
+
+    async def move_once(self, account_id: int, delta_sats: int, kind: str, ref: str) -> int | None:
+        """Record one balance movement; the new balance, or None if it would overdraw.
+
+        Raises AlreadyRecorded when (kind, ref) is in the ledger; in a transaction, that
+        aborts it, so the caller rolls back whatever the movement paid for.
+        """
+        try:
+            return await self.move(account_id, delta_sats, kind, ref)
+        except asyncpg.UniqueViolationError as exc:
+            raise AlreadyRecorded(kind, ref) from exc
+
+    async def fundings_pending(self, limit: int) -> list[Funding]:
+        """Top-ups neither credited nor expired, oldest first."""
+        return [
+            Funding(
+                id=r["id"],
+                account_id=r["account_id"],
+                amount_sats=r["amount_sats"],
+                payment_hash=bytes(r["payment_hash"]),
+                preimage=bytes(r["preimage"]),
+            )
+            for r in await self._db.fetch(Q.fundings_pending, limit)
+        ]
+
+    async def mark_funding(self, funding_id: str, status: str) -> bool:
+        """Move a pending top-up to credited or expired; False if it was not pending."""
+        return await self._db.fetchval(Q.funding_mark, funding_id, status) is not None
 
 
 # Deprecated module-level access, kept until every caller uses PgAccounts.

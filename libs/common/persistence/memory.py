@@ -33,12 +33,15 @@ from libs.common.domain.orders import (
     check_transition,
     is_terminal,
 )
-from libs.common.domain.refunds import Refund, RefundStatus
+from libs.common.domain.refunds import Refund, RefundClaim, RefundStatus
 from libs.common.persistence.catalog_store import CATALOG_JOB, Catalog, CatalogData
 from libs.common.persistence.order_store import NOW, WRITABLE
 from libs.common.persistence.ports import (
+    AlreadyRecorded,
     CredentialedOrder,
     DueTimer,
+    Funding,
+    OrderInvoice,
     RefundState,
     StatusChange,
     Stores,
@@ -99,6 +102,11 @@ class MemoryState:
     # --- gateway: more tables ---
 
     # --- payments: more tables ---
+    # accounts: id -> balance; ledger: (kind, ref) -> (account id, amount, balance after).
+    accounts: dict[int, int] = field(default_factory=dict)
+    ledger: dict[tuple[str, str], tuple[int, int, int]] = field(default_factory=dict)
+    # fundings: id -> (the top-up, status, created_at).
+    fundings: dict[str, tuple[Funding, str, datetime]] = field(default_factory=dict)
 
     # --- provider: more tables ---
 
@@ -357,6 +365,71 @@ class MemoryOrders(_Base):
 
     # --- payments: order methods ---
 
+    async def by_payment_hash(self, payment_hash: bytes) -> Order | None:
+        """The order whose invoice has this payment hash."""
+        found = [o for o in self._state.orders.values() if o.payment_hash == payment_hash]
+        return found[0] if found else None
+
+    def _invoices(self, orders: list[Order]) -> list[OrderInvoice]:
+        """Orders as the invoice sweeps see them."""
+        return [OrderInvoice(o.id, o.status, o.payment_hash) for o in orders]
+
+    async def pending_payment(self, limit: int) -> list[OrderInvoice]:
+        """Orders still waiting for their payment, newest first."""
+        waiting = [o for o in self._state.orders.values() if o.status is Status.PENDING_PAYMENT]
+        waiting.sort(key=lambda o: o.created_at, reverse=True)
+        return self._invoices(waiting[:limit])
+
+    async def awaiting_payment_by_hash(self, payment_hashes: list[bytes]) -> list[OrderInvoice]:
+        """Which of these payment hashes belong to orders still waiting for their payment."""
+        wanted = set(payment_hashes)
+        return self._invoices(
+            [
+                o
+                for o in self._state.orders.values()
+                if o.payment_hash in wanted and o.status is Status.PENDING_PAYMENT
+            ]
+        )
+
+    async def hold_open(self, limit: int) -> list[OrderInvoice]:
+        """Paid hold orders not yet settled or released, oldest first."""
+        open_ = {
+            Status.PAID,
+            Status.ALLOCATING_NUMBER,
+            Status.WAITING_FOR_SMS,
+            Status.CODE_RECEIVED,
+            Status.REFUND_PENDING,
+        }
+        held = [o for o in self._state.orders.values() if o.is_hold and o.status in open_]
+        held.sort(key=lambda o: o.created_at)
+        return self._invoices(held[:limit])
+
+    async def hold_completed_unsettled(self, limit: int) -> list[OrderInvoice]:
+        """Completed hold orders still holding a code but no recorded settle."""
+        found = [
+            o
+            for o in self._state.orders.values()
+            if o.is_hold
+            and o.status is Status.COMPLETED
+            and o.settled_at is None
+            and o.code is not None
+        ]
+        return self._invoices(found[:limit])
+
+    async def mark_settled(self, order_id: str) -> None:
+        """Record that the hold invoice was settled (from then on the code is shown)."""
+        order = self._state.orders.get(order_id)
+        if order is not None and order.is_hold and order.settled_at is None:
+            self._state.orders[order_id] = dataclasses.replace(order, settled_at=self._now())
+
+    async def balance_refund_pending(self, limit: int) -> list[str]:
+        """Ids of balance orders waiting to be credited back."""
+        return [
+            o.id
+            for o in self._state.orders.values()
+            if o.is_balance and o.status is Status.REFUND_PENDING
+        ][:limit]
+
     # --- provider: order methods ---
 
     def _set(self, order: Order, **values: Any) -> Order:
@@ -507,6 +580,120 @@ class MemoryRefunds(_Base):
 
     # --- payments: refund methods ---
 
+    def _is_due(self, refund: Refund, now: datetime) -> bool:
+        """Due for an attempt, or claimed by a worker whose lease ran out."""
+        if refund.status is RefundStatus.PENDING:
+            return refund.next_attempt_at <= now
+        return (
+            refund.status is RefundStatus.IN_FLIGHT
+            and refund.lease_until is not None
+            and refund.lease_until < now
+        )
+
+    async def claim(
+        self, order_id: str, lease_seconds: float, claim_id: uuid.UUID
+    ) -> RefundClaim | None:
+        """Claim a due refund (or one whose lease ran out) for one attempt; None if not due."""
+        now = self._now()
+        refund = self._state.refunds.get(order_id)
+        if refund is None or not self._is_due(refund, now):
+            return None
+        new_attempt = refund.status is RefundStatus.PENDING
+        claimed = dataclasses.replace(
+            refund,
+            status=RefundStatus.IN_FLIGHT,
+            attempts=refund.attempts + (1 if new_attempt else 0),
+            lease_until=now + timedelta(seconds=float(lease_seconds)),
+            claim_id=claim_id,
+            updated_at=now,
+        )
+        self._state.refunds[order_id] = claimed
+        return RefundClaim(claimed, new_attempt=new_attempt)
+
+    async def due(self, limit: int) -> list[str]:
+        """Order ids of refunds due for an attempt or whose claim's lease ran out."""
+        now = self._now()
+        due = [r for r in self._state.refunds.values() if self._is_due(r, now)]
+        due.sort(key=lambda r: r.next_attempt_at)
+        return [r.order_id for r in due[:limit]]
+
+    def _claimed(self, order_id: str, claim_id: uuid.UUID | None) -> Refund | None:
+        """The in-flight refund, if it is (still) held by this claim (None: any claim)."""
+        refund = self._state.refunds.get(order_id)
+        if refund is None or refund.status is not RefundStatus.IN_FLIGHT:
+            return None
+        if claim_id is not None and refund.claim_id != claim_id:
+            return None
+        return refund
+
+    async def succeeded(self, order_id: str, fee_sat: int) -> bool:
+        """Record an in-flight refund as paid, whoever holds the claim; False if it was not."""
+        refund = self._claimed(order_id, None)
+        if refund is None:
+            return False
+        now = self._now()
+        self._state.refunds[order_id] = dataclasses.replace(
+            refund,
+            status=RefundStatus.SUCCEEDED,
+            fee_sat=fee_sat,
+            paid_at=now,
+            updated_at=now,
+            lease_until=None,
+            claim_id=None,
+        )
+        return True
+
+    async def _back_to_pending(
+        self, order_id: str, claim_id: uuid.UUID, reason: str, delay: float, give_back: int
+    ) -> None:
+        """Put a claimed refund back to pending, due after delay seconds."""
+        refund = self._claimed(order_id, claim_id)
+        if refund is None:
+            return
+        now = self._now()
+        self._state.refunds[order_id] = dataclasses.replace(
+            refund,
+            status=RefundStatus.PENDING,
+            last_error=reason,
+            lease_until=None,
+            claim_id=None,
+            attempts=max(refund.attempts - give_back, 0),
+            updated_at=now,
+            next_attempt_at=now + timedelta(seconds=float(delay)),
+        )
+
+    async def retry_later(
+        self, order_id: str, claim_id: uuid.UUID, reason: str, delay_seconds: float
+    ) -> None:
+        """Put a claimed refund back to pending, due after delay_seconds."""
+        await self._back_to_pending(order_id, claim_id, reason, delay_seconds, 0)
+
+    async def retry_uncounted(
+        self, order_id: str, claim_id: uuid.UUID, reason: str, delay_seconds: float
+    ) -> None:
+        """As retry_later, giving back the attempt the claim counted (nothing reached the node)."""
+        await self._back_to_pending(order_id, claim_id, reason, delay_seconds, 1)
+
+    async def given_up(self, order_id: str, claim_id: uuid.UUID, reason: str) -> bool:
+        """Mark a claimed refund failed for good; False if the claim was no longer held."""
+        refund = self._claimed(order_id, claim_id)
+        if refund is None:
+            return False
+        self._state.refunds[order_id] = dataclasses.replace(
+            refund,
+            status=RefundStatus.FAILED,
+            last_error=reason,
+            lease_until=None,
+            claim_id=None,
+            updated_at=self._now(),
+        )
+        return True
+
+    async def failed(self) -> list[Refund]:
+        """Every refund that failed for good (to be paid by hand), oldest first."""
+        failed = [r for r in self._state.refunds.values() if r.status is RefundStatus.FAILED]
+        return sorted(failed, key=lambda r: r.updated_at)
+
     # --- provider: refund methods ---
 
 
@@ -532,6 +719,42 @@ class MemoryAlarms(_Base):
 # --- gateway: new twin classes ---
 
 # --- payments: new twin classes ---
+
+
+class MemoryAccounts(_Base):
+    """Twin of PgAccounts (what the payments worker uses)."""
+
+    async def move_once(self, account_id: int, delta_sats: int, kind: str, ref: str) -> int | None:
+        """Record one balance movement; the new balance, or None if it would overdraw."""
+        if (kind, ref) in self._state.ledger:
+            raise AlreadyRecorded(kind, ref)
+        balance = self._state.accounts.get(account_id)
+        if balance is None or balance + delta_sats < 0:
+            return None
+        self._state.accounts[account_id] = balance + delta_sats
+        self._state.ledger[(kind, ref)] = (account_id, delta_sats, balance + delta_sats)
+        return balance + delta_sats
+
+    async def already_recorded(self, kind: str, ref: str) -> bool:
+        """Tell whether this movement is in the ledger."""
+        return (kind, ref) in self._state.ledger
+
+    async def fundings_pending(self, limit: int) -> list[Funding]:
+        """Top-ups neither credited nor expired, oldest first."""
+        pending = [
+            (f, at) for f, status, at in self._state.fundings.values() if status == "pending"
+        ]
+        pending.sort(key=lambda pair: pair[1])
+        return [f for f, _ in pending[:limit]]
+
+    async def mark_funding(self, funding_id: str, status: str) -> bool:
+        """Move a pending top-up to credited or expired; False if it was not pending."""
+        row = self._state.fundings.get(funding_id)
+        if row is None or row[1] != "pending":
+            return False
+        self._state.fundings[funding_id] = (row[0], status, row[2])
+        return True
+
 
 # --- provider: new twin classes ---
 
@@ -644,6 +867,7 @@ class MemoryStores:
         # --- gateway: more stores ---
 
         # --- payments: more stores ---
+        self.accounts = MemoryAccounts(self)
 
         # --- provider: more stores ---
 

@@ -30,6 +30,7 @@ from libs.common.persistence.outbox_store import PgOutbox, enqueue
 from libs.common.persistence.ports import (
     CredentialedOrder,
     DueTimer,
+    OrderInvoice,
     RefundState,
     StatusChange,
     UnpaidOrders,
@@ -349,6 +350,35 @@ class PgOrders:
 
     # --- payments: order methods ---
 
+    async def by_payment_hash(self, payment_hash: bytes) -> Order | None:
+        """The order whose invoice has this payment hash."""
+        return _maybe_order(await self._db.fetchrow(Q.order_by_payment_hash, payment_hash))
+
+    async def pending_payment(self, limit: int) -> list[OrderInvoice]:
+        """Orders still waiting for their payment, newest first."""
+        return _order_invoices(await self._db.fetch(Q.orders_pending_payment, limit))
+
+    async def awaiting_payment_by_hash(self, payment_hashes: list[bytes]) -> list[OrderInvoice]:
+        """Which of these payment hashes belong to orders still waiting for their payment."""
+        rows = await self._db.fetch(Q.orders_awaiting_payment_by_hash, payment_hashes)
+        return _order_invoices(rows)
+
+    async def hold_open(self, limit: int) -> list[OrderInvoice]:
+        """Paid hold orders not yet settled or released, oldest first."""
+        return _order_invoices(await self._db.fetch(Q.orders_hold_open, limit))
+
+    async def hold_completed_unsettled(self, limit: int) -> list[OrderInvoice]:
+        """Completed hold orders still holding a code but no recorded settle."""
+        return _order_invoices(await self._db.fetch(Q.orders_hold_completed_unsettled, limit))
+
+    async def mark_settled(self, order_id: str) -> None:
+        """Record that the hold invoice was settled (from then on the code is shown)."""
+        await self._db.execute(Q.order_mark_settled, order_id)
+
+    async def balance_refund_pending(self, limit: int) -> list[str]:
+        """Ids of balance orders waiting to be credited back."""
+        return [r["id"] for r in await self._db.fetch(Q.orders_balance_refund_pending, limit)]
+
     # --- provider: order methods ---
 
     async def now(self) -> datetime:
@@ -497,6 +527,12 @@ class PgMessages:
 # --- gateway: new store classes ---
 
 # --- payments: new store classes ---
+
+
+def _order_invoices(rows: list[asyncpg.Record]) -> list[OrderInvoice]:
+    """Rows of (id, status, payment_hash) as the invoice sweeps see orders."""
+    return [OrderInvoice(r["id"], Status(r["status"]), bytes(r["payment_hash"])) for r in rows]
+
 
 # --- provider: new store classes ---
 

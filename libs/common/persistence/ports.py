@@ -7,6 +7,7 @@ same tests against both.
 
 from __future__ import annotations
 
+import uuid
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,7 +19,7 @@ from libs.common.domain.events import Event
 from libs.common.domain.fx import CachedRate
 from libs.common.domain.messages import Message
 from libs.common.domain.orders import NewOrder, Order, Status
-from libs.common.domain.refunds import Refund, RefundStatus
+from libs.common.domain.refunds import Refund, RefundClaim, RefundStatus
 from libs.common.persistence.catalog_store import Catalog, CatalogData
 
 
@@ -60,6 +61,27 @@ class Orders(Protocol):
         """Serialise this client's order inserts until the transaction ends."""
 
     # --- payments: order methods ---
+
+    async def by_payment_hash(self, payment_hash: bytes) -> Order | None:
+        """The order whose invoice has this payment hash."""
+
+    async def pending_payment(self, limit: int) -> list[OrderInvoice]:
+        """Orders still waiting for their payment, newest first."""
+
+    async def awaiting_payment_by_hash(self, payment_hashes: list[bytes]) -> list[OrderInvoice]:
+        """Which of these payment hashes belong to orders still waiting for their payment."""
+
+    async def hold_open(self, limit: int) -> list[OrderInvoice]:
+        """Paid hold orders not yet settled or released, oldest first."""
+
+    async def hold_completed_unsettled(self, limit: int) -> list[OrderInvoice]:
+        """Completed hold orders still holding a code but no recorded settle."""
+
+    async def mark_settled(self, order_id: str) -> None:
+        """Record that the hold invoice was settled (from then on the code is shown)."""
+
+    async def balance_refund_pending(self, limit: int) -> list[str]:
+        """Ids of balance orders waiting to be credited back."""
 
     # --- provider: order methods ---
 
@@ -173,6 +195,33 @@ class Refunds(Protocol):
 
     # --- payments: refund methods ---
 
+    async def claim(
+        self, order_id: str, lease_seconds: float, claim_id: uuid.UUID
+    ) -> RefundClaim | None:
+        """Claim a due refund (or one whose lease ran out) for one attempt; None if not due."""
+
+    async def due(self, limit: int) -> list[str]:
+        """Order ids of refunds due for an attempt or whose claim's lease ran out."""
+
+    async def succeeded(self, order_id: str, fee_sat: int) -> bool:
+        """Record an in-flight refund as paid, whoever holds the claim; False if it was not."""
+
+    async def retry_later(
+        self, order_id: str, claim_id: uuid.UUID, reason: str, delay_seconds: float
+    ) -> None:
+        """Put a claimed refund back to pending, due after delay_seconds."""
+
+    async def retry_uncounted(
+        self, order_id: str, claim_id: uuid.UUID, reason: str, delay_seconds: float
+    ) -> None:
+        """As retry_later, giving back the attempt the claim counted (nothing reached the node)."""
+
+    async def given_up(self, order_id: str, claim_id: uuid.UUID, reason: str) -> bool:
+        """Mark a claimed refund failed for good; False if the claim was no longer held."""
+
+    async def failed(self) -> list[Refund]:
+        """Every refund that failed for good (to be paid by hand), oldest first."""
+
     # --- provider: refund methods ---
 
 
@@ -238,6 +287,51 @@ class CredentialedOrder:
 
 
 # --- payments: new store Protocols ---
+
+
+@dataclass(frozen=True, slots=True)
+class OrderInvoice:
+    """An order as the invoice sweeps scan it: its id, status and invoice's payment hash."""
+
+    order_id: str
+    status: Status
+    payment_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Funding:
+    """A pending top-up of a prepaid account: its hold invoice and what it credits."""
+
+    id: str
+    account_id: int
+    amount_sats: int
+    payment_hash: bytes
+    preimage: bytes
+
+
+class AlreadyRecorded(Exception):
+    """This ledger movement (kind, ref) is recorded already: it was done before."""
+
+
+class Accounts(Protocol):
+    """Prepaid accounts: balances moved through a ledger that records each movement once."""
+
+    async def move_once(self, account_id: int, delta_sats: int, kind: str, ref: str) -> int | None:
+        """Record one balance movement; the new balance, or None if it would overdraw.
+
+        Raises AlreadyRecorded when (kind, ref) is in the ledger; in a transaction, that
+        aborts it, so the caller rolls back whatever the movement paid for.
+        """
+
+    async def already_recorded(self, kind: str, ref: str) -> bool:
+        """Tell whether this movement is in the ledger."""
+
+    async def fundings_pending(self, limit: int) -> list[Funding]:
+        """Top-ups neither credited nor expired, oldest first."""
+
+    async def mark_funding(self, funding_id: str, status: str) -> bool:
+        """Move a pending top-up to credited or expired; False if it was not pending."""
+
 
 # --- provider: new store Protocols ---
 
@@ -313,6 +407,10 @@ class Stores(Protocol):
     # --- gateway: more stores ---
 
     # --- payments: more stores ---
+
+    @property
+    def accounts(self) -> Accounts:
+        """The prepaid accounts store."""
 
     # --- provider: more stores ---
 

@@ -20,7 +20,7 @@ UPDATE orders SET settled_at = COALESCE(settled_at, now()) WHERE id = $1 AND pay
 -- Completed hold orders still holding a code but no settled_at: completed by a payments
 -- worker that did not record the settle (an older release, mid deploy), or whose HTLC the
 -- node gave back (never shown). Codes are purged after the retention, which ends the list.
-SELECT id, payment_hash FROM orders
+SELECT id, status, payment_hash FROM orders
 WHERE payment_mode = 'hold' AND status = 'completed' AND settled_at IS NULL
   AND code IS NOT NULL
 LIMIT $1;
@@ -80,7 +80,7 @@ SELECT * FROM orders WHERE payment_hash = $1;
 SELECT 1 FROM orders WHERE refund_payment_hash = $1 LIMIT 1;
 
 -- name: orders_pending_payment
-SELECT id, payment_hash, invoice_expires_at FROM orders
+SELECT id, status, payment_hash FROM orders
 WHERE status = 'pending_payment'
 ORDER BY created_at DESC
 LIMIT $1;

@@ -74,7 +74,4 @@ RETURNING order_id;
 
 -- name: refunds_failed
 -- For operators: refunds that ended refund_failed and must be paid by hand.
-SELECT r.order_id, r.amount_sats, r.attempts, r.last_error, r.updated_at, r.payment_request
-FROM refunds r
-WHERE r.status = 'failed'
-ORDER BY r.updated_at;
+SELECT * FROM refunds WHERE status = 'failed' ORDER BY updated_at;
