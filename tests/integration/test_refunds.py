@@ -30,9 +30,9 @@ from libs.common.core.config import Settings
 from libs.common.domain.orders import NewOrder, OrderType, Status
 from libs.common.domain.refunds import Refund
 from libs.common.messaging.runtime import Worker, open_worker
-from libs.common.persistence import order_store as store
-from libs.common.persistence.db import Q, transaction
+from libs.common.persistence.db import Q
 from libs.common.persistence.order_store import NOW
+from libs.common.persistence.stores import PgStores
 from services.payments.hold import HoldInvoices
 from services.payments.invoice_watch import InvoiceWatcher
 from services.payments.refunds import RefundPayer
@@ -128,17 +128,17 @@ async def make_order(
             refund_payment_hash=invoice.r_hash,
         ),
     )
-    async with transaction(pool) as conn:
+    async with PgStores(pool, "orders").transaction() as tx:
         for expected, target, changes in PATHS[status]:
-            moved = await store.transition(conn, order_id, expected, target, **changes)
+            moved = await tx.orders.transition(order_id, expected, target, **changes)
             assert moved is not None, f"setup could not move {order_id} to {target}"
     return RefundOrder(order_id, price, invoice.r_hash, invoice.payment_request)
 
 
-async def order_status(pool: asyncpg.Pool, order_id: str) -> str:
-    order = await store.get(pool, order_id)
+async def order_status(pool: asyncpg.Pool, order_id: str) -> Status:
+    order = await PgStores(pool, "orders").orders.get(order_id)
     assert order is not None
-    return str(order["status"])
+    return order.status
 
 
 async def refund_row(pool: asyncpg.Pool, order_id: str) -> asyncpg.Record | None:
@@ -792,18 +792,17 @@ async def _settle_while_refunds_are_held(
 
     await _until(accepted, "the classic order's HTLC")
     assert await watcher.mark_paid(await ln.merchant.lookup_invoice(payment_hash))
-    async with transaction(worker.pool) as conn:
-        assert await store.transition(conn, order_id, S.PAID, S.ALLOCATING_NUMBER)
-        assert await store.transition(
-            conn,
+    async with worker.stores.transaction() as tx:
+        assert await tx.orders.transition(order_id, S.PAID, S.ALLOCATING_NUMBER)
+        assert await tx.orders.transition(
             order_id,
             S.ALLOCATING_NUMBER,
             S.WAITING_FOR_SMS,
             activation_id="1",
             phone_number="1555",
         )
-        assert await store.transition(
-            conn, order_id, S.WAITING_FOR_SMS, S.CODE_RECEIVED, code="12345", sms_received_at=NOW
+        assert await tx.orders.transition(
+            order_id, S.WAITING_FOR_SMS, S.CODE_RECEIVED, code="12345", sms_received_at=NOW
         )
 
     # The settle goes through at once although every refund stream is still held.
