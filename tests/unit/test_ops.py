@@ -185,7 +185,7 @@ class RecordingConn:
 
 async def test_enqueued_events_carry_the_correlation_id_being_handled() -> None:
     conn = RecordingConn()
-    outbox = PgOutbox(conn, "p")  # type: ignore[arg-type]
+    outbox = PgOutbox(conn, "p")
     await outbox.enqueue(Event(EventType.PAID, "o1"))
     assert conn.args[3][CORRELATION_HEADER] == "o1"  # nothing in context: the order id
     token = LOG_CONTEXT.set({"order_id": "o0", "correlation_id": "req-7"})
