@@ -15,7 +15,7 @@ import pytest
 
 from libs.common.domain.orders import Status
 from libs.common.messaging.runtime import open_worker
-from libs.common.persistence import order_store as store
+from libs.common.persistence.stores import PgStores
 from services.payments.hold import HoldInvoices
 from services.payments.invoice_watch import InvoiceWatcher
 from tests.integration.conftest import Lightning
@@ -32,10 +32,10 @@ async def _hold_order(pool: asyncpg.Pool, ln: Lightning) -> tuple[str, str, byte
     return await insert_hold_order(pool, ln.merchant, price_sats=PRICE)
 
 
-async def _status(pool: asyncpg.Pool, order_id: str) -> str:
-    order = await store.get(pool, order_id)
+async def _status(pool: asyncpg.Pool, order_id: str) -> Status:
+    order = await PgStores(pool, "orders").orders.get(order_id)
     assert order is not None
-    return str(order["status"])
+    return order.status
 
 
 async def test_the_sweep_pages_pending_invoices_and_looks_up_only_what_left_them(
@@ -124,10 +124,10 @@ async def _completed_without_settled_at(pool: asyncpg.Pool, ln: Lightning, *, se
         if (await ln.merchant.lookup_invoice(payment_hash)).state == "ACCEPTED":
             break
         await asyncio.sleep(0.02)
-    order = await store.get(pool, order_id)
-    assert order is not None
+    order = await PgStores(pool, "orders").orders.get(order_id)
+    assert order is not None and order.preimage is not None
     if settle:
-        await ln.merchant.settle_invoice(bytes(order["preimage"]))
+        await ln.merchant.settle_invoice(order.preimage)
     else:
         await ln.merchant.cancel_invoice(payment_hash)
     await paying
@@ -157,5 +157,7 @@ async def test_the_sweep_records_a_settle_an_older_worker_did_not(
 
         # The customer who paid is shown the code (settled_at gates it); the one whose HTLC
         # went back is not.
-        assert (await store.get(worker.pool, settled))["settled_at"] is not None  # type: ignore[index]
-        assert (await store.get(worker.pool, given_back))["settled_at"] is None  # type: ignore[index]
+        shown = await worker.stores.orders.get(settled)
+        hidden = await worker.stores.orders.get(given_back)
+        assert shown is not None and shown.settled_at is not None
+        assert hidden is not None and hidden.settled_at is None

@@ -8,9 +8,8 @@ import asyncpg
 import pytest
 
 from libs.common.domain.orders import Status
-from libs.common.persistence import order_store as store
-from libs.common.persistence.db import Q, transaction
 from libs.common.persistence.order_store import NOW
+from libs.common.persistence.stores import PgStores
 from libs.common.tools.invariants import check
 from tests.integration.conftest import Lightning
 from tests.integration.helpers import insert_order
@@ -20,11 +19,11 @@ S = Status
 
 
 async def _walk(pool: asyncpg.Pool, order_id: str, *path: Status, **changes: object) -> None:
-    async with transaction(pool) as conn:
+    async with PgStores(pool, "orders").transaction() as tx:
         current = S.PENDING_PAYMENT
         for target in path:
             extra = changes if target is S.PAID else {}
-            assert await store.transition(conn, order_id, current, target, **extra) is not None
+            assert await tx.orders.transition(order_id, current, target, **extra) is not None
             current = target
 
 
@@ -60,7 +59,7 @@ async def test_each_broken_state_is_reported(pool: asyncpg.Pool) -> None:
         paid_at=NOW,
     )
     await pool.execute("UPDATE orders SET sms_received_at = now() WHERE id = $1", refund_after_code)
-    await pool.execute(Q.refund_insert, refund_after_code)
+    await PgStores(pool, "orders").refunds.insert(refund_after_code)
 
     completed_without_code = await insert_order(pool)
     await _walk(
@@ -121,7 +120,7 @@ async def test_node_checks_compare_with_the_lightning_node(
         refund.payment_request,
         secrets.token_bytes(32),
     )
-    await pool.execute(Q.refund_insert, ghost)
+    await PgStores(pool, "orders").refunds.insert(ghost)
     await pool.execute("UPDATE refunds SET status = 'succeeded' WHERE order_id = $1", ghost)
     await pool.execute("UPDATE orders SET status = 'refunded' WHERE id = $1", ghost)
 
@@ -140,11 +139,11 @@ async def test_a_rental_refunded_for_unused_time_is_clean_but_never_above_its_pr
     await _walk(pool, partial, *path, paid_at=NOW)
     # Its SMS came before the provider ended it: the refund is for the time, not the SMS.
     await pool.execute("UPDATE orders SET sms_received_at = now() WHERE id = $1", partial)
-    await pool.execute(Q.refund_insert_amount, partial, 75)
+    await PgStores(pool, "orders").refunds.insert(partial, 75)
     assert await check(pool, None) == []
 
     too_much = await insert_order(pool, order_type="rent-number", rent_hours=4, price_sats=150)
     await _walk(pool, too_much, *path, paid_at=NOW)
-    await pool.execute(Q.refund_insert_amount, too_much, 151)
+    await PgStores(pool, "orders").refunds.insert(too_much, 151)
     found = {(f.kind, f.order_id) for f in await check(pool, None)}
     assert found == {("refund_above_price", too_much)}

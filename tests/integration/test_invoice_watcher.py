@@ -15,11 +15,10 @@ from libs.common.domain import l402
 from libs.common.domain.events import Timer
 from libs.common.domain.orders import NewOrder, OrderType, Status
 from libs.common.messaging.runtime import open_worker
-from libs.common.persistence import order_store as store
-from libs.common.persistence.db import Q, transaction
+from libs.common.persistence.stores import PgStores
 from services.payments.invoice_watch import InvoiceWatcher
 from tests.integration.conftest import Lightning
-from tests.integration.helpers import new_order, settings_for
+from tests.integration.helpers import settings_for
 
 pytestmark = pytest.mark.integration
 
@@ -32,9 +31,8 @@ async def _order(pool: asyncpg.Pool, ln: Lightning) -> tuple[str, str, bytes]:
     invoice = await ln.merchant.add_invoice(value_msat=PRICE * 1000, memo="t", expiry=600)
     refund = await ln.payer.add_invoice(value_msat=0, memo="refund", expiry=3600)
     identifier = l402.new_identifier(invoice.r_hash)
-    async with transaction(pool) as conn:
-        await new_order(
-            conn,
+    async with PgStores(pool, "orders").transaction() as tx:
+        await tx.orders.insert(
             NewOrder(
                 id=order_id,
                 type=OrderType.RECEIVE_SMS,
@@ -49,10 +47,8 @@ async def _order(pool: asyncpg.Pool, ln: Lightning) -> tuple[str, str, bytes]:
                 refund_payment_hash=refund.r_hash,
             ),
         )
-        await conn.execute(
-            Q.token_insert, l402.root_key_id(identifier), l402.new_root_key(), order_id
-        )
-        await store.set_timer(conn, order_id, Timer.INVOICE_EXPIRED, 600)
+        await tx.tokens.insert(l402.root_key_id(identifier), l402.new_root_key(), order_id)
+        await tx.timers.set(order_id, Timer.INVOICE_EXPIRED, 600)
     return order_id, invoice.payment_request, invoice.r_hash
 
 
@@ -75,8 +71,8 @@ async def test_unpaid_invoice_expiry_cancels_it_expires_the_order_and_prunes_tok
 
         await watcher.expire(order_id)
 
-        order = await store.get(worker.pool, order_id)
-        assert order is not None and order["status"] == Status.EXPIRED
+        order = await worker.stores.orders.get(order_id)
+        assert order is not None and order.status is Status.EXPIRED
         assert (
             await worker.pool.fetchval(
                 "SELECT count(*) FROM l402_tokens WHERE order_id = $1", order_id
@@ -108,9 +104,10 @@ async def test_expiry_of_a_paid_invoice_whose_settle_was_missed_marks_it_paid(
 
         await watcher.expire(order_id)
 
-        order = await store.get(worker.pool, order_id)
-        assert order is not None and order["status"] == Status.PAID
-        assert order["deadline_at"] - order["paid_at"] == timedelta(seconds=1200)
+        order = await worker.stores.orders.get(order_id)
+        assert order is not None and order.status is Status.PAID
+        assert order.deadline_at is not None and order.paid_at is not None
+        assert order.deadline_at - order.paid_at == timedelta(seconds=1200)
         timers = {
             r["kind"]: r
             for r in await worker.pool.fetch("SELECT * FROM timers WHERE order_id = $1", order_id)
@@ -138,11 +135,11 @@ async def test_reconcile_and_stream_both_mark_settled_orders_paid_once(
             await asyncio.sleep(1.0)
             await ln.payer.pay(live_req, fee_limit_sat=0, timeout_seconds=10)
             for _ in range(200):
-                order = await store.get(worker.pool, live)
-                if order is not None and order["status"] == Status.PAID:
+                order = await worker.stores.orders.get(live)
+                if order is not None and order.status is Status.PAID:
                     break
                 await asyncio.sleep(0.05)
-            assert order is not None and order["status"] == Status.PAID
+            assert order is not None and order.status is Status.PAID
         finally:
             worker.stop.set()
             await asyncio.wait_for(task, 10)

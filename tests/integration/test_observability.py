@@ -16,9 +16,8 @@ from prometheus_client import REGISTRY
 from libs.common.domain.events import CORRELATION_HEADER, Event, EventType
 from libs.common.domain.orders import Status
 from libs.common.messaging import bus, ops
-from libs.common.persistence import order_store as store
-from libs.common.persistence.db import transaction
-from libs.common.persistence.outbox_store import PgInbox, enqueue
+from libs.common.persistence.order_store import NOW
+from libs.common.persistence.outbox_store import PgInbox
 from libs.common.persistence.stores import PgStores
 from tests.integration.helpers import insert_order
 
@@ -32,8 +31,8 @@ def _value(name: str, **labels: str) -> float:
 async def _walk(pool: asyncpg.Pool, order_id: str, *path: Status) -> None:
     """Move the order along path, one transaction per step (each step is a stage boundary)."""
     for expected, target in itertools.pairwise(path):
-        async with transaction(pool) as conn:
-            assert await store.transition(conn, order_id, expected, target) is not None
+        async with PgStores(pool, "orders").transaction() as tx:
+            assert await tx.orders.transition(order_id, expected, target) is not None
 
 
 async def test_transitions_and_stage_latencies_are_recorded(pool: asyncpg.Pool) -> None:
@@ -61,8 +60,8 @@ async def test_transitions_and_stage_latencies_are_recorded(pool: asyncpg.Pool) 
         pool, refunded, s.PENDING_PAYMENT, s.PAID, s.ALLOCATING_NUMBER, s.REFUND_PENDING, s.REFUNDED
     )
     # A refused (stale) transition changes no metric.
-    async with transaction(pool) as conn:
-        assert await store.transition(conn, refunded, s.PAID, s.ALLOCATING_NUMBER) is None
+    async with PgStores(pool, "orders").transaction() as tx:
+        assert await tx.orders.transition(refunded, s.PAID, s.ALLOCATING_NUMBER) is None
 
     moves = _value(
         "sms4sats_order_transitions_total", from_status="paid", to_status="allocating_number"
@@ -80,10 +79,8 @@ async def test_gauges_sampled_from_the_database(pool: asyncpg.Pool) -> None:
     s = Status
     waiting, stuck, _unpaid = [await insert_order(pool) for _ in range(3)]
     await _walk(pool, waiting, s.PENDING_PAYMENT, s.PAID, s.ALLOCATING_NUMBER)
-    async with transaction(pool) as conn:
-        await store.transition(
-            conn, stuck, s.PENDING_PAYMENT, s.PAID, paid_at=store.NOW, deadline_at=None
-        )
+    async with PgStores(pool, "orders").transaction() as tx:
+        await tx.orders.transition(stuck, s.PENDING_PAYMENT, s.PAID, paid_at=NOW, deadline_at=None)
     await pool.execute(
         "UPDATE orders SET deadline_at = now() - interval '10 minutes' WHERE id = $1", stuck
     )
@@ -126,8 +123,8 @@ async def test_consumer_lag_handled_events_and_correlation_ids(
 
     async def handler(event: Event) -> None:
         # What a handler enqueues carries the correlation id of the event it handles.
-        async with transaction(pool) as conn:
-            await enqueue(conn, Event(EventType.REFUND_REQUESTED, event.order_id), prefix=prefix)
+        async with PgStores(pool, prefix).transaction() as tx:
+            await tx.outbox.enqueue(Event(EventType.REFUND_REQUESTED, event.order_id))
         handled.append(event.correlation_id)
         if len(handled) == 3:
             stop.set()

@@ -28,11 +28,10 @@ from aiohttp import web
 from libs.common.adapters.lightning import LndClient, LndError, Payment, PaymentNotInitiated
 from libs.common.core.config import Settings
 from libs.common.domain.orders import NewOrder, OrderType, Status
-from libs.common.domain.refunds import Refund
+from libs.common.domain.refunds import Refund, RefundStatus
 from libs.common.messaging.runtime import Worker, open_worker
-from libs.common.persistence import order_store as store
-from libs.common.persistence.db import Q, transaction
 from libs.common.persistence.order_store import NOW
+from libs.common.persistence.stores import PgStores
 from services.payments.hold import HoldInvoices
 from services.payments.invoice_watch import InvoiceWatcher
 from services.payments.refunds import RefundPayer
@@ -128,21 +127,21 @@ async def make_order(
             refund_payment_hash=invoice.r_hash,
         ),
     )
-    async with transaction(pool) as conn:
+    async with PgStores(pool, "orders").transaction() as tx:
         for expected, target, changes in PATHS[status]:
-            moved = await store.transition(conn, order_id, expected, target, **changes)
+            moved = await tx.orders.transition(order_id, expected, target, **changes)
             assert moved is not None, f"setup could not move {order_id} to {target}"
     return RefundOrder(order_id, price, invoice.r_hash, invoice.payment_request)
 
 
-async def order_status(pool: asyncpg.Pool, order_id: str) -> str:
-    order = await store.get(pool, order_id)
+async def order_status(pool: asyncpg.Pool, order_id: str) -> Status:
+    order = await PgStores(pool, "orders").orders.get(order_id)
     assert order is not None
-    return str(order["status"])
+    return order.status
 
 
-async def refund_row(pool: asyncpg.Pool, order_id: str) -> asyncpg.Record | None:
-    return await pool.fetchrow(Q.refund_get, order_id)
+async def refund_row(pool: asyncpg.Pool, order_id: str) -> Refund | None:
+    return await PgStores(pool, "orders").refunds.get(order_id)
 
 
 async def event_types(pool: asyncpg.Pool, order_id: str) -> list[str]:
@@ -154,8 +153,8 @@ async def event_types(pool: asyncpg.Pool, order_id: str) -> list[str]:
 
 async def assert_each_status_entered_once(pool: asyncpg.Pool, order_id: str) -> None:
     """The transition log never shows a status entered twice."""
-    log = await pool.fetch(Q.order_transitions, order_id)
-    entered = Counter(r["to_status"] for r in log)
+    log = await PgStores(pool, "orders").orders.history(order_id)
+    entered = Counter(change.to_status for change in log)
     assert all(n == 1 for n in entered.values()), f"status entered twice: {entered}"
 
 
@@ -170,10 +169,10 @@ async def assert_refunded_once(pool: asyncpg.Pool, ln: Lightning, order: RefundO
     assert await order_status(pool, order.id) == S.REFUNDED
     refund = await refund_row(pool, order.id)
     assert refund is not None
-    assert refund["status"] == "succeeded"
-    assert refund["amount_sats"] == order.price
-    assert refund["paid_at"] is not None and refund["lease_until"] is None
-    assert refund["fee_sat"] == 0
+    assert refund.status is RefundStatus.SUCCEEDED
+    assert refund.amount_sats == order.price
+    assert refund.paid_at is not None and refund.lease_until is None
+    assert refund.fee_sat == 0
     invoice = await ln.payer.lookup_invoice(order.refund_hash)
     assert invoice.state == "SETTLED"
     assert invoice.amt_paid_msat == order.price * 1000
@@ -186,15 +185,15 @@ async def assert_refunded_once(pool: asyncpg.Pool, ln: Lightning, order: RefundO
 
 
 async def drive(
-    payer: RefundPayer, pool: asyncpg.Pool, order_id: str, done: Callable[[asyncpg.Record], bool]
-) -> asyncpg.Record:
+    payer: RefundPayer, pool: asyncpg.Pool, order_id: str, done: Callable[[Refund], bool]
+) -> Refund:
     """Call attempt() as the retry loop would, until the refund row satisfies `done`."""
     deadline = asyncio.get_running_loop().time() + 10
     while True:
         refund = await refund_row(pool, order_id)
         if refund is not None and done(refund):
             return refund
-        assert asyncio.get_running_loop().time() < deadline, f"refund stuck: {dict(refund or {})}"
+        assert asyncio.get_running_loop().time() < deadline, f"refund stuck: {refund}"
         await payer.attempt(order_id)
         await asyncio.sleep(0.02)
 
@@ -215,9 +214,9 @@ async def test_request_pays_the_refund_exactly_once(
 
         await assert_refunded_once(worker.pool, ln, order)
         refund = await refund_row(worker.pool, order.id)
-        assert refund is not None and refund["attempts"] == 1
-        assert refund["payment_request"] == order.refund_invoice
-        assert bytes(refund["payment_hash"]) == order.refund_hash
+        assert refund is not None and refund.attempts == 1
+        assert refund.payment_request == order.refund_invoice
+        assert refund.payment_hash == order.refund_hash
         assert await ln.balances() == (merchant_before - PRICE, payer_before + PRICE)
         assert ln.sends() == sends_before + 1
 
@@ -262,7 +261,7 @@ async def test_concurrent_requests_across_two_workers_pay_once(
         for order in orders:
             await assert_refunded_once(a.pool, ln, order)
             refund = await refund_row(a.pool, order.id)
-            assert refund is not None and refund["attempts"] == 1
+            assert refund is not None and refund.attempts == 1
 
 
 async def test_crash_after_payment_went_out_is_tracked_not_paid_again(
@@ -273,8 +272,8 @@ async def test_crash_after_payment_went_out_is_tracked_not_paid_again(
         order = await make_order(worker.pool, ln)
         merchant_before, payer_before = await ln.balances()
         # The dead worker: recorded the intent, claimed it, paid, died before writing.
-        await worker.pool.execute(Q.refund_insert, order.id)
-        assert await worker.pool.fetchrow(Q.refund_claim, order.id, 120.0, uuid.uuid4()) is not None
+        await worker.stores.refunds.insert(order.id)
+        assert await worker.stores.refunds.claim(order.id, 120.0, uuid.uuid4()) is not None
         paid = await ln.merchant.pay(
             order.refund_invoice, amt_sat=order.price, fee_limit_sat=10, timeout_seconds=60
         )
@@ -286,7 +285,7 @@ async def test_crash_after_payment_went_out_is_tracked_not_paid_again(
         await payer.request(order.id)
         refund = await refund_row(worker.pool, order.id)
         assert refund is not None
-        assert (refund["status"], refund["attempts"]) == ("in_flight", 1)
+        assert (refund.status, refund.attempts) == (RefundStatus.IN_FLIGHT, 1)
         assert await order_status(worker.pool, order.id) == S.REFUND_PENDING
 
         # The lease ran out: the next claimer tracks the payment and records it.
@@ -301,7 +300,7 @@ async def test_crash_after_payment_went_out_is_tracked_not_paid_again(
         await assert_refunded_once(worker.pool, ln, order)
         refund = await refund_row(worker.pool, order.id)
         assert (
-            refund is not None and refund["attempts"] == 1
+            refund is not None and refund.attempts == 1
         )  # re-claiming after a lease is no new attempt
 
 
@@ -312,7 +311,7 @@ async def test_crash_after_a_failed_payment_sends_again(
     async with refund_payer(settings, ln) as (worker, payer):
         order = await make_order(worker.pool, ln)
         merchant_before, payer_before = await ln.balances()
-        await worker.pool.execute(Q.refund_insert, order.id)
+        await worker.stores.refunds.insert(order.id)
         await worker.pool.execute(
             "UPDATE refunds SET status = 'in_flight', attempts = 1,"
             " lease_until = now() - interval '1 second' WHERE order_id = $1",
@@ -364,18 +363,18 @@ async def test_failed_payments_are_retried_with_backoff_then_paid(
             await payer.attempt(order.id)
             await payer.request(order.id)
             again = await refund_row(worker.pool, order.id)
-            assert again is not None and again["attempts"] == attempt
+            assert again is not None and again.attempts == attempt
             assert ln.sends() == sends_before + attempt
             await drive(
                 payer,
                 worker.pool,
                 order.id,
-                lambda r, n=attempt: r["attempts"] > n and r["status"] != "in_flight",
+                lambda r, n=attempt: r.attempts > n and r.status is not RefundStatus.IN_FLIGHT,
             )
 
         await assert_refunded_once(worker.pool, ln, order)
         refund = await refund_row(worker.pool, order.id)
-        assert refund is not None and refund["attempts"] == 3
+        assert refund is not None and refund.attempts == 3
         assert ln.sends() == sends_before + 3
         assert await ln.pending_failures() == 0
         assert await ln.balances() == (merchant_before - PRICE, payer_before + PRICE)
@@ -394,11 +393,13 @@ async def test_more_failures_than_max_attempts_give_up_and_never_pay(
         assert await ln.fail_next_payments(10) == 10
 
         await payer.request(order.id)
-        refund = await drive(payer, worker.pool, order.id, lambda r: r["status"] == "failed")
+        refund = await drive(
+            payer, worker.pool, order.id, lambda r: r.status is RefundStatus.FAILED
+        )
 
-        assert refund["attempts"] == 3
-        assert "NO_ROUTE" in refund["last_error"]
-        assert refund["lease_until"] is None and refund["paid_at"] is None
+        assert refund.attempts == 3
+        assert refund.last_error is not None and "NO_ROUTE" in refund.last_error
+        assert refund.lease_until is None and refund.paid_at is None
         assert await order_status(worker.pool, order.id) == S.REFUND_FAILED
         assert (await event_types(worker.pool, order.id)).count("refund_failed") == 1
         assert ln.sends() == sends_before + 3  # exactly refund_max_attempts payments sent
@@ -418,8 +419,8 @@ async def test_more_failures_than_max_attempts_give_up_and_never_pay(
         assert ln.sends() == sends_before + 3
         assert await ln.balances() == (merchant_before, payer_before)
         await assert_invoice_open(ln, order)
-        refund = await refund_row(worker.pool, order.id)
-        assert refund is not None and (refund["status"], refund["attempts"]) == ("failed", 3)
+        after = await refund_row(worker.pool, order.id)
+        assert after is not None and (after.status, after.attempts) == (RefundStatus.FAILED, 3)
         assert await order_status(worker.pool, order.id) == S.REFUND_FAILED
         await assert_each_status_entered_once(worker.pool, order.id)
 
@@ -533,7 +534,8 @@ async def test_lost_answer_to_a_sent_payment_is_tracked_not_paid_again(
 
         # The answer to the send was lost; asking the node right away shows it was paid.
         refund = await refund_row(worker.pool, order.id)
-        assert refund is not None and (refund["status"], refund["attempts"]) == ("succeeded", 1)
+        assert refund is not None
+        assert (refund.status, refund.attempts) == (RefundStatus.SUCCEEDED, 1)
         assert ln.sends() == sends_before + 1
         assert await ln.balances() == (merchant_before - PRICE, payer_before + PRICE)
         await assert_refunded_once(worker.pool, ln, order)
@@ -559,7 +561,7 @@ async def test_lost_answer_on_the_last_attempt_does_not_end_refund_failed_when_p
         # ... so the order must not be reported as a refund that failed.
         refund = await refund_row(worker.pool, order.id)
         assert refund is not None
-        assert refund["status"] != "failed", f"refund marked failed but paid: {dict(refund)}"
+        assert refund.status is not RefundStatus.FAILED, f"refund marked failed but paid: {refund}"
         assert await order_status(worker.pool, order.id) != S.REFUND_FAILED
 
 
@@ -627,7 +629,7 @@ async def test_a_send_that_waited_out_the_pool_is_not_counted_as_a_failed_attemp
             refund = await refund_row(worker.pool, order.id)
             assert refund is not None
             assert proxy.sends == 0, "the send was meant to wait out the pool"
-            assert (refund["status"], refund["attempts"]) == ("pending", 0), dict(refund)
+            assert (refund.status, refund.attempts) == (RefundStatus.PENDING, 0), refund
             assert await order_status(worker.pool, order.id) == S.REFUND_PENDING
 
             payer._send = send  # type: ignore[method-assign]
@@ -678,7 +680,7 @@ async def test_a_held_refund_payment_does_not_block_other_refunds(
         held, preimage = await make_held_refund_order(worker.pool, ln)
         other = await make_order(worker.pool, ln)
         for order, age in ((held, 2), (other, 1)):  # both due; the held one first
-            await worker.pool.execute(Q.refund_insert, order.id)
+            await worker.stores.refunds.insert(order.id)
             await worker.pool.execute(
                 "UPDATE refunds SET next_attempt_at = now() - make_interval(secs => $2)"
                 " WHERE order_id = $1",
@@ -792,18 +794,17 @@ async def _settle_while_refunds_are_held(
 
     await _until(accepted, "the classic order's HTLC")
     assert await watcher.mark_paid(await ln.merchant.lookup_invoice(payment_hash))
-    async with transaction(worker.pool) as conn:
-        assert await store.transition(conn, order_id, S.PAID, S.ALLOCATING_NUMBER)
-        assert await store.transition(
-            conn,
+    async with worker.stores.transaction() as tx:
+        assert await tx.orders.transition(order_id, S.PAID, S.ALLOCATING_NUMBER)
+        assert await tx.orders.transition(
             order_id,
             S.ALLOCATING_NUMBER,
             S.WAITING_FOR_SMS,
             activation_id="1",
             phone_number="1555",
         )
-        assert await store.transition(
-            conn, order_id, S.WAITING_FOR_SMS, S.CODE_RECEIVED, code="12345", sms_received_at=NOW
+        assert await tx.orders.transition(
+            order_id, S.WAITING_FOR_SMS, S.CODE_RECEIVED, code="12345", sms_received_at=NOW
         )
 
     # The settle goes through at once although every refund stream is still held.
@@ -835,8 +836,8 @@ async def test_an_expired_refund_invoice_ends_refund_failed_at_once_and_pays_not
         # Retrying cannot help: no backoff loop, an operator-visible refund_failed instead.
         assert await order_status(worker.pool, order.id) == S.REFUND_FAILED
         refund = await refund_row(worker.pool, order.id)
-        assert refund is not None and refund["status"] == "failed"
-        assert "expired" in refund["last_error"]
+        assert refund is not None and refund.status is RefundStatus.FAILED
+        assert refund.last_error is not None and "expired" in refund.last_error
         assert ln.sends() == sends_before
         assert await ln.balances() == balances
 
@@ -1009,10 +1010,10 @@ async def test_a_reclaim_after_a_lease_gives_back_no_attempt_it_did_not_take(
         async with open_worker("payments", settings, asyncio.Event()) as worker:
             payer = RefundPayer(worker, client)
             order = await make_order(worker.pool, ln)
-            await worker.pool.execute(Q.refund_insert, order.id)
+            await worker.stores.refunds.insert(order.id)
             # A worker claimed it (attempt 1) and died; its lease ran out.
-            first = await worker.pool.fetchrow(Q.refund_claim, order.id, 120.0, uuid.uuid4())
-            assert first is not None and first["new_attempt"] and first["attempts"] == 1
+            first = await worker.stores.refunds.claim(order.id, 120.0, uuid.uuid4())
+            assert first is not None and first.new_attempt and first.refund.attempts == 1
             await worker.pool.execute(
                 "UPDATE refunds SET lease_until = now() - interval '1 second' WHERE order_id = $1",
                 order.id,
@@ -1023,6 +1024,6 @@ async def test_a_reclaim_after_a_lease_gives_back_no_attempt_it_did_not_take(
             refund = await refund_row(worker.pool, order.id)
             assert refund is not None
             # Retried without counting, and without un-counting the dead worker's attempt.
-            assert (refund["status"], refund["attempts"]) == ("pending", 1)
+            assert (refund.status, refund.attempts) == (RefundStatus.PENDING, 1)
     finally:
         await client.close()

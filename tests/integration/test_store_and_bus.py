@@ -14,9 +14,7 @@ from libs.common.domain.orders import InvalidTransition, Status
 from libs.common.messaging import bus
 from libs.common.messaging.outbox import OutboxRelay
 from libs.common.messaging.runtime import open_worker
-from libs.common.persistence import order_store as store
-from libs.common.persistence.db import Q, transaction
-from libs.common.persistence.outbox_store import PgInbox, enqueue
+from libs.common.persistence.outbox_store import PgInbox
 from libs.common.persistence.stores import PgStores
 from services.scheduler.service import fire_due
 from tests.integration.helpers import insert_order, settings_for
@@ -28,27 +26,26 @@ async def test_only_one_of_many_concurrent_transitions_wins(pool: asyncpg.Pool) 
     order_id = await insert_order(pool)
 
     async def attempt() -> bool:
-        async with transaction(pool) as conn:
-            return (
-                await store.transition(conn, order_id, Status.PENDING_PAYMENT, Status.PAID)
-                is not None
-            )
+        async with PgStores(pool, "orders").transaction() as tx:
+            moved = await tx.orders.transition(order_id, Status.PENDING_PAYMENT, Status.PAID)
+            return moved is not None
 
     results = await asyncio.gather(*(attempt() for _ in range(20)))
     assert results.count(True) == 1
-    log = await pool.fetch(Q.order_transitions, order_id)
-    assert [(r["from_status"], r["to_status"]) for r in log] == [
-        (None, "pending_payment"),
-        ("pending_payment", "paid"),
+    log = await PgStores(pool, "orders").orders.history(order_id)
+    assert [(c.from_status, c.to_status) for c in log] == [
+        (None, Status.PENDING_PAYMENT),
+        (Status.PENDING_PAYMENT, Status.PAID),
     ]
 
 
 async def test_transition_outside_the_table_never_reaches_the_database(pool: asyncpg.Pool) -> None:
     order_id = await insert_order(pool)
-    async with pool.acquire() as conn:
-        with pytest.raises(InvalidTransition):
-            await store.transition(conn, order_id, Status.PENDING_PAYMENT, Status.REFUND_PENDING)
-    assert (await store.get(pool, order_id))["status"] == "pending_payment"  # type: ignore[index]
+    orders = PgStores(pool, "orders").orders
+    with pytest.raises(InvalidTransition):
+        await orders.transition(order_id, Status.PENDING_PAYMENT, Status.REFUND_PENDING)
+    order = await orders.get(order_id)
+    assert order is not None and order.status is Status.PENDING_PAYMENT
 
 
 async def _collect(
@@ -86,11 +83,11 @@ async def test_outbox_publishes_committed_events_once_even_when_republished(
         pass
 
     with pytest.raises(Boom):
-        async with transaction(pool) as conn:
-            await enqueue(conn, Event(EventType.COMPLETED, order_id), prefix=prefix)
+        async with PgStores(pool, prefix).transaction() as tx:
+            await tx.outbox.enqueue(Event(EventType.COMPLETED, order_id))
             raise Boom
-    async with transaction(pool) as conn:
-        await enqueue(conn, kept, prefix=prefix)
+    async with PgStores(pool, prefix).transaction() as tx:
+        await tx.outbox.enqueue(kept)
 
     relay = OutboxRelay(PgStores(pool, prefix), js)
     assert await relay.publish_pending() == 1
@@ -118,9 +115,9 @@ async def test_scheduler_replicas_fire_each_timer_exactly_once(
         open_worker("scheduler", settings, stop_b) as b,
     ):
         ids = [await insert_order(a.pool) for _ in range(60)]
-        async with transaction(a.pool) as conn:
+        async with a.stores.transaction() as tx:
             for order_id in ids:
-                await store.set_timer(conn, order_id, Timer.SMS_TIMEOUT, 0)
+                await tx.timers.set(order_id, Timer.SMS_TIMEOUT, 0)
         fired = await asyncio.gather(*(fire_due(w.stores, limit=7) for w in (a, b, a, b, a, b)))
         while sum(fired) < 60 and any(fired):
             fired += await asyncio.gather(fire_due(a.stores, limit=7), fire_due(b.stores, limit=7))
@@ -157,7 +154,7 @@ async def test_consumer_retries_then_acks_and_dead_letters_poison(
     )
     await asyncio.wait_for(consumer.run(stop), 15)
     assert seen == [ev.id, ev.id]
-    assert await pool.fetchval(Q.inbox_seen, "provider", ev.id) == 1
+    assert await PgInbox(pool).seen("provider", ev.id)
 
     # The same event again (a redelivery after a lost ack): recorded, so the handler is skipped.
     await js.publish(f"{prefix}.paid", json.dumps(ev.payload()).encode())
@@ -183,18 +180,19 @@ async def test_consumer_retries_then_acks_and_dead_letters_poison(
 
 async def test_overdue_paid_orders_get_their_deadline_fired_again(pool: asyncpg.Pool) -> None:
     stuck, done = await insert_order(pool), await insert_order(pool)
-    async with transaction(pool) as conn:
+    stores = PgStores(pool, "orders")
+    async with stores.transaction() as tx:
         for order_id in (stuck, done):
-            await store.transition(conn, order_id, Status.PENDING_PAYMENT, Status.PAID)
-            await store.set_timer(conn, order_id, Timer.SMS_TIMEOUT, 0)
-        await store.transition(conn, done, Status.PAID, Status.ALLOCATING_NUMBER)
-        await store.transition(conn, done, Status.ALLOCATING_NUMBER, Status.REFUND_PENDING)
+            await tx.orders.transition(order_id, Status.PENDING_PAYMENT, Status.PAID)
+            await tx.timers.set(order_id, Timer.SMS_TIMEOUT, 0)
+        await tx.orders.transition(done, Status.PAID, Status.ALLOCATING_NUMBER)
+        await tx.orders.transition(done, Status.ALLOCATING_NUMBER, Status.REFUND_PENDING)
     # Both deadlines fired two minutes ago; the message for `stuck` was lost.
     await pool.execute(
         "UPDATE timers SET fired_at = now() - interval '2 minutes',"
         " due_at = now() - interval '3 minutes'"
     )
-    await pool.execute(Q.orders_overdue_rearm, 60.0)
+    await stores.timers.rearm_overdue(60.0)
     rows = {r["order_id"]: r for r in await pool.fetch("SELECT * FROM timers")}
     assert rows[stuck]["fired_at"] is None  # fires again on the next scheduler tick
     assert rows[done]["fired_at"] is not None  # has its outcome: left alone
@@ -221,22 +219,23 @@ async def test_a_lost_window_or_rental_end_fires_again_while_the_order_is_open(
         ],
         rent_open: [Status.PAID, Status.ALLOCATING_NUMBER, Status.RENT_ACTIVE],
     }
-    async with transaction(pool) as conn:
+    stores = PgStores(pool, "orders")
+    async with stores.transaction() as tx:
         for order_id, path in walk.items():
             current = Status.PENDING_PAYMENT
             for target in path:
-                assert await store.transition(conn, order_id, current, target)
+                assert await tx.orders.transition(order_id, current, target)
                 current = target
-        await store.set_timer(conn, window_open, Timer.CODE_WINDOW, 0)
-        await store.set_timer(conn, window_done, Timer.CODE_WINDOW, 0)
-        await store.set_timer(conn, rent_open, Timer.RENT_END, 0)
+        await tx.timers.set(window_open, Timer.CODE_WINDOW, 0)
+        await tx.timers.set(window_done, Timer.CODE_WINDOW, 0)
+        await tx.timers.set(rent_open, Timer.RENT_END, 0)
         # The SMS deadline of an order that got its code is never fired again.
-        await store.set_timer(conn, window_open, Timer.SMS_TIMEOUT, 0)
+        await tx.timers.set(window_open, Timer.SMS_TIMEOUT, 0)
     await pool.execute(
         "UPDATE timers SET fired_at = now() - interval '2 minutes',"
         " due_at = now() - interval '3 minutes'"
     )
-    await pool.execute(Q.orders_overdue_rearm, 60.0)
+    await stores.timers.rearm_overdue(60.0)
     rows = {(r["order_id"], r["kind"]): r for r in await pool.fetch("SELECT * FROM timers")}
     assert rows[(window_open, Timer.CODE_WINDOW)]["fired_at"] is None
     assert rows[(rent_open, Timer.RENT_END)]["fired_at"] is None

@@ -16,7 +16,7 @@ from libs.common.core.logs import LOG_CONTEXT
 from libs.common.domain.events import CORRELATION_HEADER, Event, EventType
 from libs.common.messaging.ops import Health, ops_app
 from libs.common.messaging.runtime import Stop, close_reserve, remaining_grace
-from libs.common.persistence.outbox_store import enqueue
+from libs.common.persistence.outbox_store import PgOutbox
 from sandbox.devstack import replica_counts
 from services.gateway.app import observe_middleware
 from services.gateway.errors import error_middleware
@@ -174,7 +174,7 @@ async def test_gateway_requests_are_counted_by_route_template_with_a_correlation
 
 
 class RecordingConn:
-    """Captures what enqueue writes."""
+    """Captures what the outbox's enqueue writes."""
 
     def __init__(self) -> None:
         self.args: tuple[Any, ...] = ()
@@ -185,14 +185,15 @@ class RecordingConn:
 
 async def test_enqueued_events_carry_the_correlation_id_being_handled() -> None:
     conn = RecordingConn()
-    await enqueue(conn, Event(EventType.PAID, "o1"), prefix="p")  # type: ignore[arg-type]
+    outbox = PgOutbox(conn, "p")
+    await outbox.enqueue(Event(EventType.PAID, "o1"))
     assert conn.args[3][CORRELATION_HEADER] == "o1"  # nothing in context: the order id
     token = LOG_CONTEXT.set({"order_id": "o0", "correlation_id": "req-7"})
     try:
-        await enqueue(conn, Event(EventType.PAID, "o1"), prefix="p")  # type: ignore[arg-type]
+        await outbox.enqueue(Event(EventType.PAID, "o1"))
         assert conn.args[3][CORRELATION_HEADER] == "req-7"
         own = Event(EventType.PAID, "o1", correlation_id="mine")
-        await enqueue(conn, own, prefix="p")  # type: ignore[arg-type]
+        await outbox.enqueue(own)
         assert conn.args[3][CORRELATION_HEADER] == "mine"
     finally:
         LOG_CONTEXT.reset(token)

@@ -133,23 +133,3 @@ class PgAccounts:
     async def mark_funding(self, funding_id: str, status: str) -> bool:
         """Move a pending top-up to credited or expired; False if it was not pending."""
         return await self._db.fetchval(Q.funding_mark, funding_id, status) is not None
-
-
-# Deprecated module-level access, kept until every caller uses PgAccounts.
-
-
-async def move(
-    conn: asyncpg.Connection, account_id: int, delta_sats: int, kind: str, ref: str
-) -> int | None:
-    """Record one balance movement; the new balance, or None if it would overdraw.
-
-    Raises asyncpg.UniqueViolationError when (kind, ref) was already recorded, which the
-    caller treats as "done before".
-    """
-    balance: int | None = await conn.fetchval(Q.account_move, account_id, delta_sats, kind, ref)
-    return balance
-
-
-async def already_recorded(conn: asyncpg.Connection | asyncpg.Pool, kind: str, ref: str) -> bool:
-    """Tell whether this movement is in the ledger."""
-    return await conn.fetchval(Q.ledger_has, kind, ref) is not None

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TypeAlias
 from urllib.parse import urlsplit, urlunsplit
@@ -71,13 +69,6 @@ async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> asy
 async def ping(db: Executor) -> None:
     """One round trip to the database; raises if it cannot be reached."""
     await db.fetchval("SELECT 1")
-
-
-@asynccontextmanager
-async def transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
-    """Yield a connection inside a transaction that commits on success."""
-    async with pool.acquire() as conn, conn.transaction():
-        yield conn
 
 
 def sqlalchemy_url(url: str) -> str:

@@ -26,7 +26,7 @@ from libs.common.domain.orders import (
 )
 from libs.common.domain.refunds import RefundStatus
 from libs.common.persistence.db import Executor, Q
-from libs.common.persistence.outbox_store import PgOutbox, enqueue
+from libs.common.persistence.outbox_store import PgOutbox
 from libs.common.persistence.ports import (
     CredentialedOrder,
     DueTimer,
@@ -64,16 +64,15 @@ WRITABLE: Final = frozenset(
 )
 
 
-async def transition(
-    conn: asyncpg.Connection,
+async def _transition(
+    conn: Executor,
     order_id: str,
     expected: Status,
     target: Status,
     **changes: Any,
 ) -> asyncpg.Record | None:
-    """Move an order from expected to target, setting changes; None if it was not in expected.
+    """The guarded UPDATE behind `PgOrders.transition`: the row moved, or None if not in expected.
 
-    A None result means a stale or duplicate event: the caller logs, acks and moves on.
     Values may be NOW (the database clock) or a timedelta (now() + delta).
     """
     check_transition(expected, target)
@@ -112,7 +111,7 @@ _STAGE_ENDS: Final = {
 
 
 async def _observe_stage(
-    conn: asyncpg.Connection, row: asyncpg.Record, expected: Status, target: Status
+    conn: Executor, row: asyncpg.Record, expected: Status, target: Status
 ) -> None:
     """Record how long the order spent in the stage this transition ends, if it ends one."""
     stage = _STAGE_ENDS.get((expected, target))
@@ -130,58 +129,6 @@ async def _observe_stage(
         seconds = await conn.fetchval(Q.order_entered_status_seconds_ago, row["id"], started_in)
     if seconds is not None:
         metrics.STAGE_SECONDS.labels(name).observe(max(0.0, seconds))
-
-
-async def get(conn: asyncpg.Connection | asyncpg.Pool, order_id: str) -> asyncpg.Record | None:
-    """Load one order."""
-    return await conn.fetchrow(Q.order_get, order_id)
-
-
-async def set_timer(conn: asyncpg.Connection, order_id: str, kind: str, seconds: float) -> None:
-    """Arm the order's timer of this kind, due in `seconds` by the database clock."""
-    await conn.execute(Q.timer_set, order_id, kind, float(seconds))
-
-
-async def cancel_timer(conn: asyncpg.Connection, order_id: str, kind: str) -> None:
-    """Disarm the order's timer of this kind if it has not fired."""
-    await conn.execute(Q.timer_cancel, order_id, kind)
-
-
-async def mark_paid(
-    conn: asyncpg.Connection, order_id: str, *, deadline: float, prefix: str, **changes: Any
-) -> bool:
-    """pending_payment -> paid: start the SMS deadline and tell the provider worker."""
-    moved = await transition(
-        conn,
-        order_id,
-        Status.PENDING_PAYMENT,
-        Status.PAID,
-        paid_at=NOW,
-        deadline_at=timedelta(seconds=deadline),
-        **changes,
-    )
-    if moved is None:
-        return False
-    await cancel_timer(conn, order_id, Timer.INVOICE_EXPIRED)
-    await set_timer(conn, order_id, Timer.SMS_TIMEOUT, deadline)
-    await enqueue(conn, Event(EventType.PAID, order_id), prefix=prefix)
-    return True
-
-
-async def complete(
-    conn: asyncpg.Connection,
-    order_id: str,
-    *,
-    code_retention: float,
-    prefix: str,
-    current: Status = Status.CODE_RECEIVED,
-) -> bool:
-    """code_received (or rent_active) -> completed, arming the code purge and the event."""
-    if await transition(conn, order_id, current, Status.COMPLETED) is None:
-        return False
-    await set_timer(conn, order_id, Timer.PURGE_CODE, code_retention)
-    await enqueue(conn, Event(EventType.COMPLETED, order_id), prefix=prefix)
-    return True
 
 
 _ORDER_FIELDS: Final = tuple(f.name for f in dataclasses.fields(Order))
@@ -283,7 +230,7 @@ class PgOrders:
         Values may be NOW (the database clock) or a timedelta (now() + delta). Run it inside
         a transaction when the stage metric needs the status log (it reads one more row).
         """
-        return _maybe_order(await transition(self._db, order_id, expected, target, **changes))
+        return _maybe_order(await _transition(self._db, order_id, expected, target, **changes))
 
     async def mark_paid(self, order_id: str, *, deadline: float, **changes: Any) -> bool:
         """pending_payment -> paid: start the SMS deadline and tell the provider worker."""

@@ -21,24 +21,6 @@ from libs.common.domain.events import Event
 from libs.common.persistence.db import Executor, Q
 
 
-async def enqueue(conn: asyncpg.Connection, event: Event, *, prefix: str) -> None:
-    """Write an event in the caller's transaction; it is published only if that commits.
-
-    Without a correlation id of its own, the event carries the one of the request or event
-    being handled (LOG_CONTEXT), so a chain of events can be followed across services.
-    """
-    correlation_id = (LOG_CONTEXT.get() or {}).get("correlation_id")
-    if not event.correlation_id and correlation_id:
-        event = dataclasses.replace(event, correlation_id=correlation_id)
-    await conn.execute(
-        Q.outbox_insert,
-        uuid.UUID(event.id),
-        event.subject(prefix),
-        event.payload(),
-        event.headers(),
-    )
-
-
 @dataclass(frozen=True)
 class OutboxMessage:
     """An unpublished outbox row, as the relay publishes it."""
@@ -57,8 +39,21 @@ class PgOutbox:
         self._prefix = prefix
 
     async def enqueue(self, event: Event) -> None:
-        """Write an event in the caller's transaction; it is published only if that commits."""
-        await enqueue(self._db, event, prefix=self._prefix)
+        """Write an event in the caller's transaction; it is published only if that commits.
+
+        Without a correlation id of its own, the event carries the one of the request or event
+        being handled (LOG_CONTEXT), so a chain of events can be followed across services.
+        """
+        correlation_id = (LOG_CONTEXT.get() or {}).get("correlation_id")
+        if not event.correlation_id and correlation_id:
+            event = dataclasses.replace(event, correlation_id=correlation_id)
+        await self._db.execute(
+            Q.outbox_insert,
+            uuid.UUID(event.id),
+            event.subject(self._prefix),
+            event.payload(),
+            event.headers(),
+        )
 
     async def claim(self, limit: int) -> list[OutboxMessage]:
         """Lock up to `limit` unpublished rows, oldest first (inside a transaction).
