@@ -892,6 +892,8 @@ class MemoryStores:
                 raise
             finally:
                 self._owner = None
+                # PostgreSQL's set_config(..., true) ends with the transaction.
+                self.client_addr = None
 
     # Helpers for tests: what the workers would see next.
     def events(self, type_: EventType | None = None) -> list[Event]:
