@@ -48,6 +48,12 @@ class Settings:
     # about 50 req/s) and the timeout of each call.
     provider_rate_per_second: float = 40.0
     provider_timeout_seconds: float = 10.0
+    # --- issue 12, provider budget (shared by replicas): settings go here ---
+
+    # --- issue 12, bulk poll and activation webhooks: settings go here ---
+
+    # --- issue 12, Lightning and timers at scale: settings go here ---
+
 
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080

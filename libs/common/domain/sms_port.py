@@ -31,6 +31,22 @@ class ActivationStatus:
 
 
 @dataclass(frozen=True)
+class ActiveActivation:
+    """One entry of the bulk status answer: an active activation and its latest SMS, if any.
+
+    `state` is what `poll` would say for it; `code`/`text` are the latest SMS (None before
+    the first); `received_at` is when the provider says that SMS arrived, when it says.
+    """
+
+    id: str
+    state: StatusState
+    phone: str | None = None
+    code: str | None = None
+    text: str | None = None
+    received_at: datetime | None = None
+
+
+@dataclass(frozen=True)
 class Offer:
     """Price and stock of one country/service pair."""
 
@@ -112,6 +128,14 @@ class SmsProvider(Protocol):
 
     async def poll(self, activation_id: str) -> ActivationStatus:
         """Return the activation's current status."""
+        ...
+
+    async def active_activations(self) -> list[ActiveActivation]:
+        """Every active activation of the account with its latest SMS, in one call.
+
+        The bulk poll (getActiveActivations). Raises BadAction when the provider lacks the
+        action: the caller then polls each activation with `poll`.
+        """
         ...
 
     async def request_another(self, activation_id: str) -> None:

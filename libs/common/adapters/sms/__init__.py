@@ -45,6 +45,7 @@ from libs.common.adapters.sms.parsing import (
 from libs.common.domain.sms_port import (
     Activation,
     ActivationStatus,
+    ActiveActivation,
     Country,
     Offer,
     Rental,
@@ -63,6 +64,7 @@ __all__ = [
     "Activation",
     "ActivationNotActive",
     "ActivationStatus",
+    "ActiveActivation",
     "BadAction",
     "BadKey",
     "BadRentTime",
