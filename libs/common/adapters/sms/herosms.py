@@ -28,13 +28,16 @@ from libs.common.adapters.sms.errors import (
 )
 from libs.common.adapters.sms.limiter import ProviderLimiter
 from libs.common.adapters.sms.parsing import (
+    NO_ACTIVATIONS_CODES,
     JsonReply,
     Reply,
     TextReply,
     _to_decimal,
     _unexpected,
+    active_activation_rows,
     ban_wait_seconds,
     parse_activation,
+    parse_active_activations,
     parse_countries,
     parse_prices,
     parse_rent_catalog,
@@ -49,6 +52,7 @@ from libs.common.core.metrics import PROVIDER_ERRORS
 from libs.common.domain.sms_port import (
     Activation,
     ActivationStatus,
+    ActiveActivation,
     Country,
     Offer,
     Rental,
@@ -85,6 +89,10 @@ _OWN_CODES = frozenset(
     }
 )
 _RENT_STATUS_CODES = frozenset({"STATUS_WAIT_CODE", "STATUS_FINISH", "STATUS_CANCEL"})
+# getActiveActivations pages: HeroSMS documents `start`/`limit` with at most 100 rows a page;
+# the page bound only stops a provider that ignores `start` from looping forever.
+ACTIVE_PAGE_SIZE = 100
+_MAX_ACTIVE_PAGES = 1000
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -327,6 +335,41 @@ class HeroSmsClient:
         if status.code is not None and detailed.code not in (None, status.code):
             return status  # another SMS raced in between; keep the v1 code, text unknown
         return ActivationStatus("received", code=status.code or detailed.code, text=detailed.text)
+
+    @_counted
+    async def active_activations(self) -> list[ActiveActivation]:
+        """Every active activation with its latest SMS (getActiveActivations), page by page.
+
+        Pages (`start`/`limit`, HeroSMS documents at most 100 rows) are fetched until one comes
+        back short or brings no new id (a provider ignoring `start`). "No activations" (text
+        NO_ACTIVATIONS or {"status": "error", ...}) is []. BadAction when the provider lacks the
+        action. An activation ending between two pages may shift the next page past one row:
+        the caller polls what the answer lacks with `poll`.
+        """
+        found: dict[str, ActiveActivation] = {}
+        start = 0
+        for _ in range(_MAX_ACTIVE_PAGES):
+            try:
+                reply = await self._call(
+                    "getActiveActivations", start=str(start), limit=str(ACTIVE_PAGE_SIZE)
+                )
+            except ProviderError as err:
+                if err.code in NO_ACTIVATIONS_CODES:
+                    break
+                raise
+            if isinstance(reply, TextReply):
+                if reply.key in NO_ACTIVATIONS_CODES:
+                    break
+                raise _unexpected("getActiveActivations", reply)
+            if not isinstance(reply.data, dict | list):
+                raise _unexpected("getActiveActivations", reply)
+            rows = active_activation_rows(reply.data)
+            fresh = [a for a in parse_active_activations(rows, self._tz) if a.id not in found]
+            found.update((a.id, a) for a in fresh)
+            if len(rows) < ACTIVE_PAGE_SIZE or not fresh:
+                break
+            start += len(rows)
+        return list(found.values())
 
     async def _set_status(
         self,

@@ -25,6 +25,7 @@ from libs.common.adapters.sms.errors import (
 from libs.common.domain.sms_port import (
     Activation,
     ActivationStatus,
+    ActiveActivation,
     Country,
     Offer,
     Rental,
@@ -32,6 +33,7 @@ from libs.common.domain.sms_port import (
     RentMessage,
     RentOffer,
     Service,
+    StatusState,
 )
 
 log = logging.getLogger("libs.common.adapters.sms")
@@ -507,3 +509,145 @@ def parse_rent_messages(data: Any, *, tz: tzinfo = UTC) -> list[RentMessage]:
         )
     messages.sort(key=lambda m: m.received_at)
     return messages
+
+
+# getActiveActivations: where the rows are. SMS-Activate documents `activeActivations: [...]`,
+# HeroSMS documents `data: [...]` and was seen answering `activeActivations: {"rows": [...],
+# "row": {...}}` too; every place is read and the rows merged by id.
+_ACTIVE_LIST_KEYS = ("data", "activeActivations", "activations")
+# The `activationStatus` numbers of public clients: 1/4 waiting for the SMS, 2 SMS received,
+# 3 waiting for another SMS (after setStatus 3), 6 finished, 8 cancelled.
+_RETRY_STATUSES = frozenset({"3"})
+_CANCELLED_STATUSES = frozenset({"8"})
+_FINISHED_STATUSES = frozenset({"6"})
+# Answers that mean "no active activation" rather than an error.
+NO_ACTIVATIONS_CODES = frozenset({"NO_ACTIVATIONS", "NO_ACTIVATION"})
+
+
+def active_activation_rows(data: Any) -> list[Any]:
+    """The raw rows of a getActiveActivations answer, whatever shape carries them."""
+    if isinstance(data, list):
+        return list(data)
+    if not isinstance(data, dict):
+        return []
+    rows: list[Any] = []
+    for key in _ACTIVE_LIST_KEYS:
+        value = data.get(key)
+        if isinstance(value, list):
+            rows.extend(value)
+        elif isinstance(value, dict):
+            nested = value.get("rows")
+            if isinstance(nested, list):
+                rows.extend(nested)
+            elif isinstance(value.get("row"), dict):
+                rows.append(value["row"])
+            elif _looks_like_activation(value):
+                rows.append(value)
+            else:
+                # An object keyed by id ({"635468021": {...}}), as some providers answer lists.
+                rows.extend(v for v in value.values() if _looks_like_activation(v))
+    return rows
+
+
+def _looks_like_activation(value: Any) -> bool:
+    return isinstance(value, dict) and ("activationId" in value or "id" in value)
+
+
+def _unwrap_list_text(value: Any) -> Any:
+    """SMS-Activate writes texts as a list inside a string ("[\"Your code …\"]")."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if len(text) >= 2 and text[0] == "[" and text[-1] == "]":
+        decoded = _loads(text)
+        if isinstance(decoded, list):
+            return _last(decoded)
+        return text[1:-1].strip()
+    return value
+
+
+def _sms_fields(
+    item: Mapping[str, Any], tz: tzinfo
+) -> tuple[str | None, str | None, datetime | None]:
+    """The latest SMS of a row: (code, text, received_at), from smsCode/smsText or `sms`."""
+    code = _to_str(_unwrap_list_text(_last(item.get("smsCode"))))
+    text = _to_str(_unwrap_list_text(_last(item.get("smsText"))))
+    received = parse_provider_time(
+        _to_str(item.get("receiveSmsDate") or item.get("smsDate") or item.get("receivedAt")), tz
+    )
+    sms = _last(item.get("sms"))
+    if isinstance(sms, dict):
+        code = code or _to_str(sms.get("code"))
+        text = text or _to_str(sms.get("text"))
+        received = received or parse_provider_time(
+            _to_str(sms.get("dateTime") or sms.get("date") or sms.get("receivedAt")), tz
+        )
+    elif isinstance(sms, str) and text is None:
+        text = _to_str(_unwrap_list_text(sms))
+    return _present(code), _present(text), received
+
+
+def _present(value: str | None) -> str | None:
+    """None for an absent SMS field ("", "null")."""
+    if value is None or not value.strip() or value.strip().lower() == "null":
+        return None
+    return value.strip()
+
+
+def _active_state(status: str | None, has_sms: bool) -> StatusState:
+    """What `poll` would say, from activationStatus and whether an SMS is there."""
+    if status in _CANCELLED_STATUSES:
+        return "cancelled"
+    if status in _RETRY_STATUSES:
+        return "retry_wait"
+    if has_sms:
+        return "received"
+    if status in _FINISHED_STATUSES:
+        # getStatus answers STATUS_CANCEL for "cancelled or completed" without a code.
+        return "cancelled"
+    return "waiting"
+
+
+def parse_active_activation(item: Any, tz: tzinfo = UTC) -> ActiveActivation | None:
+    """One getActiveActivations row; None when it has no usable id."""
+    if not isinstance(item, dict):
+        return None
+    activation_id = _to_id(item.get("activationId", item.get("id")))
+    if activation_id is None:
+        return None
+    code, text, received = _sms_fields(item, tz)
+    raw_status = item.get("activationStatus", item.get("status"))
+    as_int = _to_int(raw_status)
+    status = str(as_int) if as_int is not None else _to_str(raw_status)
+    phone = re.sub(r"\D", "", str(item.get("phoneNumber") or item.get("phone") or "")) or None
+    return ActiveActivation(
+        id=activation_id,
+        state=_active_state(status, code is not None or text is not None),
+        phone=phone,
+        code=code,
+        text=text,
+        received_at=received,
+    )
+
+
+def parse_active_activations(data: Any, tz: tzinfo = UTC) -> list[ActiveActivation]:
+    """Parse getActiveActivations (SMS-Activate, HeroSMS documented and observed shapes).
+
+    Ids may be strings or numbers; SMS may be smsCode/smsText (strings, numbers or lists) or
+    an `sms` list, object or string. A malformed row is skipped (logged without its content),
+    never the whole answer; a row repeated across the shapes is kept once.
+    """
+    result: list[ActiveActivation] = []
+    seen: set[str] = set()
+    for item in active_activation_rows(data):
+        try:
+            parsed = parse_active_activation(item, tz)
+        except (TypeError, ValueError, ArithmeticError):
+            parsed = None
+        if parsed is None:
+            log.warning("provider getActiveActivations: skipped a malformed row")
+            continue
+        if parsed.id not in seen:
+            seen.add(parsed.id)
+            result.append(parsed)
+    return result
