@@ -56,6 +56,28 @@ def _rate_limit(raw: str) -> int | None:
     return value
 
 
+def _share(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a number between 0 and 1") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError("must be between 0 and 1")
+    return value
+
+
+def _page_limit(raw: str) -> int | None:
+    if raw.strip().lower() in ("off", "none", "all", "0", ""):
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected rows per page or 'all'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return value
+
+
 def _hours(raw: str) -> tuple[int, ...]:
     try:
         hours = tuple(sorted({int(h) for h in raw.split(",") if h.strip()}))
@@ -94,6 +116,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--auto-sms-delay", type=_delay, default=3.0, help="seconds, or 'off' to disable"
     )
     parser.add_argument(
+        "--auto-sms-spread",
+        type=_non_negative,
+        default=_env("AUTO_SMS_SPREAD", "0"),
+        help="each new activation's SMS comes after delay + uniform(0, spread) s "
+        "(env SMSSIM_AUTO_SMS_SPREAD)",
+    )
+    parser.add_argument(
+        "--auto-sms-share",
+        type=_share,
+        default=_env("AUTO_SMS_SHARE", "1"),
+        help="share of new activations that get an SMS at all (env SMSSIM_AUTO_SMS_SHARE)",
+    )
+    parser.add_argument(
         "--lifetime-seconds", type=_non_negative, default=1200.0, help="activation lifetime"
     )
     parser.add_argument(
@@ -105,7 +140,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--webhook-url",
         default=_env("WEBHOOK_URL", "") or None,
-        help="rent webhook for rentals without url (env SMSSIM_WEBHOOK_URL)",
+        help="account webhook: every activation SMS, and rental SMS of rentals without url "
+        "(env SMSSIM_WEBHOOK_URL)",
     )
     parser.add_argument(
         "--webhook-tries",
@@ -117,7 +153,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--webhook-retry-seconds",
         type=_non_negative,
         default=_env("WEBHOOK_RETRY_SECONDS", "20"),
-        help="pause between webhook attempts (env SMSSIM_WEBHOOK_RETRY_SECONDS)",
+        help="pause between webhook attempts, plus up to half again "
+        "(env SMSSIM_WEBHOOK_RETRY_SECONDS)",
+    )
+    parser.add_argument(
+        "--webhook-timeout-seconds",
+        type=_non_negative,
+        default=_env("WEBHOOK_TIMEOUT_SECONDS", "3"),
+        help="how long one webhook attempt may take (env SMSSIM_WEBHOOK_TIMEOUT_SECONDS)",
+    )
+    parser.add_argument(
+        "--active-page-limit",
+        type=_page_limit,
+        default=_env("ACTIVE_PAGE_LIMIT", "all"),
+        help="most rows of one getActiveActivations page, or 'all' (HeroSMS documents 100; "
+        "env SMSSIM_ACTIVE_PAGE_LIMIT)",
     )
     parser.add_argument(
         "--rate-limit",
@@ -163,6 +213,8 @@ async def serve(args: argparse.Namespace) -> None:
         error_style=args.error_style,
         early_cancel_seconds=args.early_cancel_seconds,
         auto_sms_delay=args.auto_sms_delay,
+        auto_sms_spread=args.auto_sms_spread,
+        auto_sms_share=args.auto_sms_share,
         lifetime_seconds=args.lifetime_seconds,
         rent_hours=args.rent_hours,
         webhook_url=args.webhook_url,
@@ -170,8 +222,10 @@ async def serve(args: argparse.Namespace) -> None:
         webhook_secret=os.environ.get("SMSSIM_WEBHOOK_SECRET") or None,
         webhook_tries=max(1, args.webhook_tries),
         webhook_retry_seconds=args.webhook_retry_seconds,
+        webhook_timeout_seconds=args.webhook_timeout_seconds,
         rate_limit_per_second=args.rate_limit,
         rate_block_seconds=args.rate_block_seconds,
+        active_page_limit=args.active_page_limit,
         btc_usd=args.btc_usd,
     )
     app = build_app(SimState(settings, seed=args.seed))

@@ -17,6 +17,7 @@ from sandbox.smssim.state import (
     ERROR_STYLES,
     FAULT_MODES,
     FINISHED,
+    OK,
     WAIT_CODE,
     WAIT_RETRY,
     WAITING_STATES,
@@ -38,10 +39,10 @@ USD_CURRENCY = 840
 
 
 class AutoSms:
-    """Schedules automatic SMS delivery for waiting activations."""
+    """Schedules automatic SMS delivery for waiting activations (one loop timer each)."""
 
     def __init__(self, state: SimState, pusher: WebhookPusher) -> None:
-        """Bind to the simulator state and the webhook pusher for rental SMS."""
+        """Bind to the simulator state and the webhook pusher for rental and activation SMS."""
         self.state = state
         self.pusher = pusher
         self._handles: dict[int, asyncio.TimerHandle] = {}
@@ -67,12 +68,22 @@ class AutoSms:
         self.pusher.push(rental, sms)
         log.info("auto SMS delivered to rental %s", rent_id)
 
-    def schedule(self, activation: SimActivation) -> None:
-        """Deliver an SMS to the activation after the configured delay (if auto mode is on)."""
-        delay = self.state.settings.auto_sms_delay
+    def schedule(self, activation: SimActivation, *, new: bool = True) -> None:
+        """Deliver an SMS to the activation after delay + uniform(0, spread) (if auto mode is on).
+
+        A new activation gets one only with probability `share`; another SMS asked for on an
+        activation that had one (setStatus 3) always comes.
+        """
+        settings = self.state.settings
+        delay = settings.auto_sms_delay
         if delay is None:
             return
         self.cancel(activation.id)
+        rng = self.state.rng
+        if new and settings.auto_sms_share < 1.0 and rng.random() >= settings.auto_sms_share:
+            return
+        if settings.auto_sms_spread > 0:
+            delay += rng.uniform(0.0, settings.auto_sms_spread)
         loop = asyncio.get_running_loop()
         self._handles[activation.id] = loop.call_later(max(delay, 0.0), self._fire, activation.id)
 
@@ -83,8 +94,9 @@ class AutoSms:
             return
         self.state.refresh(activation)
         if activation.status in WAITING_STATES:
-            self.state.deliver_sms(activation)
-            log.info("auto SMS delivered to activation %s", activation_id)
+            sms = self.state.deliver_sms(activation)
+            self.pusher.push_activation(activation, sms)
+            log.debug("auto SMS delivered to activation %s", activation_id)
 
     def cancel(self, activation_id: int) -> None:
         """Drop a pending delivery."""
@@ -102,10 +114,9 @@ class AutoSms:
     def reschedule(self) -> None:
         """Re-plan deliveries for all waiting activations after a delay change."""
         self.cancel_all()
-        for activation in list(self.state.activations.values()):
-            self.state.refresh(activation)
+        for activation in self.state.active_page(0, None):
             if activation.status in WAITING_STATES:
-                self.schedule(activation)
+                self.schedule(activation, new=not activation.sms)
 
 
 STATE_KEY = web.AppKey("smssim_state", SimState)
@@ -202,6 +213,63 @@ def _status_v2(act: SimActivation) -> dict[str, Any]:
             "date": fmt_time(last.at),
         },
     }
+
+
+# activationStatus numbers of public clients: 4 waiting for the SMS, 2 SMS received,
+# 3 waiting for another SMS (after setStatus 3).
+_ACTIVE_STATUS = {WAIT_CODE: "4", OK: "2", WAIT_RETRY: "3"}
+
+
+def _active_row(state: SimState, act: SimActivation) -> dict[str, Any]:
+    """One getActiveActivations row, typed as the configured provider types it."""
+    hero = state.settings.error_style == "herosms"
+    last = act.last_sms
+    country = COUNTRIES_BY_ID.get(act.country)
+    row: dict[str, Any] = {
+        "activationId": str(act.id),
+        "serviceCode": act.service,
+        "phoneNumber": act.phone,
+        "activationCost": float(act.cost),
+        "activationStatus": _ACTIVE_STATUS.get(act.status, "4"),
+        "activationTime": fmt_time(act.created_at),
+        "discount": "0.00",
+        "repeated": "0",
+        "countryCode": str(act.country),
+        "countryName": country.eng if country is not None else "",
+        "canGetAnotherSms": "1",
+        "currency": USD_CURRENCY,
+    }
+    if hero:
+        # HeroSMS: the latest SMS as plain strings (null before one), plus its time and the end.
+        row["smsCode"] = last.code if last is not None else None
+        row["smsText"] = last.text if last is not None else None
+        row["receiveSmsDate"] = fmt_time(last.at) if last is not None else None
+        row["estDate"] = fmt_time(act.ends_at)
+    else:
+        # SMS-Activate: every code in a list, the texts as a list inside a string.
+        row["smsCode"] = [s.code for s in act.sms] or None
+        row["smsText"] = json.dumps([s.text for s in act.sms]) if act.sms else None
+    return row
+
+
+def _int_param(raw: str | None) -> int | None:
+    """A non-negative integer parameter; None when absent or not one."""
+    if raw is None or not raw.strip().isdigit():
+        return None
+    return int(raw.strip())
+
+
+def _active_activations(state: SimState, params: dict[str, str]) -> web.Response:
+    """getActiveActivations: HeroSMS {"status", "data": [...]}, SMS-Activate
+    {"status", "activeActivations": [...]}, or NO_ACTIVATIONS (SMS-Activate, none at all)."""
+    start = _int_param(params.get("start")) or 0
+    page = state.active_page(start, _int_param(params.get("limit")))
+    rows = [_active_row(state, act) for act in page]
+    if state.settings.error_style == "herosms":
+        return web.json_response({"status": "success", "data": rows})
+    if not rows:
+        return _text("NO_ACTIVATIONS")
+    return web.json_response({"status": "success", "activeActivations": rows})
 
 
 def _countries(state: SimState) -> dict[str, Any]:
@@ -361,6 +429,8 @@ async def handler_api(request: web.Request) -> web.Response:
             if action == "getExtraActivation":
                 return _text(f"ACCESS_NUMBER:{act.id}:{act.phone}")
             return web.json_response(_number_v2(state, act))
+        if action == "getActiveActivations":
+            return _active_activations(state, params)
         if action == "getStatus":
             return _text(_status_v1(state.get(params.get("id"))))
         if action == "getStatusV2":
@@ -372,7 +442,7 @@ async def handler_api(request: web.Request) -> web.Response:
             act = state.get(params.get("id"))
             reply = state.set_status(act, (params.get("status") or "").strip())
             if reply == "ACCESS_RETRY_GET":
-                auto.schedule(act)
+                auto.schedule(act, new=False)
             elif reply in ("ACCESS_CANCEL", "ACCESS_ACTIVATION"):
                 auto.cancel(act.id)
             return _text(reply)
@@ -482,8 +552,27 @@ async def sim_stock(request: web.Request) -> web.Response:
     )
 
 
+def _auto_sms_json(state: SimState) -> dict[str, Any]:
+    s = state.settings
+    return {
+        "delaySeconds": s.auto_sms_delay,
+        "spreadSeconds": s.auto_sms_spread,
+        "share": s.auto_sms_share,
+    }
+
+
+def _share(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if 0 <= value <= 1 else None
+
+
 async def sim_auto_sms(request: web.Request) -> web.Response:
-    """POST /sim/auto-sms {"delaySeconds": 3 | null}."""
+    """POST /sim/auto-sms {"delaySeconds": 3 | null, "spreadSeconds"?: 0, "share"?: 1}.
+
+    Each new activation gets its SMS after delaySeconds + uniform(0, spreadSeconds), with
+    probability `share`; omitted keys keep their value. Nothing changes unless all are valid.
+    """
     state = request.app[STATE_KEY]
     body = await _json_body(request)
     if "delaySeconds" not in body:
@@ -492,9 +581,17 @@ async def sim_auto_sms(request: web.Request) -> web.Response:
     delay = None if raw is None else _seconds(raw)
     if raw is not None and delay is None:
         return _control_error(400, "BAD_DELAY", "delaySeconds must be >= 0 or null")
+    spread = _seconds(body.get("spreadSeconds", state.settings.auto_sms_spread))
+    if spread is None:
+        return _control_error(400, "BAD_SPREAD", "spreadSeconds must be a number >= 0")
+    share = _share(body.get("share", state.settings.auto_sms_share))
+    if share is None:
+        return _control_error(400, "BAD_SHARE", "share must be a number between 0 and 1")
     state.settings.auto_sms_delay = delay
+    state.settings.auto_sms_spread = spread
+    state.settings.auto_sms_share = share
     request.app[AUTO_KEY].reschedule()
-    return web.json_response({"delaySeconds": delay})
+    return web.json_response(_auto_sms_json(state))
 
 
 async def sim_deliver_sms(request: web.Request) -> web.Response:
@@ -509,10 +606,11 @@ async def sim_deliver_sms(request: web.Request) -> web.Response:
     try:
         act = state.get(request.match_info["activation_id"])
         request.app[AUTO_KEY].cancel(act.id)
-        state.deliver_sms(act, text=text, code=None if code is None else str(code))
+        sms = state.deliver_sms(act, text=text, code=None if code is None else str(code))
     except SimError as err:
         status = 409 if err.title == "ACTIVATION_NOT_ACTIVE" else 404
         return _control_error(status, err.title, err.details)
+    request.app[PUSHER_KEY].push_activation(act, sms)
     return web.json_response(act.to_json())
 
 
@@ -543,6 +641,8 @@ def _config_json(state: SimState) -> dict[str, Any]:
         "errorStyle": s.error_style,
         "earlyCancelSeconds": s.early_cancel_seconds,
         "autoSmsDelaySeconds": s.auto_sms_delay,
+        "autoSmsSpreadSeconds": s.auto_sms_spread,
+        "autoSmsShare": s.auto_sms_share,
         "activationLifetimeSeconds": s.lifetime_seconds,
         "bannedUntil": s.banned_until,
         "balance": float(state.balance),
@@ -555,6 +655,7 @@ def _config_json(state: SimState) -> dict[str, Any]:
         "webhookTimeoutSeconds": s.webhook_timeout_seconds,
         "rateLimitPerSecond": s.rate_limit_per_second,
         "rateBlockSeconds": s.rate_block_seconds,
+        "activeActivationsPageLimit": s.active_page_limit,
         "btcUsd": float(s.btc_usd),
     }
 
@@ -602,6 +703,11 @@ def _apply_config(state: SimState, body: dict[str, Any]) -> str | None:
         if block is None:
             return "rateBlockSeconds must be a number >= 0"
         s.rate_block_seconds = block
+    if "activeActivationsPageLimit" in body:
+        cap = body["activeActivationsPageLimit"]
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+            return "activeActivationsPageLimit must be an integer >= 1 or null (all)"
+        s.active_page_limit = cap
     if "btcUsd" in body:
         rate = _decimal(body["btcUsd"])
         if rate is None or rate == 0:
@@ -661,11 +767,18 @@ async def sim_reset(request: web.Request) -> web.Response:
 
 
 async def sim_stats(request: web.Request) -> web.Response:
-    """GET /sim/stats: handler_api calls per action."""
+    """GET /sim/stats: handler_api calls per action, 429s, the busiest second of one key
+    (`peakPerSecond`, refused requests included) and how many blocks started (`blocks`)."""
     state = request.app[STATE_KEY]
     stats = state.stats
     return web.json_response(
-        {"actions": dict(stats), "total": sum(stats.values()), "rateLimited": state.rate_limited}
+        {
+            "actions": dict(stats),
+            "total": sum(stats.values()),
+            "rateLimited": state.rate_limited,
+            "peakPerSecond": state.peak_per_second,
+            "blocks": state.blocks,
+        }
     )
 
 
@@ -789,11 +902,12 @@ async def sim_end_rental(request: web.Request) -> web.Response:
 
 
 async def sim_webhooks(request: web.Request) -> web.Response:
-    """GET /sim/webhooks: every rent webhook push with its attempts; DELETE forgets them."""
+    """GET /sim/webhooks: the latest webhook pushes (rental and activation SMS) with their
+    attempts; DELETE forgets them."""
     pusher = request.app[PUSHER_KEY]
     if request.method == "DELETE":
         pusher.clear()
-    return web.json_response([d.to_json() for d in pusher.deliveries])
+    return web.json_response([d.to_json() for d in pusher.log()])
 
 
 async def sim_health(request: web.Request) -> web.Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import random
 import re
 import time
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
+from itertools import islice
 from typing import Any, Literal
 
 from sandbox.smssim.catalog import (
@@ -198,6 +200,10 @@ class Settings:
     error_style: ErrorStyle = "herosms"
     early_cancel_seconds: float = 120.0
     auto_sms_delay: float | None = 3.0
+    # Each new activation's SMS comes after delay + uniform(0, spread) s, and only with
+    # probability `share` (the others never get one, so they expire or are cancelled).
+    auto_sms_spread: float = 0.0
+    auto_sms_share: float = 1.0
     lifetime_seconds: float = 1200.0
     banned_until: str | None = None
     initial_balance: Decimal = DEFAULT_BALANCE
@@ -205,6 +211,7 @@ class Settings:
     # A rental may be cancelled (and refunded) only this long after it started.
     rent_cancel_seconds: float = 1200.0
     # Where rental SMS are pushed when the rental named no `url` (None: nowhere).
+    # The account webhook: rental SMS of rentals without `url`, and every activation SMS.
     webhook_url: str | None = None
     webhook_secret: str | None = None
     webhook_tries: int = 7
@@ -213,6 +220,8 @@ class Settings:
     # Upstream rate limit per API key (None: off) and how long a burst over it blocks the key.
     rate_limit_per_second: int | None = 50
     rate_block_seconds: float = 10.0
+    # Most rows one getActiveActivations page returns (HeroSMS documents 100); None: all.
+    active_page_limit: int | None = None
     btc_usd: Decimal = DEFAULT_BTC_USD
 
 
@@ -264,6 +273,7 @@ class SimActivation:
             "status": self.status,
             "codes": [s.code for s in self.sms],
             "texts": [s.text for s in self.sms],
+            "smsAt": [s.at for s in self.sms],
             "createdAt": iso_time(self.created_at),
             "endsAt": iso_time(self.ends_at),
             "cost": float(self.cost),
@@ -430,6 +440,14 @@ class SimState:
         self._recent: dict[str, deque[float]] = {}
         self._blocked_until: dict[str, float] = {}
         self.rate_limited = 0
+        # Every request of a key in the last second (refused ones too), for the peak.
+        self._seen: dict[str, deque[float]] = {}
+        self.peak_per_second = 0
+        self.blocks = 0
+        # Activations still active, in purchase order, and their ends (a heap) so expiry
+        # and the bulk status never scan the whole history.
+        self._active: dict[int, SimActivation] = {}
+        self._ends: list[tuple[float, int]] = []
 
     def reset(self) -> None:
         """Clear activations, rentals, stats, faults and blocks; restore stock and balance."""
@@ -443,6 +461,11 @@ class SimState:
         self._recent.clear()
         self._blocked_until.clear()
         self.rate_limited = 0
+        self._seen.clear()
+        self.peak_per_second = 0
+        self.blocks = 0
+        self._active.clear()
+        self._ends.clear()
 
     # ----------------------------------------------------------------- faults
 
@@ -464,10 +487,11 @@ class SimState:
 
     def rate_check(self, api_key: str) -> float | None:
         """Count one request for the key; seconds left in its block if it is (now) blocked."""
+        now = self.clock()
+        self._count_peak(api_key, now)
         limit = self.settings.rate_limit_per_second
         if limit is None:
             return None
-        now = self.clock()
         until = self._blocked_until.get(api_key, 0.0)
         if now < until:
             return until - now
@@ -479,8 +503,17 @@ class SimState:
             window.clear()
             block = self.settings.rate_block_seconds
             self._blocked_until[api_key] = now + block
+            self.blocks += 1
             return block
         return None
+
+    def _count_peak(self, api_key: str, now: float) -> None:
+        """Track the most requests of one key within any sliding second (amortised O(1))."""
+        window = self._seen.setdefault(api_key, deque())
+        window.append(now)
+        while window[0] <= now - 1.0:
+            window.popleft()
+        self.peak_per_second = max(self.peak_per_second, len(window))
 
     # ------------------------------------------------------------------ auth
 
@@ -527,9 +560,14 @@ class SimState:
             created_at=now,
             ends_at=now + self.settings.lifetime_seconds,
         )
+        self._register(activation)
+        return activation
+
+    def _register(self, activation: SimActivation) -> None:
         self.next_id += 1
         self.activations[activation.id] = activation
-        return activation
+        self._active[activation.id] = activation
+        heapq.heappush(self._ends, (activation.ends_at, activation.id))
 
     def get(self, raw_id: str | None) -> SimActivation:
         """Look up an activation by its (string) id, expiring it if due."""
@@ -545,17 +583,35 @@ class SimState:
         """Apply lifetime expiry: unused → cancelled and refunded, used → finished."""
         if activation.status in ACTIVE_STATES and self.clock() >= activation.ends_at:
             if activation.sms:
-                activation.status = FINISHED
+                self._end(activation, FINISHED)
             else:
                 self._cancel(activation)
 
     def refresh_all(self) -> None:
-        """Apply expiry to every activation."""
-        for activation in self.activations.values():
-            self.refresh(activation)
+        """Apply expiry to every activation that is due (the others are left alone)."""
+        now = self.clock()
+        while self._ends and self._ends[0][0] <= now:
+            _, activation_id = heapq.heappop(self._ends)
+            activation = self.activations.get(activation_id)
+            if activation is not None:
+                self.refresh(activation)
+
+    def active_page(self, start: int, limit: int | None) -> list[SimActivation]:
+        """Active activations in purchase order, `limit` of them from `start` (bulk status)."""
+        self.refresh_all()
+        cap = self.settings.active_page_limit
+        if cap is not None:
+            limit = cap if limit is None else min(limit, cap)
+        stop = None if limit is None else start + max(limit, 0)
+        return list(islice(self._active.values(), max(start, 0), stop))
+
+    def _end(self, activation: SimActivation, status: str) -> None:
+        """The activation leaves the active states."""
+        activation.status = status
+        self._active.pop(activation.id, None)
 
     def _cancel(self, activation: SimActivation) -> None:
-        activation.status = CANCEL
+        self._end(activation, CANCEL)
         self.balance += activation.cost
         pair = self.stock.get((activation.country, activation.service))
         if pair is not None:
@@ -576,7 +632,7 @@ class SimState:
         if status_raw == "6":
             if not activation.sms:
                 raise err_bad_status()
-            activation.status = FINISHED
+            self._end(activation, FINISHED)
             return "ACCESS_ACTIVATION"
         if status_raw == "3":
             if not activation.sms:
@@ -647,8 +703,7 @@ class SimState:
             created_at=now,
             ends_at=now + self.settings.lifetime_seconds,
         )
-        self.next_id += 1
-        self.activations[activation.id] = activation
+        self._register(activation)
         return activation
 
     # ---------------------------------------------------------------- rentals
