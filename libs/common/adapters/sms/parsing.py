@@ -612,7 +612,10 @@ def parse_active_activation(item: Any, tz: tzinfo = UTC) -> ActiveActivation | N
     """One getActiveActivations row; None when it has no usable id."""
     if not isinstance(item, dict):
         return None
-    activation_id = _to_id(item.get("activationId", item.get("id")))
+    raw_id = item.get("activationId", item.get("id"))
+    if isinstance(raw_id, bool) or not isinstance(raw_id, str | int | Decimal):
+        return None
+    activation_id = _to_id(raw_id)
     if activation_id is None:
         return None
     code, text, received = _sms_fields(item, tz)
