@@ -724,6 +724,12 @@ async def sim_config(request: web.Request) -> web.Response:
         return web.json_response(_config_json(state))
     body = await _json_body(request)
     s = state.settings
+    spread = _seconds(body.get("autoSmsSpreadSeconds", s.auto_sms_spread))
+    if spread is None:
+        return _control_error(400, "BAD_SPREAD", "autoSmsSpreadSeconds must be a number >= 0")
+    share = _share(body.get("autoSmsShare", s.auto_sms_share))
+    if share is None:
+        return _control_error(400, "BAD_SHARE", "autoSmsShare must be a number between 0 and 1")
     if "errorStyle" in body:
         if body["errorStyle"] not in ERROR_STYLES:
             return _control_error(400, "BAD_STYLE", "errorStyle must be herosms or smsactivate")
@@ -754,6 +760,8 @@ async def sim_config(request: web.Request) -> web.Response:
         if raw is not None and delay is None:
             return _control_error(400, "BAD_DELAY", "autoSmsDelaySeconds must be >= 0 or null")
         s.auto_sms_delay = delay
+    if {"autoSmsDelaySeconds", "autoSmsSpreadSeconds", "autoSmsShare"} & body.keys():
+        s.auto_sms_spread, s.auto_sms_share = spread, share
         request.app[AUTO_KEY].reschedule()
     return web.json_response(_config_json(state))
 

@@ -314,3 +314,21 @@ async def test_sms_times_are_precise(client: HeroSmsClient, ctl: Control) -> Non
     first, second = entry["smsAt"]
     assert before <= first <= second <= time.time()
     assert first != int(first) or second != int(second)  # not whole seconds
+
+
+async def test_auto_sms_spread_and_share_in_the_config(ctl: Control) -> None:
+    config = await ctl.post("/sim/config", {"autoSmsSpreadSeconds": 2, "autoSmsShare": 0.25})
+    assert (config["autoSmsSpreadSeconds"], config["autoSmsShare"]) == (2, 0.25)
+    assert await ctl.post("/sim/auto-sms", {"delaySeconds": 1}) == {
+        "delaySeconds": 1,
+        "spreadSeconds": 2,
+        "share": 0.25,
+    }
+    before = await ctl.get("/sim/config")
+    for bad, code in (
+        ({"autoSmsShare": 2}, "BAD_SHARE"),
+        ({"autoSmsSpreadSeconds": -1}, "BAD_SPREAD"),
+    ):
+        reply = await ctl.post("/sim/config", {**bad, "balance": 1}, status=400)
+        assert reply["error"] == code
+    assert await ctl.get("/sim/config") == before
