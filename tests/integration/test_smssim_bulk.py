@@ -69,7 +69,8 @@ async def test_bulk_status_through_the_client(
     assert set(found) == {waiting.id, received.id, again.id}
     assert found[waiting.id] == ActiveActivation(waiting.id, "waiting", phone=waiting.phone)
     assert (found[received.id].state, found[received.id].code) == ("received", "11111")
-    assert found[received.id].text is not None and "11111" in found[received.id].text
+    text = found[received.id].text
+    assert text is not None and "11111" in text
     assert (found[again.id].state, found[again.id].code) == ("retry_wait", "22222")
     # The bulk answer says what getStatus says.
     for activation_id, entry in found.items():
