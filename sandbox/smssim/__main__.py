@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
@@ -44,16 +44,25 @@ def _non_negative(raw: str) -> float:
     return value
 
 
-def _rate_limit(raw: str) -> int | None:
-    if raw.strip().lower() in ("off", "none", "disabled", "0", ""):
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError("expected requests per second or 'off'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be >= 0")
-    return value
+def _count_or_off(what: str, off: str) -> Callable[[str], int | None]:
+    """A parser for a positive count, or None for `off` (and its synonyms, and 0)."""
+
+    def parse(raw: str) -> int | None:
+        if raw.strip().lower() in (off, "off", "none", "disabled", "0", ""):
+            return None
+        try:
+            value = int(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what} or '{off}'") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError("must be >= 0")
+        return value
+
+    return parse
+
+
+_rate_limit = _count_or_off("requests per second", "off")
+_page_limit = _count_or_off("rows per page", "all")
 
 
 def _share(raw: str) -> float:
@@ -63,18 +72,6 @@ def _share(raw: str) -> float:
         raise argparse.ArgumentTypeError("expected a number between 0 and 1") from None
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError("must be between 0 and 1")
-    return value
-
-
-def _page_limit(raw: str) -> int | None:
-    if raw.strip().lower() in ("off", "none", "all", "0", ""):
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError("expected rows per page or 'all'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be >= 0")
     return value
 
 
