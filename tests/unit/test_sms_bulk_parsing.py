@@ -253,6 +253,14 @@ async def test_client_reads_every_page(env: Env) -> None:
     assert [(r["start"], r["limit"]) for r in sent] == [("0", "100"), ("100", "100")]
 
 
+async def test_client_page_size_can_be_raised(env: Env) -> None:
+    env.client.active_page_size = 500
+    env.upstream.on("getActiveActivations", page(1, 500), page(501, 20))
+    assert len(await env.client.active_activations()) == 520
+    sent = [r for r in env.upstream.requests if r["action"] == "getActiveActivations"]
+    assert [(r["start"], r["limit"]) for r in sent] == [("0", "500"), ("500", "500")]
+
+
 async def test_client_stops_when_the_provider_ignores_start(env: Env) -> None:
     env.upstream.on("getActiveActivations", page(1, 150))
     found = await env.client.active_activations()

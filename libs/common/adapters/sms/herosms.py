@@ -336,6 +336,10 @@ class HeroSmsClient:
             return status  # another SMS raced in between; keep the v1 code, text unknown
         return ActivationStatus("received", code=status.code or detailed.code, text=detailed.text)
 
+    # Rows asked for per getActiveActivations page; an attribute so that a provider known to
+    # allow bigger pages (the simulator does) can be read in fewer requests.
+    active_page_size: int = ACTIVE_PAGE_SIZE
+
     @_counted
     async def active_activations(self) -> list[ActiveActivation]:
         """Every active activation with its latest SMS (getActiveActivations), page by page.
@@ -351,7 +355,7 @@ class HeroSmsClient:
         for _ in range(_MAX_ACTIVE_PAGES):
             try:
                 reply = await self._call(
-                    "getActiveActivations", start=str(start), limit=str(ACTIVE_PAGE_SIZE)
+                    "getActiveActivations", start=str(start), limit=str(self.active_page_size)
                 )
             except ProviderError as err:
                 if err.code in NO_ACTIVATIONS_CODES:
@@ -366,7 +370,7 @@ class HeroSmsClient:
             rows = active_activation_rows(reply.data)
             fresh = [a for a in parse_active_activations(rows, self._tz) if a.id not in found]
             found.update((a.id, a) for a in fresh)
-            if len(rows) < ACTIVE_PAGE_SIZE or not fresh:
+            if len(rows) < self.active_page_size or not fresh:
                 break
             start += len(rows)
         return list(found.values())
