@@ -126,16 +126,15 @@ class SlotBudget:
         started = self._clock()
         try:
             while True:
-                asked = self._clock()
                 if urgent:
-                    take = await self._reserve(ahead=self.max_wait, started=started)
+                    asked, take = await self._reserve(ahead=self.max_wait, started=started)
                 else:
                     async with self._polls:
-                        take = await self._reserve(ahead=self.poll_ahead, started=started)
+                        asked, take = await self._reserve(ahead=self.poll_ahead, started=started)
                 if take.wait > 0:
                     await _call_sleep(self._sleep, take.wait)
-                # Measured from before the query, so the lateness seen is never less than the
-                # true one (the slot was computed after `asked`).
+                # Measured from just before the query, so the lateness seen is never less than
+                # the true one (the slot was computed after `asked`).
                 late = self._clock() - (asked + take.wait)
                 if late > self.late_after:
                     PROVIDER_BUDGET_LATE.labels(urgency).inc()
@@ -150,14 +149,18 @@ class SlotBudget:
             PROVIDER_BUDGET_REFUSED.labels(urgency, _refusal(err)).inc()
             raise
 
-    async def _reserve(self, *, ahead: float, started: float) -> Take:
-        """Ask until a slot is reserved; sleep through short pauses and a busy pace."""
+    async def _reserve(self, *, ahead: float, started: float) -> tuple[float, Take]:
+        """Ask until a slot is reserved; sleep through short pauses and a busy pace.
+
+        Returns the reserved slot and when it was asked for (the clock just before the query).
+        """
         while True:
+            asked = self._clock()
             take = await self._take(ahead)
             if take.paused_for > self.max_wait:
                 raise (take.pause_error or rate_limited)(take.paused_for)
             if take.granted:
-                return take
+                return asked, take
             # Refused: an urgent call would wait longer than max_wait, or a non-urgent slot is
             # not yet within reach. Sleep until it is, unless the whole wait would be too long.
             if self._clock() - started + take.wait > self.max_wait:
