@@ -111,8 +111,13 @@ class PgRequestBudget(SlotBudget):
 
     async def _paused_meanwhile(self) -> bool:
         """Whether another replica paused the account while this one slept on its slot."""
+        return await self.paused_for() > 0
+
+    async def paused_for(self) -> float:
+        """Seconds left in the account's pause (0 when none)."""
         row = await self._ask(Q.budget_paused_for, self.account)
-        return bool(row[0])
+        left: float = row[0]
+        return left
 
     async def pause(self, seconds: float, error: Callable[[float], ProviderError]) -> None:
         """Hold every replica for `seconds` (unless a longer pause is already on)."""
