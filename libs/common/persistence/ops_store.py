@@ -102,12 +102,24 @@ class PgRequestBudget(SlotBudget):
 
     async def _take(self, ahead: float) -> Take:
         """Reserve the next slot in the shared row (one round trip)."""
-        row = await self._ask(Q.budget_take, self.account, self.interval, self.burst, ahead)
+        args = (self.account, self.interval, self.burst, ahead)
+        try:
+            if isinstance(self._db, asyncpg.Pool):
+                # Waiting for a free connection is local queueing, not lateness: the clock is
+                # read once the connection is ours, just before the question leaves.
+                async with self._db.acquire() as conn:
+                    asked = self._clock()
+                    row = await conn.fetchrow(Q.budget_take, *args)
+            else:
+                asked = self._clock()
+                row = await self._db.fetchrow(Q.budget_take, *args)
+        except _DB_ERRORS as exc:
+            raise _no_budget(exc) from exc
         paused_for: float = row["paused_for"]
         error = None
         if paused_for > 0:
             error = _pause_error(row["pause_banned"], row["pause_code"], row["pause_until_text"])
-        return Take(row["wait"], row["granted"], paused_for, error)
+        return Take(asked, row["wait"], row["granted"], paused_for, error)
 
     async def _paused_meanwhile(self) -> bool:
         """Whether another replica paused the account while this one slept on its slot."""
@@ -140,11 +152,18 @@ class PgRequestBudget(SlotBudget):
             if not fetch:
                 return await self._db.execute(query, *args)
             row = await self._db.fetchrow(query, *args)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-            raise RateLimited(
-                BUDGET_UNAVAILABLE, retry_after=1.0, detail=type(exc).__name__
-            ) from exc
+        except _DB_ERRORS as exc:
+            raise _no_budget(exc) from exc
         return (0.0,) if row is None else row
+
+
+# What "the database cannot be asked" looks like: server errors, a closed pool, no connection.
+_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+def _no_budget(exc: BaseException) -> RateLimited:
+    """The transient error of a call whose budget cannot be asked (it is not sent unmetered)."""
+    return RateLimited(BUDGET_UNAVAILABLE, retry_after=1.0, detail=type(exc).__name__)
 
 
 def _pause_error(

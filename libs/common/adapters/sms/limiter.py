@@ -56,8 +56,13 @@ class RequestBudget(Protocol):
 
 @dataclass(frozen=True)
 class Take:
-    """One try to reserve a slot: the wait until it, whether it was reserved, any pause."""
+    """One try to reserve a slot: the wait until it, whether it was reserved, any pause.
 
+    `asked` is the caller's clock just before the question left (after any local queueing):
+    the slot was computed later, so `asked + wait` is never after the slot's true time.
+    """
+
+    asked: float
     wait: float
     granted: bool
     paused_for: float = 0.0
@@ -127,15 +132,15 @@ class SlotBudget:
         try:
             while True:
                 if urgent:
-                    asked, take = await self._reserve(ahead=self.max_wait, started=started)
+                    take = await self._reserve(ahead=self.max_wait, started=started)
                 else:
                     async with self._polls:
-                        asked, take = await self._reserve(ahead=self.poll_ahead, started=started)
+                        take = await self._reserve(ahead=self.poll_ahead, started=started)
                 if take.wait > 0:
                     await _call_sleep(self._sleep, take.wait)
-                # Measured from just before the query, so the lateness seen is never less than
-                # the true one (the slot was computed after `asked`).
-                late = self._clock() - (asked + take.wait)
+                # Measured from just before the question, so the lateness seen is never less
+                # than the true one (the slot was computed after `asked`).
+                late = self._clock() - (take.asked + take.wait)
                 if late > self.late_after:
                     PROVIDER_BUDGET_LATE.labels(urgency).inc()
                 elif take.wait <= self.late_after or not await self._paused_meanwhile():
@@ -149,18 +154,14 @@ class SlotBudget:
             PROVIDER_BUDGET_REFUSED.labels(urgency, _refusal(err)).inc()
             raise
 
-    async def _reserve(self, *, ahead: float, started: float) -> tuple[float, Take]:
-        """Ask until a slot is reserved; sleep through short pauses and a busy pace.
-
-        Returns the reserved slot and when it was asked for (the clock just before the query).
-        """
+    async def _reserve(self, *, ahead: float, started: float) -> Take:
+        """Ask until a slot is reserved; sleep through short pauses and a busy pace."""
         while True:
-            asked = self._clock()
             take = await self._take(ahead)
             if take.paused_for > self.max_wait:
                 raise (take.pause_error or rate_limited)(take.paused_for)
             if take.granted:
-                return asked, take
+                return take
             # Refused: an urgent call would wait longer than max_wait, or a non-urgent slot is
             # not yet within reach. Sleep until it is, unless the whole wait would be too long.
             if self._clock() - started + take.wait > self.max_wait:
@@ -226,7 +227,8 @@ class ProviderLimiter(SlotBudget):
             ahead=ahead,
         )
         paused_for = self.paused_for()
-        return Take(send_at - now, granted, paused_for, self._pause_error if paused_for else None)
+        error = self._pause_error if paused_for else None
+        return Take(now, send_at - now, granted, paused_for, error)
 
     async def _paused_meanwhile(self) -> bool:
         """Whether a pause began while the caller slept on its slot."""
