@@ -6,14 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import aiohttp
 import asyncpg
 import pytest
 
-from libs.common.adapters.sms import HeroSmsClient, RateLimited, budget_account
+from libs.common.adapters.sms import (
+    Banned,
+    HeroSmsClient,
+    ProviderError,
+    RateLimited,
+    budget_account,
+)
 from libs.common.persistence import db
 from libs.common.persistence.ops_store import PgRequestBudget
 from tests.integration.conftest import running_smssim
@@ -208,14 +214,26 @@ async def test_a_429_seen_by_one_replica_pauses_the_others(
     assert stats["total"] - before == 2, stats
 
 
-async def test_a_long_pause_fails_every_replica_at_once(replicas: list[Replica], sim: Sim) -> None:
-    await replicas[0].budget.pause(60, lambda left: RateLimited("RATE_LIMITED", retry_after=left))
+@pytest.mark.parametrize("kind", ["rate_limited", "banned"])
+async def test_a_long_pause_fails_every_replica_at_once(
+    replicas: list[Replica], sim: Sim, kind: str
+) -> None:
+    until = "2030-01-01 00:00:00"
+    error: Callable[[float], ProviderError] = (
+        (lambda left: Banned("BANNED", until=until, retry_after=left, transient=True))
+        if kind == "banned"
+        else (lambda left: RateLimited("RATE_LIMITED", retry_after=left))
+    )
+    await replicas[0].budget.pause(60, error)
     before = (await sim.stats())["total"]
     for replica in replicas[1:]:
-        with pytest.raises(RateLimited) as info:
+        # Every other replica fails at once with the error the pause was made with.
+        with pytest.raises(Banned if kind == "banned" else RateLimited) as info:
             await replica.client.buy(service="tg", country_id=187)
         assert info.value.transient
         assert info.value.retry_after is not None and 50 < info.value.retry_after <= 60
+        if kind == "banned":
+            assert isinstance(info.value, Banned) and info.value.until == until
     assert (await sim.stats())["total"] == before
 
 
