@@ -132,10 +132,10 @@ class SlotBudget:
         try:
             while True:
                 if urgent:
-                    take = await self._reserve(ahead=self.max_wait, started=started)
+                    take = await self._reserve(self.max_wait, started, urgency)
                 else:
                     async with self._polls:
-                        take = await self._reserve(ahead=self.poll_ahead, started=started)
+                        take = await self._reserve(self.poll_ahead, started, urgency)
                 if take.wait > 0:
                     await _call_sleep(self._sleep, take.wait)
                 # Measured from just before the question, so the lateness seen is never less
@@ -149,22 +149,27 @@ class SlotBudget:
                     PROVIDER_BUDGET_WAIT.labels(urgency).observe(self._clock() - started)
                     return
                 if self._clock() - started > self.max_wait:
+                    PROVIDER_BUDGET_REFUSED.labels(urgency, "late").inc()
                     raise rate_limited(self.max_wait)
-        except ProviderError as err:
-            PROVIDER_BUDGET_REFUSED.labels(urgency, _refusal(err)).inc()
+        except RateLimited as err:
+            if err.code == BUDGET_UNAVAILABLE:
+                PROVIDER_BUDGET_REFUSED.labels(urgency, "no_budget").inc()
             raise
 
-    async def _reserve(self, *, ahead: float, started: float) -> Take:
+    async def _reserve(self, ahead: float, started: float, urgency: str) -> Take:
         """Ask until a slot is reserved; sleep through short pauses and a busy pace."""
         while True:
             take = await self._take(ahead)
             if take.paused_for > self.max_wait:
+                PROVIDER_BUDGET_REFUSED.labels(urgency, "paused").inc()
                 raise (take.pause_error or rate_limited)(take.paused_for)
             if take.granted:
                 return take
             # Refused: an urgent call would wait longer than max_wait, or a non-urgent slot is
             # not yet within reach. Sleep until it is, unless the whole wait would be too long.
             if self._clock() - started + take.wait > self.max_wait:
+                reason = "paused" if take.paused_for > 0 else "busy"
+                PROVIDER_BUDGET_REFUSED.labels(urgency, reason).inc()
                 raise (take.pause_error or rate_limited)(take.wait)
             await _call_sleep(self._sleep, max(take.wait - ahead, self.interval, 0.001))
 
@@ -238,13 +243,6 @@ class ProviderLimiter(SlotBudget):
 def pause_reason(error: Callable[[float], ProviderError]) -> str:
     """The metric label of a pause: the kind of error it would raise (bounded set)."""
     return "banned" if isinstance(error(0.0), Banned) else "rate_limited"
-
-
-def _refusal(err: ProviderError) -> str:
-    """The metric label of a refused acquire (bounded set)."""
-    if err.code == BUDGET_UNAVAILABLE:
-        return "no_budget"
-    return "paused" if isinstance(err, Banned) or err.code != "RATE_LIMITED" else "busy"
 
 
 def budget_account(base_url: str, api_key: str) -> str:
