@@ -13,6 +13,7 @@ import pytest
 from libs.common.adapters.sms import Banned, HeroSmsClient, RateLimited, budget_account
 from libs.common.adapters.sms.herosms import is_urgent
 from libs.common.adapters.sms.limiter import ProviderLimiter, rate_limited, take_slot
+from libs.common.core.config import Settings
 
 
 class VirtualTime:
@@ -200,3 +201,11 @@ def test_budget_account_hides_the_key() -> None:
 def test_client_takes_the_given_budget() -> None:
     budget = ProviderLimiter(5)
     assert HeroSmsClient("http://sms.test", "k", budget=budget).budget is budget
+
+
+def test_from_settings_uses_the_given_budget_or_its_own() -> None:
+    budget = ProviderLimiter(5)
+    settings = Settings(provider_url="http://sms.test", provider_budget_max_wait_seconds=7)
+    assert HeroSmsClient.from_settings(settings, budget).budget is budget
+    own = HeroSmsClient.from_settings(settings).budget
+    assert isinstance(own, ProviderLimiter) and own.max_wait == 7 and own.rate == 40
