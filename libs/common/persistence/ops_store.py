@@ -67,7 +67,7 @@ class PgRequestBudget(SlotBudget):
 
     def __init__(
         self,
-        db: Executor,
+        pool: asyncpg.Pool,
         account: str,
         *,
         rate: float,
@@ -75,7 +75,11 @@ class PgRequestBudget(SlotBudget):
         max_wait: float = 30.0,
         late_after: float = LATE_AFTER,
     ) -> None:
-        """Bind to the pool and the account key (see `budget_account`)."""
+        """Bind to the pool and the account key (see `budget_account`).
+
+        Never to one transaction's connection: the row lock of a take would be held until that
+        transaction ends, stopping every replica's calls meanwhile.
+        """
         super().__init__(
             interval=1.0 / rate if rate > 0 else 0.0,
             max_wait=max_wait,
@@ -83,16 +87,16 @@ class PgRequestBudget(SlotBudget):
             sleep=asyncio.sleep,
             late_after=late_after,
         )
-        self._db = db
+        self._db = pool
         self.account = account
         self.rate = rate
         self.burst = burst
 
     @classmethod
-    def from_settings(cls, db: Executor, settings: Settings) -> PgRequestBudget:
+    def from_settings(cls, pool: asyncpg.Pool, settings: Settings) -> PgRequestBudget:
         """The budget of the configured provider account."""
         return cls(
-            db,
+            pool,
             budget_account(settings.provider_url, settings.provider_api_key),
             rate=settings.provider_rate_per_second,
             burst=settings.provider_budget_burst,
@@ -104,15 +108,11 @@ class PgRequestBudget(SlotBudget):
         """Reserve the next slot in the shared row (one round trip)."""
         args = (self.account, self.interval, self.burst, ahead)
         try:
-            if isinstance(self._db, asyncpg.Pool):
-                # Waiting for a free connection is local queueing, not lateness: the clock is
-                # read once the connection is ours, just before the question leaves.
-                async with self._db.acquire() as conn:
-                    asked = self._clock()
-                    row = await conn.fetchrow(Q.budget_take, *args)
-            else:
+            # Waiting for a free connection is local queueing, not lateness: the clock is read
+            # once the connection is ours, just before the question leaves.
+            async with self._db.acquire() as conn:
                 asked = self._clock()
-                row = await self._db.fetchrow(Q.budget_take, *args)
+                row = await conn.fetchrow(Q.budget_take, *args)
         except _DB_ERRORS as exc:
             raise _no_budget(exc) from exc
         paused_for: float = row["paused_for"]
