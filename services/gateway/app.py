@@ -12,14 +12,13 @@ from pathlib import Path
 from aiohttp import web
 
 from libs.common.adapters.lightning import LndClient
-from libs.common.adapters.sms import HeroSmsClient
 from libs.common.core import metrics
 from libs.common.core.config import Settings
 from libs.common.core.logs import ACCESS_LOGGER, LOG_CONTEXT, AccessLogger, register_secret
 from libs.common.domain.events import CORRELATION_HEADER
 from libs.common.domain.refund_invoices import currency_for_network
 from libs.common.messaging import bus
-from libs.common.messaging.runtime import close_all, start_background
+from libs.common.messaging.runtime import close_all, provider_client, start_background
 from libs.common.persistence import db
 from libs.common.persistence.stores import PgStores
 from services.gateway import classic, classic_prices, discovery, views, webhooks
@@ -125,7 +124,7 @@ def init_app(settings: Settings, stop: asyncio.Event) -> web.Application:
         lnd = LndClient(
             settings.lnd_rest_url, settings.macaroon_hex(), settings.lnd_tls_cert_path or None
         )
-        provider = HeroSmsClient.from_settings(settings)
+        provider = provider_client(pool, settings)
         app[POOL], app[JS_CONN], app[LND], app[PROVIDER] = pool, nc, lnd, provider
         app[STORES] = PgStores(pool, settings.subject_prefix)
         background = start_background(pool, nc, settings, stop)

@@ -8,11 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from libs.common.adapters import sms
-from libs.common.adapters.sms import HeroSmsClient
 from libs.common.core.config import Settings
 from libs.common.domain.events import EventType
 from libs.common.messaging.bus import OrderAction, dispatch
-from libs.common.messaging.runtime import open_worker, run_loops
+from libs.common.messaging.runtime import open_worker, provider_client, run_loops
 from libs.common.persistence.ports import Stores
 from services.provider.allocation import Allocation
 from services.provider.balance_alarm import BalanceAlarm
@@ -79,11 +78,11 @@ class ProviderStage:
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:
     """Run the provider worker until stop."""
-    provider = HeroSmsClient.from_settings(settings)
-    try:
-        async with open_worker("provider", settings, stop) as worker:
+    async with open_worker("provider", settings, stop) as worker:
+        provider = provider_client(worker.pool, settings)
+        try:
             stage = ProviderStage.build(worker.stores, worker.settings, provider, worker.stop)
             handle = dispatch("provider", stage.actions())
             await run_loops(stop, worker.consumer(handle).run(stop), *stage.loops())
-    finally:
-        await provider.close()
+        finally:
+            await provider.close()

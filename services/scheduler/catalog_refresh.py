@@ -22,13 +22,14 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from libs.common.adapters.fx_source import fetch_rate
-from libs.common.adapters.sms import BadRentTime, HeroSmsClient, ProviderError, SmsProvider
+from libs.common.adapters.sms import BadRentTime, ProviderError, SmsProvider
 from libs.common.core.config import Settings, load_settings
 from libs.common.core.logs import setup_logging
 from libs.common.core.metrics import FX_RATE_REJECTED
 from libs.common.domain.alarms import Alarm
 from libs.common.domain.countries import Country, Offer, static_iso
 from libs.common.domain.fx import PAIR, FxRateRejected, FxSourceError, implausible_change
+from libs.common.messaging.runtime import provider_client
 from libs.common.persistence import db
 from libs.common.persistence.catalog_store import (
     CATALOG_JOB,
@@ -228,7 +229,7 @@ async def refresh_once(settings: Settings, *, accept_rate: bool = False) -> int:
     """
     pool = await db.create_pool(settings.database_url, min_size=2, max_size=2)
     stores = PgStores(pool, settings.subject_prefix)
-    provider = HeroSmsClient.from_settings(settings)
+    provider = provider_client(pool, settings)
     status = 0
     try:
         try:

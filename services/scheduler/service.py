@@ -6,13 +6,12 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 
-from libs.common.adapters.sms import HeroSmsClient
 from libs.common.core import metrics
 from libs.common.core.config import Settings
 from libs.common.core.faults import crash_point
 from libs.common.domain.events import TIMERS, Event, Timer
 from libs.common.messaging import ops
-from libs.common.messaging.runtime import Worker, open_worker, run_loops
+from libs.common.messaging.runtime import Worker, open_worker, provider_client, run_loops
 from libs.common.persistence.ports import Stores
 from libs.common.persistence.stores import PgStores
 from services.scheduler.catalog_refresh import refresh_forever
@@ -105,7 +104,7 @@ async def tick_forever(worker: Worker) -> None:
 async def main(settings: Settings, stop: asyncio.Event) -> None:
     """Run the scheduler until stop."""
     async with open_worker("scheduler", settings, stop) as worker:
-        provider = HeroSmsClient.from_settings(settings)
+        provider = provider_client(worker.pool, settings)
         try:
             await run_loops(
                 stop,

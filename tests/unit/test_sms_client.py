@@ -60,7 +60,7 @@ from libs.common.adapters.sms import (
     parse_reply,
     parse_status_v2,
 )
-from libs.common.adapters.sms.limiter import ProviderLimiter
+from libs.common.adapters.sms.limiter import ProviderLimiter, rate_limited
 from libs.common.core.config import Settings
 from libs.common.core.metrics import PROVIDER_ERRORS
 
@@ -1020,10 +1020,10 @@ async def test_limiter_paces_after_the_burst() -> None:
     clock = FakeClock()
     limiter = ProviderLimiter(40, clock=clock, sleep=clock.sleep)
     for _ in range(4):  # the burst: a tenth of a second's worth
-        await limiter.acquire()
+        await limiter.acquire(urgent=True)
     assert clock.sleeps == []
     for _ in range(40):
-        await limiter.acquire()
+        await limiter.acquire(urgent=True)
     # 40 more calls need 40 new tokens: one second at 40/s, never a burst over 50 in a second.
     assert sum(clock.sleeps) == pytest.approx(1.0)
 
@@ -1031,21 +1031,21 @@ async def test_limiter_paces_after_the_burst() -> None:
 async def test_limiter_pause_holds_every_call() -> None:
     clock = FakeClock()
     limiter = ProviderLimiter(0, clock=clock, sleep=clock.sleep)
-    limiter.pause(5)
-    await limiter.acquire()
+    await limiter.pause(5, rate_limited)
+    await limiter.acquire(urgent=True)
     assert clock.sleeps == [5]
 
 
 async def test_limiter_refuses_a_pause_longer_than_max_wait() -> None:
     clock = FakeClock()
     limiter = ProviderLimiter(40, max_wait=30, clock=clock, sleep=clock.sleep)
-    limiter.pause(120, lambda left: Banned("BANNED", retry_after=left, transient=True))
+    await limiter.pause(120, lambda left: Banned("BANNED", retry_after=left, transient=True))
     with pytest.raises(Banned) as info:
-        await limiter.acquire()
+        await limiter.acquire(urgent=True)
     assert info.value.retry_after == 120 and info.value.transient
     assert clock.sleeps == []
     clock.now += 91  # 29 s left: now it is worth waiting
-    await limiter.acquire()
+    await limiter.acquire(urgent=True)
     assert clock.sleeps == [pytest.approx(29)]
 
 
@@ -1145,7 +1145,7 @@ def test_client_from_settings() -> None:
         provider_url="http://sms.test", provider_rate_per_second=7.5, provider_timeout_seconds=3
     )
     client = HeroSmsClient.from_settings(settings)
-    assert client.limiter.rate == 7.5
+    assert isinstance(client.budget, ProviderLimiter) and client.budget.rate == 7.5
     assert repr(client) == "HeroSmsClient('http://sms.test/stubs/handler_api.php')"
 
 

@@ -49,11 +49,19 @@ class Settings:
     provider_rate_per_second: float = 40.0
     provider_timeout_seconds: float = 10.0
     # --- issue 12, provider budget (shared by replicas): settings go here ---
+    # Calls after a quiet spell that may go at once; 1 keeps the strict pace, so N replicas
+    # together never put more than provider_rate_per_second * (1 + late) + burst in a second.
+    provider_budget_burst: float = 1.0
+    # A slot the process wakes up later than this for is given up and a new one taken, so
+    # requests sent late never bunch with those sent on time (event-loop lag under load).
+    provider_budget_late_seconds: float = 0.1
+    # The longest a provider call waits for its slot (or through a 429 / ban pause); longer
+    # waits fail at once with a transient RateLimited / Banned so the worker retries later.
+    provider_budget_max_wait_seconds: float = 30.0
 
     # --- issue 12, bulk poll and activation webhooks: settings go here ---
 
     # --- issue 12, Lightning and timers at scale: settings go here ---
-
 
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080

@@ -48,3 +48,24 @@ EVENTS_HANDLED = Counter(
 )
 HTTP_REQUESTS = Counter("sms4sats_http_requests_total", "Gateway requests", ["route", "status"])
 TIMERS_FIRED = Counter("sms4sats_timers_fired_total", "Durable timers fired", ["kind"])
+PROVIDER_BUDGET_WAIT = Histogram(
+    "sms4sats_provider_budget_wait_seconds",
+    "Time a provider call waited for its slot in the account's request budget",
+    ["urgency"],
+    buckets=(0.001, 0.005, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+PROVIDER_BUDGET_PAUSES = Counter(
+    "sms4sats_provider_budget_pauses_total",
+    "Pauses of the provider request budget (a 429 or BANNED answer holds every replica)",
+    ["reason"],
+)
+PROVIDER_BUDGET_LATE = Counter(
+    "sms4sats_provider_budget_late_total",
+    "Slots given up because the process woke too late to use them (a new slot was taken)",
+    ["urgency"],
+)
+PROVIDER_BUDGET_REFUSED = Counter(
+    "sms4sats_provider_budget_refused_total",
+    "Provider calls refused by the budget: the wait would exceed max_wait, or no database",
+    ["urgency", "reason"],
+)

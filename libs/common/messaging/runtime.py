@@ -17,11 +17,13 @@ import asyncpg
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
+from libs.common.adapters.sms import HeroSmsClient
 from libs.common.core.config import Settings, load_settings
 from libs.common.core.logs import setup_logging
 from libs.common.messaging import bus, ops
 from libs.common.messaging.outbox import OutboxRelay
 from libs.common.persistence import db
+from libs.common.persistence.ops_store import PgRequestBudget
 from libs.common.persistence.stores import PgStores
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,12 @@ class Worker:
             durable=self.name,
             handler=handler,
         )
+
+
+def provider_client(pool: asyncpg.Pool, settings: Settings) -> HeroSmsClient:
+    """The provider client of a service: its calls share the account's budget in PostgreSQL
+    with every replica of every service (so N replicas together keep the account's pace)."""
+    return HeroSmsClient.from_settings(settings, PgRequestBudget.from_settings(pool, settings))
 
 
 def start_background(

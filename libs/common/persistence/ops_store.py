@@ -1,14 +1,32 @@
-"""The operator's tables and read-only reports: alarms, metric gauges and invariant checks.
+"""The operator's tables and read-only reports: alarms, the provider request budget, metric
+gauges and invariant checks.
 
-Every SQL statement that touches `provider_alarms`, and every read-only query behind the
-metrics and the invariant checker, lives here.
+Every SQL statement that touches `provider_alarms` or `provider_budget`, and every read-only
+query behind the metrics and the invariant checker, lives here.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
+import asyncpg
+
+from libs.common.adapters.sms.errors import Banned, ProviderError, RateLimited
+from libs.common.adapters.sms.limiter import (
+    BUDGET_UNAVAILABLE,
+    LATE_AFTER,
+    SlotBudget,
+    Take,
+    budget_account,
+    pause_reason,
+)
+from libs.common.core.config import Settings
+from libs.common.core.metrics import PROVIDER_BUDGET_PAUSES
 from libs.common.domain.alarms import Alarm
 from libs.common.persistence.db import Executor, Q
 
@@ -32,6 +50,131 @@ class PgAlarms:
         """(detail, since) of a raised alarm, or None."""
         row = await self._db.fetchrow(Q.alarm_active, alarm.value)
         return None if row is None else (row["detail"], row["since"])
+
+
+# --- the provider request budget (every service that calls the provider) ---
+
+
+class PgRequestBudget(SlotBudget):
+    """The request budget of one provider account, in PostgreSQL: shared by every replica.
+
+    One row per account (`provider_budget`); each call reserves its slot in one round trip
+    (`provider_budget_take`, a GCRA step under the row lock, by the database clock) and sleeps
+    until it. A pause (429, BANNED) is written to the row and holds every replica. When the
+    database cannot be asked, the call is refused (transient RateLimited BUDGET_UNAVAILABLE)
+    rather than sent unmetered.
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        account: str,
+        *,
+        rate: float,
+        burst: float = 1.0,
+        max_wait: float = 30.0,
+        late_after: float = LATE_AFTER,
+    ) -> None:
+        """Bind to the pool and the account key (see `budget_account`).
+
+        Never to one transaction's connection: the row lock of a take would be held until that
+        transaction ends, stopping every replica's calls meanwhile.
+        """
+        super().__init__(
+            interval=1.0 / rate if rate > 0 else 0.0,
+            max_wait=max_wait,
+            clock=time.monotonic,
+            sleep=asyncio.sleep,
+            late_after=late_after,
+        )
+        self._db = pool
+        self.account = account
+        self.rate = rate
+        self.burst = burst
+
+    @classmethod
+    def from_settings(cls, pool: asyncpg.Pool, settings: Settings) -> PgRequestBudget:
+        """The budget of the configured provider account."""
+        return cls(
+            pool,
+            budget_account(settings.provider_url, settings.provider_api_key),
+            rate=settings.provider_rate_per_second,
+            burst=settings.provider_budget_burst,
+            max_wait=settings.provider_budget_max_wait_seconds,
+            late_after=settings.provider_budget_late_seconds,
+        )
+
+    async def _take(self, ahead: float) -> Take:
+        """Reserve the next slot in the shared row (one round trip)."""
+        args = (self.account, self.interval, self.burst, ahead)
+        try:
+            # Waiting for a free connection is local queueing, not lateness: the clock is read
+            # once the connection is ours, just before the question leaves.
+            async with self._db.acquire() as conn:
+                asked = self._clock()
+                row = await conn.fetchrow(Q.budget_take, *args)
+        except _DB_ERRORS as exc:
+            raise _no_budget(exc) from exc
+        paused_for: float = row["paused_for"]
+        error = None
+        if paused_for > 0:
+            error = _pause_error(row["pause_banned"], row["pause_code"], row["pause_until_text"])
+        return Take(asked, row["wait"], row["granted"], paused_for, error)
+
+    async def _paused_meanwhile(self) -> bool:
+        """Whether another replica paused the account while this one slept on its slot."""
+        return await self.paused_for() > 0
+
+    async def paused_for(self) -> float:
+        """Seconds left in the account's pause (0 when none)."""
+        row = await self._ask(Q.budget_paused_for, self.account)
+        left: float = row[0]
+        return left
+
+    async def pause(self, seconds: float, error: Callable[[float], ProviderError]) -> None:
+        """Hold every replica for `seconds` (unless a longer pause is already on)."""
+        sample = error(seconds)
+        until = sample.until if isinstance(sample, Banned) else None
+        await self._ask(
+            Q.budget_pause,
+            self.account,
+            max(seconds, 0.0),
+            isinstance(sample, Banned),
+            sample.code,
+            until,
+            fetch=False,
+        )
+        PROVIDER_BUDGET_PAUSES.labels(pause_reason(error)).inc()
+
+    async def _ask(self, query: str, *args: object, fetch: bool = True) -> Any:
+        """Run one budget query; a database failure refuses the call (transient)."""
+        try:
+            if not fetch:
+                return await self._db.execute(query, *args)
+            row = await self._db.fetchrow(query, *args)
+        except _DB_ERRORS as exc:
+            raise _no_budget(exc) from exc
+        return (0.0,) if row is None else row
+
+
+# What "the database cannot be asked" looks like: server errors, a closed pool, no connection.
+_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+def _no_budget(exc: BaseException) -> RateLimited:
+    """The transient error of a call whose budget cannot be asked (it is not sent unmetered)."""
+    return RateLimited(BUDGET_UNAVAILABLE, retry_after=1.0, detail=type(exc).__name__)
+
+
+def _pause_error(
+    banned: bool, code: str | None, until: str | None
+) -> Callable[[float], ProviderError]:
+    """Rebuild, from the row, the error another replica's pause makes a too-long wait raise."""
+    if banned:
+        ban_code = code or "BANNED"
+        return lambda left: Banned(ban_code, until=until, retry_after=left, transient=True)
+    rl_code = code or "RATE_LIMITED"
+    return lambda left: RateLimited(rl_code, retry_after=left)
 
 
 # --- gateway: health ---

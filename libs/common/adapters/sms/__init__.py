@@ -23,7 +23,7 @@ from libs.common.adapters.sms.errors import (
     TooEarlyToCancel,
 )
 from libs.common.adapters.sms.herosms import HANDLER_PATH, HeroSmsClient, metric_code
-from libs.common.adapters.sms.limiter import ProviderLimiter
+from libs.common.adapters.sms.limiter import ProviderLimiter, RequestBudget, budget_account
 from libs.common.adapters.sms.parsing import (
     USD_CURRENCY,
     JsonReply,
@@ -93,12 +93,14 @@ __all__ = [
     "RentOffer",
     "Rental",
     "Reply",
+    "RequestBudget",
     "Service",
     "SmsProvider",
     "StatusState",
     "TextReply",
     "TooEarlyToCancel",
     "ban_wait_seconds",
+    "budget_account",
     "metric_code",
     "parse_activation",
     "parse_active_activations",

@@ -26,7 +26,7 @@ from libs.common.adapters.sms.errors import (
     RateLimited,
     RentEnded,
 )
-from libs.common.adapters.sms.limiter import ProviderLimiter
+from libs.common.adapters.sms.limiter import BUDGET_UNAVAILABLE, ProviderLimiter, RequestBudget
 from libs.common.adapters.sms.parsing import (
     NO_ACTIVATIONS_CODES,
     JsonReply,
@@ -86,6 +86,7 @@ _OWN_CODES = frozenset(
         "STATUS_CANCEL",
         "ACCESS_CANCEL_ALREADY",
         "ACCESS_ACTIVATION_ALREADY",
+        BUDGET_UNAVAILABLE,
     }
 )
 _RENT_STATUS_CODES = frozenset({"STATUS_WAIT_CODE", "STATUS_FINISH", "STATUS_CANCEL"})
@@ -93,6 +94,31 @@ _RENT_STATUS_CODES = frozenset({"STATUS_WAIT_CODE", "STATUS_FINISH", "STATUS_CAN
 # the page bound only stops a provider that ignores `start` from looping forever.
 ACTIVE_PAGE_SIZE = 100
 _MAX_ACTIVE_PAGES = 1000
+
+# Purchases and cancels go before polls: these actions take a slot of the request budget ahead
+# of every other call. Any action not named here (polls, bulk poll, finish, balance, catalog,
+# and any action added later) waits behind them.
+URGENT_ACTIONS = frozenset(
+    {
+        "getNumber",
+        "getNumberV2",
+        "reactivate",
+        "getExtraActivation",
+        "getRentNumber",
+        "setRentStatus",
+        "continueRentNumber",
+    }
+)
+# setStatus is urgent for a cancel (8) and for another SMS (3); finishing (6) is housekeeping.
+URGENT_SET_STATUS = frozenset({"3", "8"})
+
+
+def is_urgent(action: str, params: dict[str, str]) -> bool:
+    """Whether a call takes a slot before the polls (purchases, cancels, another SMS, rent)."""
+    if action == "setStatus":
+        return params.get("status") in URGENT_SET_STATUS
+    return action in URGENT_ACTIONS
+
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -147,11 +173,14 @@ class HeroSmsClient:
     repeats the previous SMS in both cases. Once a code is there, one getStatusV2 call fetches the
     SMS text (best effort, `fetch_sms_text=False` disables it).
 
-    Every call goes through one ProviderLimiter (`rate_per_second`, small bursts). A 429 or a
-    `BANNED:<until>` pauses all calls of this client for the announced time (Retry-After, the
-    ban end, else an exponential backoff) and the call is retried; a pause longer than
-    `max_wait` is not slept but raised (RateLimited / Banned, transient) to the caller. Both
-    answers mean the request was not carried out, so retrying a purchase cannot buy twice.
+    Every call takes a slot of the account's request budget first: `budget` (the services pass
+    the PostgreSQL one, shared by every replica), else an in-process ProviderLimiter at
+    `rate_per_second`. Purchases, cancels, another-SMS and rent calls take theirs before polls
+    (`is_urgent`). A 429 or a `BANNED:<until>` pauses the budget (so every caller sharing it)
+    for the announced time (Retry-After, the ban end, else an exponential backoff) and the call
+    is retried; a pause longer than `max_wait` is not slept but raised (RateLimited / Banned,
+    transient) to the caller. Both answers mean the request was not carried out, so retrying a
+    purchase cannot buy twice.
 
     Reactivation uses HeroSMS's `reactivate` action, whose reply has getNumberV2's shape (so the
     price is known); the simulator also serves SMS-Activate's `getExtraActivation`.
@@ -168,25 +197,34 @@ class HeroSmsClient:
         rate_per_second: float = 40.0,
         max_wait: float = 30.0,
         max_retries: int = 3,
+        budget: RequestBudget | None = None,
     ) -> None:
-        """Configure the client; base_url is e.g. "http://127.0.0.1:8090"."""
+        """Configure the client; base_url is e.g. "http://127.0.0.1:8090".
+
+        `rate_per_second` and `max_wait` configure the in-process budget made when `budget`
+        is None; a given budget brings its own.
+        """
         self._url = base_url.rstrip("/") + HANDLER_PATH
         self._api_key = api_key
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._tz = provider_tz
         self._fetch_sms_text = fetch_sms_text
         self._session: aiohttp.ClientSession | None = None
-        self.limiter = ProviderLimiter(rate_per_second, max_wait=max_wait)
+        self.budget: RequestBudget = budget or ProviderLimiter(rate_per_second, max_wait=max_wait)
         self._max_retries = max_retries
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> HeroSmsClient:
-        """Build the client from SMS4SATS_PROVIDER_* settings."""
+    def from_settings(
+        cls, settings: Settings, budget: RequestBudget | None = None
+    ) -> HeroSmsClient:
+        """Build the client from SMS4SATS_PROVIDER_* settings, over `budget` if given."""
         return cls(
             settings.provider_url,
             settings.provider_api_key,
             timeout=settings.provider_timeout_seconds,
             rate_per_second=settings.provider_rate_per_second,
+            max_wait=settings.provider_budget_max_wait_seconds,
+            budget=budget,
         )
 
     def __repr__(self) -> str:
@@ -224,10 +262,11 @@ class HeroSmsClient:
     async def _request(
         self, action: str, params: dict[str, str], *, passthrough: frozenset[str] = frozenset()
     ) -> Reply:
-        """One logical call: paced by the limiter, retried through announced pauses."""
+        """One logical call: paced by the budget, retried through announced pauses."""
         attempt = 0
+        urgent = is_urgent(action, params)
         while True:
-            await self.limiter.acquire()
+            await self.budget.acquire(urgent)
             try:
                 return await self._once(action, passthrough, params)
             except (RateLimited, Banned) as err:
@@ -235,9 +274,9 @@ class HeroSmsClient:
                 wait = self._pause_for(err, attempt)
                 if wait is None:
                     raise
-                self.limiter.pause(wait, _pause_error(err))
+                await self.budget.pause(wait, _pause_error(err))
                 attempt += 1
-                if wait > self.limiter.max_wait or attempt > self._max_retries:
+                if wait > self.budget.max_wait or attempt > self._max_retries:
                     if isinstance(err, RateLimited) and err.retry_after is None:
                         err.retry_after = wait
                     raise
@@ -248,7 +287,7 @@ class HeroSmsClient:
         if isinstance(err, RateLimited):
             if err.retry_after is not None:
                 return err.retry_after
-            return min(self.limiter.max_wait, 0.5 * 2.0**attempt)
+            return min(self.budget.max_wait, 0.5 * 2.0**attempt)
         if err.code != "BANNED":
             return None
         if err.retry_after is None:
