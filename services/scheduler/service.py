@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
 
 from libs.common.adapters.sms import HeroSmsClient
 from libs.common.core import metrics
@@ -53,10 +55,17 @@ check_housekeeping(HOUSEKEEPING)
 _KINDS = frozenset(t.value for t in Timer)
 
 
-async def fire_due(stores: Stores, limit: int = 200) -> int:
-    """Fire one batch of due timers in one transaction; returns how many fired."""
+async def fire_due(stores: Stores, limit: int = 1000) -> int:
+    """Fire one batch of due timers in one transaction; returns how many fired.
+
+    Set-based so 10,000 timers due at once fire in seconds: one claim, one outbox insert for
+    every event of the batch, one update marking them fired. Exactly once: the claim locks
+    the rows (SKIP LOCKED, so replicas take disjoint batches) and the events commit with the
+    mark; a crash before the commit leaves every timer of the batch due again.
+    """
     async with stores.transaction() as tx:
         due = await tx.timers.claim_due(limit)
+        events: list[Event] = []
         for timer in due:
             kind = Timer(timer.kind) if timer.kind in _KINDS else None
             if kind is None:
@@ -64,27 +73,36 @@ async def fire_due(stores: Stores, limit: int = 200) -> int:
                 continue
             event = TIMERS[kind]
             if event is not None:
-                await tx.outbox.enqueue(Event(event, timer.order_id))
+                events.append(Event(event, timer.order_id))
             else:
                 await HOUSEKEEPING[kind](tx, timer.order_id)
+        await tx.outbox.enqueue_many(events)
         if due:
             crash_point("scheduler.timers_claimed")
             await tx.timers.mark_fired([t.id for t in due])
+    fired_at = time.time()
     for timer in due:  # counted once committed
         metrics.TIMERS_FIRED.labels(timer.kind).inc()
+        metrics.TIMER_LATENESS.labels(timer.kind).observe(lateness(timer.due_at, fired_at))
     return len(due)
+
+
+def lateness(due_at: datetime, fired_at: float) -> float:
+    """Seconds between a timer's due time and its firing (never negative: clocks may differ)."""
+    return max(0.0, fired_at - due_at.timestamp())
 
 
 async def tick_forever(worker: Worker) -> None:
     """Fire due timers until stop, sleeping until the next one is due (bounded by the tick)."""
     stores: PgStores = worker.stores
     tick = worker.settings.scheduler_tick_seconds
+    batch = max(1, worker.settings.timer_batch_size)
     loop = asyncio.get_running_loop()
     next_prune = next_rearm = loop.time()
     while not worker.stop.is_set():
         ops.beat("scheduler-tick")
         try:
-            while await fire_due(stores) > 0:
+            while await fire_due(stores, batch) > 0:
                 pass
             if loop.time() >= next_rearm:
                 await stores.timers.rearm_overdue(REARM_AFTER_SECONDS)

@@ -48,3 +48,11 @@ EVENTS_HANDLED = Counter(
 )
 HTTP_REQUESTS = Counter("sms4sats_http_requests_total", "Gateway requests", ["route", "status"])
 TIMERS_FIRED = Counter("sms4sats_timers_fired_total", "Durable timers fired", ["kind"])
+# Fire time (the claiming transaction committed) minus due time; the issue-12 target is a
+# p99 of 2 s with 10,000 timers due in the same second, so the buckets are fine around it.
+TIMER_LATENESS = Histogram(
+    "sms4sats_timer_lateness_seconds",
+    "How late a durable timer fired (fire time - due time)",
+    ["kind"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60, 300),
+)

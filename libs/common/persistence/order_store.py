@@ -171,7 +171,7 @@ class PgTimers:
         gets a timer another holds; the database clock decides what is due.
         """
         rows = await self._db.fetch(Q.timers_claim_due, limit)
-        return [DueTimer(r["id"], r["order_id"], r["kind"]) for r in rows]
+        return [DueTimer(r["id"], r["order_id"], r["kind"], r["due_at"]) for r in rows]
 
     async def mark_fired(self, ids: list[int]) -> None:
         """Mark claimed timers fired (in the claiming transaction)."""
