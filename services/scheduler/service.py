@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 
 from libs.common.adapters.sms import HeroSmsClient
 from libs.common.core import metrics
@@ -55,13 +54,20 @@ check_housekeeping(HOUSEKEEPING)
 _KINDS = frozenset(t.value for t in Timer)
 
 
-async def fire_due(stores: Stores, limit: int = 1000) -> int:
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+async def fire_due(
+    stores: Stores, limit: int = 1000, *, now: Callable[[], datetime] = _utcnow
+) -> int:
     """Fire one batch of due timers in one transaction; returns how many fired.
 
     Set-based so 10,000 timers due at once fire in seconds: one claim, one outbox insert for
     every event of the batch, one update marking them fired. Exactly once: the claim locks
     the rows (SKIP LOCKED, so replicas take disjoint batches) and the events commit with the
-    mark; a crash before the commit leaves every timer of the batch due again.
+    mark; a crash before the commit leaves every timer of the batch due again. `now` is
+    the clock the lateness metric is read with (fire time - due time).
     """
     async with stores.transaction() as tx:
         due = await tx.timers.claim_due(limit)
@@ -80,16 +86,16 @@ async def fire_due(stores: Stores, limit: int = 1000) -> int:
         if due:
             crash_point("scheduler.timers_claimed")
             await tx.timers.mark_fired([t.id for t in due])
-    fired_at = time.time()
+    fired_at = now()
     for timer in due:  # counted once committed
         metrics.TIMERS_FIRED.labels(timer.kind).inc()
         metrics.TIMER_LATENESS.labels(timer.kind).observe(lateness(timer.due_at, fired_at))
     return len(due)
 
 
-def lateness(due_at: datetime, fired_at: float) -> float:
+def lateness(due_at: datetime, fired_at: datetime) -> float:
     """Seconds between a timer's due time and its firing (never negative: clocks may differ)."""
-    return max(0.0, fired_at - due_at.timestamp())
+    return max(0.0, (fired_at - due_at).total_seconds())
 
 
 async def tick_forever(worker: Worker) -> None:

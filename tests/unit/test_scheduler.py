@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from prometheus_client import REGISTRY
 
 from libs.common.domain.events import TIMERS, EventType, Timer
 from libs.common.domain.orders import NewOrder, OrderType, Status
@@ -122,3 +123,25 @@ def test_the_housekeeping_table_covers_exactly_the_timers_without_an_event() -> 
         check_housekeeping({})
     with pytest.raises(ValueError, match="not housekeeping"):
         check_housekeeping({**HOUSEKEEPING, Timer.SMS_TIMEOUT: HOUSEKEEPING[Timer.PURGE_CODE]})
+
+
+def _lateness_seen(kind: Timer) -> tuple[float, float]:
+    """(count, sum) of the lateness histogram for this kind so far."""
+    labels = {"kind": kind.value}
+    count = REGISTRY.get_sample_value("sms4sats_timer_lateness_seconds_count", labels)
+    total = REGISTRY.get_sample_value("sms4sats_timer_lateness_seconds_sum", labels)
+    return count or 0.0, total or 0.0
+
+
+async def test_each_fired_timer_reports_how_late_it_fired() -> None:
+    clock = Clock()
+    stores = MemoryStores(clock)
+    early, late = await _order(stores), await _order(stores)
+    await stores.timers.set(early, Timer.CODE_WINDOW, 10)
+    await stores.timers.set(late, Timer.CODE_WINDOW, 7)
+    count, total = _lateness_seen(Timer.CODE_WINDOW)
+    clock.now += timedelta(seconds=12)  # 2 s and 5 s late
+    assert await fire_due(stores, now=clock) == 2
+    new_count, new_total = _lateness_seen(Timer.CODE_WINDOW)
+    assert new_count - count == 2
+    assert new_total - total == pytest.approx(7.0)
