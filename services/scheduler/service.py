@@ -98,6 +98,19 @@ def lateness(due_at: datetime, fired_at: datetime) -> float:
     return max(0.0, (fired_at - due_at).total_seconds())
 
 
+# The shortest sleep between looks: a timer due but held by another replica's batch must
+# not make this one spin.
+MIN_WAIT_SECONDS = 0.02
+
+
+def until_next(tick: float, next_due_in: float | None) -> float:
+    """How long to sleep: until the next timer is due, at most a tick (a timer armed meanwhile
+    for sooner is then at most a tick late), never less than MIN_WAIT_SECONDS."""
+    if next_due_in is None:
+        return tick
+    return min(tick, max(MIN_WAIT_SECONDS, next_due_in))
+
+
 async def tick_forever(worker: Worker) -> None:
     """Fire due timers until stop, sleeping until the next one is due (bounded by the tick)."""
     stores: PgStores = worker.stores
@@ -107,6 +120,7 @@ async def tick_forever(worker: Worker) -> None:
     next_prune = next_rearm = loop.time()
     while not worker.stop.is_set():
         ops.beat("scheduler-tick")
+        wait = tick
         try:
             while await fire_due(stores, batch) > 0:
                 pass
@@ -117,10 +131,11 @@ async def tick_forever(worker: Worker) -> None:
                 await stores.outbox.prune(OUTBOX_RETENTION_SECONDS)
                 await stores.inbox.prune(INBOX_RETENTION_SECONDS)
                 next_prune = loop.time() + 60.0
+            wait = until_next(tick, await stores.timers.next_due_in())
         except Exception:
             log.exception("scheduler tick failed")
         try:
-            await asyncio.wait_for(worker.stop.wait(), tick)
+            await asyncio.wait_for(worker.stop.wait(), wait)
         except TimeoutError:
             pass
     ops.HEALTH.forget("scheduler-tick")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import sys
 import time
 
 import asyncpg
@@ -16,6 +18,7 @@ import nats
 import pytest
 
 from libs.common.core.config import Settings
+from libs.common.domain.events import Timer
 from libs.common.messaging import bus
 from libs.common.messaging.runtime import open_worker
 from libs.common.persistence.stores import PgStores
@@ -81,6 +84,20 @@ async def _one_outbox_row_each(pool: asyncpg.Pool, ids: list[str]) -> None:
     per_order = sorted(r["payload"]["orderId"] for r in rows)
     assert len(per_order) == len(ids)
     assert per_order == sorted(ids)
+
+
+async def test_the_scheduler_knows_when_the_next_timer_is_due(pool: asyncpg.Pool) -> None:
+    timers = PgStores(pool, "orders").timers
+    assert await timers.next_due_in() is None
+    first, second = await insert_order(pool), await insert_order(pool)
+    await timers.set(first, Timer.SMS_TIMEOUT, 300)
+    await timers.set(second, Timer.CODE_WINDOW, 40)
+    assert await timers.next_due_in() == pytest.approx(40, abs=5)
+    await timers.set(first, Timer.SMS_TIMEOUT, -2)
+    assert await timers.next_due_in() == pytest.approx(-2, abs=5)
+    async with PgStores(pool, "orders").transaction() as tx:
+        await tx.timers.mark_fired([t.id for t in await tx.timers.claim_due(10)])
+    assert await timers.next_due_in() == pytest.approx(40, abs=5)  # fired ones do not count
 
 
 async def test_two_schedulers_fire_ten_thousand_due_timers_exactly_once(
@@ -164,3 +181,74 @@ async def test_measure_timer_lateness(
         finally:
             for cm in reversed(extra):
                 await cm.__aexit__(None, None, None)
+
+
+async def _lateness(pool: asyncpg.Pool) -> str:
+    """p50 / p99 / max of fire time - due time over every timer, and of due -> published."""
+    fired = await pool.fetchrow(
+        "SELECT min(l) AS min, percentile_cont(0.5) WITHIN GROUP (ORDER BY l) AS p50, "
+        "percentile_cont(0.99) WITHIN GROUP (ORDER BY l) AS p99, max(l) AS max "
+        "FROM (SELECT extract(epoch FROM fired_at - due_at)::float8 AS l FROM timers) t"
+    )
+    published = await pool.fetchrow(
+        "SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY l) AS p99 "
+        "FROM (SELECT extract(epoch FROM o.published_at - t.due_at)::float8 AS l "
+        "FROM timers t JOIN outbox o ON o.payload->>'orderId' = t.order_id) x"
+    )
+    return (
+        f"lateness min={fired['min']:.3f}s p50={fired['p50']:.3f}s "
+        f"p99={fired['p99']:.3f}s max={fired['max']:.3f}s; "
+        f"due->published p99={published['p99']:.3f}s"
+    )
+
+
+@MEASURE
+@pytest.mark.parametrize("replicas", [1, 2])
+async def test_measure_timer_lateness_with_scheduler_processes(
+    pool: asyncpg.Pool,
+    database_url: str,
+    nats_url: str,
+    stream_names: tuple[str, str],
+    replicas: int,
+) -> None:
+    """As in production: each replica is its own `python -m services.scheduler` process."""
+    settings = settings_for(database_url, nats_url, stream_names)
+    await _bootstrap(settings)
+    env = {
+        **os.environ,
+        "SMS4SATS_DATABASE_URL": database_url,
+        "SMS4SATS_NATS_URL": nats_url,
+        "SMS4SATS_NATS_STREAM": settings.nats_stream,
+        "SMS4SATS_SUBJECT_PREFIX": settings.subject_prefix,
+        "SMS4SATS_OPS_PORT": "0",
+        "SMS4SATS_LOG_LEVEL": "WARNING",
+    }
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.scheduler", env=env, stderr=asyncio.subprocess.DEVNULL
+        )
+        for _ in range(replicas)
+    ]
+    try:
+        # Wait until a scheduler fires a first timer, give the others time to start too,
+        # then arm the 10,000 (startup must not count as lateness).
+        await many_orders_with_timers(pool, 1, 0)
+        deadline = time.monotonic() + 120
+        while await pool.fetchval("SELECT count(*) FROM timers WHERE fired_at IS NULL"):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(3.0)
+        await pool.execute("DELETE FROM timers")
+        ids = await many_orders_with_timers(pool, TIMERS, 2.0)
+        for query in (
+            "SELECT count(*) FROM timers WHERE fired_at IS NULL",
+            "SELECT count(*) FROM outbox WHERE published_at IS NULL",
+        ):
+            while await pool.fetchval(query):
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.2)
+        print(f"\nprocesses={replicas} timers={len(ids)} {await _lateness(pool)}")
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        await asyncio.gather(*(asyncio.wait_for(p.wait(), 30) for p in procs))

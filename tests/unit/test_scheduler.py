@@ -12,7 +12,13 @@ from libs.common.domain.events import TIMERS, EventType, Timer
 from libs.common.domain.orders import NewOrder, OrderType, Status
 from libs.common.persistence.memory import MemoryStores, new_order_id
 from libs.common.persistence.order_store import NOW
-from services.scheduler.service import HOUSEKEEPING, check_housekeeping, fire_due
+from services.scheduler.service import (
+    HOUSEKEEPING,
+    MIN_WAIT_SECONDS,
+    check_housekeeping,
+    fire_due,
+    until_next,
+)
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -145,3 +151,10 @@ async def test_each_fired_timer_reports_how_late_it_fired() -> None:
     new_count, new_total = _lateness_seen(Timer.CODE_WINDOW)
     assert new_count - count == 2
     assert new_total - total == pytest.approx(7.0)
+
+
+def test_the_scheduler_sleeps_until_the_next_timer_at_most_a_tick() -> None:
+    assert until_next(0.5, None) == 0.5  # nothing armed: a tick
+    assert until_next(0.5, 120.0) == 0.5  # far off: a tick (one armed meanwhile may be sooner)
+    assert until_next(0.5, 0.2) == pytest.approx(0.2)  # wakes when it is due
+    assert until_next(0.5, -3.0) == MIN_WAIT_SECONDS  # held by another replica: no spinning

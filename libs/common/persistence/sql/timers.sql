@@ -12,6 +12,10 @@ ORDER BY due_at
 LIMIT $1
 FOR UPDATE SKIP LOCKED;
 
+-- name: timers_next_due_in
+-- Seconds until the earliest unfired timer is due (negative: overdue; NULL: none armed).
+SELECT extract(epoch FROM min(due_at) - now())::float8 FROM timers WHERE fired_at IS NULL;
+
 -- name: timers_mark_fired
 -- clock_timestamp(): the moment of firing, not the start of the claiming transaction.
 UPDATE timers SET fired_at = clock_timestamp() WHERE id = ANY($1::bigint[]);
