@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 
 from libs.common.adapters.lightning import Invoice, InvoiceNotFound, LndError
 from libs.common.core.faults import crash_point
@@ -125,7 +126,10 @@ class InvoiceWatcher:
         """Check every pending order's invoice at the node; returns how many became paid.
 
         One paged scan of the node's pending invoices answers for all of them; only an
-        invoice that left the pending states (settled, canceled, lost) is looked up alone.
+        invoice that left the pending states (settled, canceled, lost) is looked up alone,
+        and at most `reconcile_lookups_per_pass` of those per pass, one after the other: a
+        backlog (expiries running late, a node that lost invoices) costs a bounded number
+        of calls on one connection, never one per order.
         """
         paid = 0
         # Rows first, then the scan: an order's invoice exists before its row, so an invoice
@@ -136,14 +140,21 @@ class InvoiceWatcher:
         except LndError as exc:
             log.warning("pending invoice scan failed: %s", exc)
             return 0
+        missing = [row for row in rows if row.payment_hash not in pending]
+        bound = max(0, self._w.settings.reconcile_lookups_per_pass)
+        if len(missing) > bound:
+            # A different sample each pass, so no order is left out for good.
+            missing = random.sample(missing, bound)
         for row in rows:
             invoice = pending.get(row.payment_hash)
-            if invoice is None:
-                try:
-                    invoice = await self._lnd.lookup_invoice(row.payment_hash)
-                except LndError as exc:
-                    log.warning("lookup failed: %s", exc, extra={"order_id": row.order_id})
-                    continue
+            if invoice is not None and await self.mark_paid(invoice):
+                paid += 1
+        for row in missing:
+            try:
+                invoice = await self._lnd.lookup_invoice(row.payment_hash)
+            except LndError as exc:
+                log.warning("lookup failed: %s", exc, extra={"order_id": row.order_id})
+                continue
             if await self.mark_paid(invoice):
                 paid += 1
         return paid

@@ -61,37 +61,66 @@ class RefundPayer:
         self._wait = self._timing.wait
         self._running: dict[str, asyncio.Task[None]] = {}
         self._currency = currency_for_network(settings.lnd_network)
+        # The pool: at most this many attempts hold a claim and talk to the node at once.
+        # A slot is taken before the claim, so no lease runs out while waiting for one.
+        self._limit = max(1, settings.refund_concurrency)
+        self._slots = asyncio.Semaphore(self._limit)
+        # Set when a refund becomes due now or a slot frees up: the retry loop looks again.
+        self._wake = asyncio.Event()
 
     async def request(self, order_id: str, *, wait: bool = True) -> None:
         """Pay a refund_pending order's refund now (its intent row came with the transition).
 
-        With wait=False the attempt runs in the background: the event handler returns at
-        once so one slow payment does not hold up the consumer; the intent row is durable.
+        With wait=False the event handler returns at once: the intent row is durable and
+        due now, and the retry loop starts it as soon as the pool has a free slot, so a burst
+        of 1,000 refunds costs `refund_concurrency` tasks, not 1,000.
         """
         async with self._w.stores.transaction() as tx:
             order = await tx.orders.get(order_id)
             if order is None or order.status is not Status.REFUND_PENDING:
                 return
             await tx.refunds.insert(order_id)  # no-op unless the row is missing
-        task = self.start(order_id)
         if wait:
-            await task
+            await self.start(order_id)
+        else:
+            self._wake.set()
 
     def start(self, order_id: str) -> asyncio.Task[None]:
-        """Run an attempt as a task, or return the one this process already runs for it."""
+        """Run an attempt as a task, or return the one this process already runs for it.
+
+        The task waits for a slot of the pool before it claims the refund.
+        """
         task = self._running.get(order_id)
         if task is None:
             task = asyncio.create_task(self._guarded_attempt(order_id), name=f"refund-{order_id}")
             self._running[order_id] = task
-            task.add_done_callback(lambda _t: self._running.pop(order_id, None))
+            task.add_done_callback(lambda _t: self._ended(order_id))
         return task
 
+    def _ended(self, order_id: str) -> None:
+        """Forget a finished task and let the retry loop fill its slot."""
+        self._running.pop(order_id, None)
+        self._wake.set()
+
     async def _guarded_attempt(self, order_id: str) -> None:
-        """An attempt whose crash is logged, not lost in a background task."""
+        """An attempt in a slot of the pool, whose crash is logged, not lost in a task."""
         try:
-            await self.attempt(order_id)
+            async with self._slots:
+                await self.attempt(order_id)
         except Exception:
             log.exception("refund attempt crashed", extra={"order_id": order_id})
+
+    async def start_due(self) -> int:
+        """Start as many due refunds as the pool has free slots; returns how many started."""
+        room = self._limit - len(self._running)
+        if room <= 0:
+            return 0
+        # Some due rows may be ours already (started, not yet claimed): ask for enough more.
+        due = await self._w.stores.refunds.due(room + len(self._running))
+        fresh = [order_id for order_id in due if order_id not in self._running][:room]
+        for order_id in fresh:
+            self.start(order_id)
+        return len(fresh)
 
     async def attempt(self, order_id: str) -> None:
         """Claim the refund and drive one attempt as far as the node lets us."""
@@ -273,18 +302,24 @@ class RefundPayer:
         )
 
     async def retry_due(self) -> None:
-        """Periodically start refunds that are due or whose worker died mid-payment."""
-        while not self._w.stop.is_set():
-            ops.beat("refund-retry")
-            try:
-                for order_id in await self._w.stores.refunds.due(100):
-                    self.start(order_id)
-            except Exception:
-                log.exception("refund retry loop failed")
-            try:
-                await asyncio.wait_for(self._w.stop.wait(), 1.0)
-            except TimeoutError:
-                pass
+        """Start refunds that are due or whose worker died mid-payment, as slots free up.
+
+        Woken by a new refund and by every attempt that ends; otherwise it looks each second.
+        """
+        stop = asyncio.ensure_future(self._w.stop.wait())
+        try:
+            while not self._w.stop.is_set():
+                ops.beat("refund-retry")
+                self._wake.clear()
+                try:
+                    await self.start_due()
+                except Exception:
+                    log.exception("refund retry loop failed")
+                wake = asyncio.ensure_future(self._wake.wait())
+                await asyncio.wait([stop, wake], timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+                wake.cancel()
+        finally:
+            stop.cancel()
         ops.HEALTH.forget("refund-retry")
         # Let attempts in progress record what the node said before the process exits.
         if self._running:

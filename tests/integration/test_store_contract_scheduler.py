@@ -12,7 +12,7 @@ from decimal import Decimal
 import pytest
 
 from libs.common.domain.countries import Country, Offer
-from libs.common.domain.events import Timer
+from libs.common.domain.events import Event, EventType, Timer
 from libs.common.domain.messages import Message
 from libs.common.domain.orders import Order, Status
 from libs.common.persistence.catalog_store import CATALOG_JOB, CatalogData, RentPrice, ServiceRow
@@ -110,6 +110,54 @@ async def test_a_claim_rolled_back_leaves_the_timers_due(backend: Backend) -> No
     async with stores.transaction() as tx:
         assert [t.order_id for t in await tx.timers.claim_due(10)] == [order_id]
     assert await backend.timer_in(order_id, Timer.SMS_TIMEOUT) == pytest.approx(-1, abs=5)
+
+
+async def test_a_claimed_timer_says_when_it_was_due(backend: Backend) -> None:
+    stores = backend.stores
+    order_id = (await stores.orders.insert(new_order())).id
+    await stores.timers.set(order_id, Timer.SMS_TIMEOUT, -30)
+    async with stores.transaction() as tx:
+        [timer] = await tx.timers.claim_due(10)
+        late = await tx_lateness(backend, timer.due_at)
+    assert late == pytest.approx(30, abs=5)
+
+
+async def tx_lateness(backend: Backend, due_at: datetime) -> float:
+    """Seconds from due_at to the backend's clock."""
+    if backend.memory is not None:
+        return (backend.memory.clock() - due_at).total_seconds()
+    assert backend.pool is not None
+    return float(await backend.pool.fetchval("SELECT extract(epoch FROM now() - $1)", due_at))
+
+
+async def test_a_batch_of_events_is_written_in_one_go_with_the_transaction(
+    backend: Backend,
+) -> None:
+    stores = backend.stores
+    ids = [(await stores.orders.insert(new_order())).id for _ in range(3)]
+    batch = [Event(EventType.SMS_TIMEOUT, i) for i in ids]
+
+    class Crash(Exception):
+        pass
+
+    with pytest.raises(Crash):
+        async with stores.transaction() as tx:
+            await tx.outbox.enqueue_many(batch)
+            raise Crash
+    assert await backend.events() == []
+    async with stores.transaction() as tx:
+        await tx.outbox.enqueue_many([])
+        await tx.outbox.enqueue_many(batch)
+    assert sorted(await backend.events()) == sorted((EventType.SMS_TIMEOUT, i) for i in ids)
+    if backend.pool is not None:
+        # Row for row what enqueue writes: the dedup id, the subject, the correlation id.
+        rows = await backend.pool.fetch("SELECT id, subject, payload, headers FROM outbox")
+        by_id = {str(r["id"]): r for r in rows}
+        for event in batch:
+            row = by_id[event.id]
+            assert row["payload"] == event.payload()
+            assert row["headers"] == event.headers()
+            assert row["subject"].endswith(".sms_timeout")
 
 
 async def test_history_lists_every_status_change_oldest_first(backend: Backend) -> None:

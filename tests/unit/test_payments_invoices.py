@@ -118,3 +118,28 @@ async def test_reconcile_finds_payments_the_stream_missed() -> None:
     assert (await reload(h, missed)).status is S.PAID
     assert (await reload(h, waiting)).status is S.PENDING_PAYMENT
     assert (await reload(h, hold)).status is S.PAID
+
+
+async def test_reconcile_looks_up_a_bounded_number_of_orders_per_pass() -> None:
+    h, _ = host(reconcile_lookups_per_pass=10)
+    node = FakeNode()
+    watcher = InvoiceWatcher(h, node)
+    # 60 orders whose invoices left the pending list: 55 canceled, 5 settled the stream missed.
+    orders = [await place(h.stores) for _ in range(60)]
+    for i, order in enumerate(orders):
+        if i < 5:
+            node.add(invoice(order.payment_hash, "SETTLED", amt_paid_msat=PRICE * 1000))
+        else:
+            node.add(invoice(order.payment_hash, "CANCELED"))
+
+    paid, passes = 0, 0
+    while paid < 5 and passes < 200:
+        before = node.lookups
+        paid += await watcher.reconcile()
+        passes += 1
+        assert node.lookups - before <= 10  # bounded, whatever the backlog
+    # Each pass samples afresh, so every missed payment is found within a few passes.
+    assert paid == 5
+    assert passes > 1
+    for order in orders[:5]:
+        assert (await reload(h, order)).status is S.PAID

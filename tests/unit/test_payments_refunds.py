@@ -3,6 +3,10 @@ given up only when the node confirms nothing was paid."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
 from libs.common.adapters.lightning import Payment
 from libs.common.domain.events import EventType
 from libs.common.domain.orders import Status
@@ -215,3 +219,52 @@ async def test_the_retry_loop_starts_only_due_refunds() -> None:
     assert await h.stores.refunds.due(100) == [due.id]
     clock.advance(5.0)
     assert sorted(await h.stores.refunds.due(100)) == sorted([due.id, later.id])
+
+
+class SlowNode(FakeNode):
+    """A node whose payment streams take a moment, counting how many are open at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open = 0
+        self.peak = 0
+
+    async def _slow(self, stream: AsyncIterator[Payment]) -> AsyncIterator[Payment]:
+        self.open += 1
+        self.peak = max(self.peak, self.open)
+        try:
+            await asyncio.sleep(0.005)
+            async for update in stream:
+                yield update
+        finally:
+            self.open -= 1
+
+    def send_payment(  # type: ignore[override]
+        self, payment_request: str, **kwargs: Any
+    ) -> AsyncIterator[Payment]:
+        """SendPaymentV2, slowly."""
+        return self._slow(super().send_payment(payment_request, **kwargs))
+
+    def track_payment(self, payment_hash: bytes) -> AsyncIterator[Payment]:  # type: ignore[override]
+        """TrackPaymentV2, slowly."""
+        return self._slow(super().track_payment(payment_hash))
+
+
+async def test_a_burst_of_refunds_is_paid_once_each_never_above_the_pool() -> None:
+    h, _ = host(refund_concurrency=4)
+    node = SlowNode()
+    orders = [await place(h.stores, S.REFUND_PENDING, node=node) for _ in range(40)]
+    payer = RefundPayer(h, node)
+    loop = asyncio.create_task(payer.retry_due())
+    for order in orders:  # the event handler: returns at once, the loop fills the slots
+        await payer.request(order.id, wait=False)
+    for _ in range(2000):
+        if all([await status_of(h, o.id) is S.REFUNDED for o in orders]):
+            break
+        await asyncio.sleep(0.005)
+    h.stop.set()
+    await asyncio.wait_for(loop, 5)
+
+    assert [await status_of(h, o.id) for o in orders] == [S.REFUNDED] * 40
+    assert all(n == 1 for n in node.paid.values()) and len(node.paid) == 40
+    assert node.peak == 4  # the whole pool was used, and never more

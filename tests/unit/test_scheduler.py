@@ -6,12 +6,19 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from prometheus_client import REGISTRY
 
 from libs.common.domain.events import TIMERS, EventType, Timer
 from libs.common.domain.orders import NewOrder, OrderType, Status
 from libs.common.persistence.memory import MemoryStores, new_order_id
 from libs.common.persistence.order_store import NOW
-from services.scheduler.service import HOUSEKEEPING, check_housekeeping, fire_due
+from services.scheduler.service import (
+    HOUSEKEEPING,
+    MIN_WAIT_SECONDS,
+    check_housekeeping,
+    fire_due,
+    until_next,
+)
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -122,3 +129,32 @@ def test_the_housekeeping_table_covers_exactly_the_timers_without_an_event() -> 
         check_housekeeping({})
     with pytest.raises(ValueError, match="not housekeeping"):
         check_housekeeping({**HOUSEKEEPING, Timer.SMS_TIMEOUT: HOUSEKEEPING[Timer.PURGE_CODE]})
+
+
+def _lateness_seen(kind: Timer) -> tuple[float, float]:
+    """(count, sum) of the lateness histogram for this kind so far."""
+    labels = {"kind": kind.value}
+    count = REGISTRY.get_sample_value("sms4sats_timer_lateness_seconds_count", labels)
+    total = REGISTRY.get_sample_value("sms4sats_timer_lateness_seconds_sum", labels)
+    return count or 0.0, total or 0.0
+
+
+async def test_each_fired_timer_reports_how_late_it_fired() -> None:
+    clock = Clock()
+    stores = MemoryStores(clock)
+    early, late = await _order(stores), await _order(stores)
+    await stores.timers.set(early, Timer.CODE_WINDOW, 10)
+    await stores.timers.set(late, Timer.CODE_WINDOW, 7)
+    count, total = _lateness_seen(Timer.CODE_WINDOW)
+    clock.now += timedelta(seconds=12)  # 2 s and 5 s late
+    assert await fire_due(stores, now=clock) == 2
+    new_count, new_total = _lateness_seen(Timer.CODE_WINDOW)
+    assert new_count - count == 2
+    assert new_total - total == pytest.approx(7.0)
+
+
+def test_the_scheduler_sleeps_until_the_next_timer_at_most_a_tick() -> None:
+    assert until_next(0.5, None) == 0.5  # nothing armed: a tick
+    assert until_next(0.5, 120.0) == 0.5  # far off: a tick (one armed meanwhile may be sooner)
+    assert until_next(0.5, 0.2) == pytest.approx(0.2)  # wakes when it is due
+    assert until_next(0.5, -3.0) == MIN_WAIT_SECONDS  # held by another replica: no spinning

@@ -62,6 +62,18 @@ class Settings:
     # --- issue 12, bulk poll and activation webhooks: settings go here ---
 
     # --- issue 12, Lightning and timers at scale: settings go here ---
+    # Refund payments in flight at once per payments worker: a bounded pool, so 1,000 refunds
+    # due together are paid in parallel without one task (and one claim) each waiting.
+    refund_concurrency: int = 32
+    # Due timers one scheduler claims and fires per transaction (one set-based insert of
+    # their events): 10,000 due in the same second fire in about ten transactions.
+    timer_batch_size: int = 1000
+    # Outbox rows the relay publishes per transaction, all at once (JetStream dedups a
+    # republish after a crash by Nats-Msg-Id), so 10,000 fired timers leave in seconds.
+    outbox_batch_size: int = 500
+    # Orders the invoice reconcile looks up one by one per pass (those whose invoice left
+    # the pending scan): bounded, so a backlog costs a few calls per pass, never one each.
+    reconcile_lookups_per_pass: int = 100
 
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080

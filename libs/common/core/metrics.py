@@ -69,3 +69,11 @@ PROVIDER_BUDGET_REFUSED = Counter(
     "Provider calls refused by the budget: the wait would exceed max_wait, or no database",
     ["urgency", "reason"],
 )
+# Fire time (the claiming transaction committed) minus due time; the issue-12 target is a
+# p99 of 2 s with 10,000 timers due in the same second, so the buckets are fine around it.
+TIMER_LATENESS = Histogram(
+    "sms4sats_timer_lateness_seconds",
+    "How late a durable timer fired (fire time - due time)",
+    ["kind"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60, 300),
+)

@@ -106,7 +106,9 @@ def start_background(
     ops.HEALTH.attach(pool, nc)
     js = nc.jetstream()
     stores = PgStores(pool, settings.subject_prefix)
-    relay = OutboxRelay(stores, js, tick=settings.outbox_tick_seconds)
+    relay = OutboxRelay(
+        stores, js, tick=settings.outbox_tick_seconds, batch=settings.outbox_batch_size
+    )
     return [
         asyncio.create_task(relay.run(stop), name="outbox-relay"),
         asyncio.create_task(

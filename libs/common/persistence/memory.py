@@ -13,7 +13,7 @@ import asyncio
 import copy
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -168,7 +168,7 @@ class MemoryTimers(_Base):
             (t for t in self._state.timers.values() if t.fired_at is None and t.due_at <= now),
             key=lambda t: (t.due_at, t.id),
         )
-        return [DueTimer(t.id, t.order_id, t.kind) for t in due[:limit]]
+        return [DueTimer(t.id, t.order_id, t.kind, t.due_at) for t in due[:limit]]
 
     async def mark_fired(self, ids: list[int]) -> None:
         """Mark claimed timers fired."""
@@ -235,6 +235,11 @@ class MemoryOutbox(_Base):
     async def enqueue(self, event: Event) -> None:
         """Write an event; it is 'published' only if the surrounding transaction commits."""
         self._state.outbox.append(OutboxRow(event, event.subject(self._stores.prefix), self._now()))
+
+    async def enqueue_many(self, events: Sequence[Event]) -> None:
+        """Write many events at once, in order."""
+        for event in events:
+            await self.enqueue(event)
 
 
 class MemoryInbox(_Base):

@@ -171,11 +171,16 @@ class PgTimers:
         gets a timer another holds; the database clock decides what is due.
         """
         rows = await self._db.fetch(Q.timers_claim_due, limit)
-        return [DueTimer(r["id"], r["order_id"], r["kind"]) for r in rows]
+        return [DueTimer(r["id"], r["order_id"], r["kind"], r["due_at"]) for r in rows]
 
     async def mark_fired(self, ids: list[int]) -> None:
         """Mark claimed timers fired (in the claiming transaction)."""
         await self._db.execute(Q.timers_mark_fired, ids)
+
+    async def next_due_in(self) -> float | None:
+        """Seconds until the earliest unfired timer is due (negative: overdue; None: none)."""
+        value = await self._db.fetchval(Q.timers_next_due_in)
+        return None if value is None else float(value)
 
     async def rearm_overdue(self, after_seconds: float) -> None:
         """Fire again the deadline timers that fired `after_seconds` ago without moving on.

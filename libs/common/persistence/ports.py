@@ -8,6 +8,7 @@ same tests against both.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -173,6 +174,9 @@ class Outbox(Protocol):
     async def enqueue(self, event: Event) -> None:
         """Write an event; it is published only if the surrounding transaction commits."""
 
+    async def enqueue_many(self, events: Sequence[Event]) -> None:
+        """Write many events in one statement (as enqueue, for a batch of fired timers)."""
+
 
 class Inbox(Protocol):
     """Which consumer has already handled which message (idempotent consumers)."""
@@ -252,11 +256,12 @@ class StatusChange:
 
 @dataclass(frozen=True)
 class DueTimer:
-    """A timer claimed because it is due: its row id, its order and its kind."""
+    """A timer claimed because it is due: its row id, its order, its kind and when it was due."""
 
     id: int
     order_id: str
     kind: str
+    due_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
