@@ -273,7 +273,7 @@ class Twin:
     async def bulk_round(self) -> None:
         """One round of the bulk poller, its turn due (the clock moved past the interval)."""
         self.clock.advance(self.stage.watch.interval())
-        self.monotonic += 1000.0
+        self.monotonic += self.stage.watch.interval()
         await self.stage.watch.poll_round(self.monotonic)
 
     async def poll_once(self) -> list[str]:
