@@ -1,4 +1,4 @@
-"""Provider webhooks (rental and activation SMS): authenticated by a shared secret, at-least-once."""
+"""Provider webhooks (rental and activation SMS): authenticated by a secret, at-least-once."""
 
 from __future__ import annotations
 

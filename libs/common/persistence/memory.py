@@ -477,9 +477,9 @@ class MemoryOrders(_Base):
         polled = {Status.WAITING_FOR_SMS, Status.CODE_RECEIVED}
         seen = set(present)
         claimed = self._claim(
-            lambda o: o.next_poll_at
-            if o.status in polled and o.activation_id not in seen
-            else None,
+            lambda o: (
+                o.next_poll_at if o.status in polled and o.activation_id not in seen else None
+            ),
             limit,
         )
         return [self._set(o, next_poll_at=now + timedelta(seconds=interval)) for o, now in claimed]
