@@ -122,11 +122,10 @@ def _activation_sms(body: dict[str, Any]) -> tuple[str, str | None, str | None]:
 async def _record_activation_sms(request: web.Request, body: dict[str, Any]) -> bool:
     """Hand an activation push to the SMS arrival use case; whether the activation is ours."""
     activation_id, code, text = _activation_sms(body)
-    stores = request.app[STORES]
+    arrival = SmsArrival(request.app[STORES], request.app[SETTINGS])
     if code is None:
-        # No code to record (a push without one): the poller asks the provider now instead.
-        return await stores.orders.poll_now(activation_id) is not None
-    arrival = SmsArrival(stores, request.app[SETTINGS])
+        # No code to record (a push without one): the pollers ask the provider now instead.
+        return await arrival.look_now(activation_id)
     outcome = await arrival.for_activation(activation_id, code, text, source="webhook")
     return outcome is not Outcome.UNKNOWN
 

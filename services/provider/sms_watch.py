@@ -11,7 +11,6 @@ expiry at the provider is seen); a provider without the bulk action is polled pe
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -22,7 +21,7 @@ from libs.common.domain.orders import Order, Status
 from libs.common.domain.sms_port import ActiveActivation
 from libs.common.messaging.bus import Retry
 from libs.common.persistence.ports import Stores
-from libs.common.usecases.sms_arrival import SmsArrival
+from libs.common.usecases.sms_arrival import SmsArrival, provider_account
 from services.provider.outcomes import no_sms
 from services.provider.part import ProviderPart
 
@@ -44,12 +43,6 @@ BULK_UNSUPPORTED_SECONDS = 600.0
 ARRIVALS_AT_ONCE = 8
 
 
-def account_key(settings: Settings) -> str:
-    """The provider account the bulk poll's turn belongs to: its URL and a digest of its key."""
-    digest = hashlib.sha256(settings.provider_api_key.encode()).hexdigest()[:16]
-    return f"{settings.provider_url.rstrip('/')}#{digest}"
-
-
 class SmsWatch(ProviderPart):
     """Drives orders through waiting_for_sms and code_received: the code, and another one."""
 
@@ -58,7 +51,7 @@ class SmsWatch(ProviderPart):
     ) -> None:
         super().__init__(stores, settings, provider, stop)
         self.arrival = SmsArrival(stores, settings)
-        self._account = account_key(settings)
+        self._account = provider_account(settings)
         # Monotonic time until which the provider is taken to lack the bulk action.
         self._bulk_off_until = 0.0
         self._next_per_order = 0.0

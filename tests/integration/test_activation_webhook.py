@@ -24,6 +24,7 @@ from libs.common.domain.orders import Order, Status
 from libs.common.domain.sms_port import ActivationStatus
 from libs.common.persistence.order_store import NOW
 from libs.common.persistence.stores import PgStores
+from libs.common.usecases.sms_arrival import provider_account
 from services.gateway.app import init_app, make_runner
 from services.gateway.keys import STORES
 from services.provider.sms_watch import SmsWatch
@@ -179,12 +180,17 @@ async def test_a_push_without_a_code_makes_the_poller_look_now(gw: Gateway) -> N
     )
     body = push_of("9004")
     del body["code"]
+    account = provider_account(Settings(webhook_secret=SECRET))
+    assert await gw.stores.orders.claim_bulk_poll(account, 60.0)
+    assert not await gw.stores.orders.claim_bulk_poll(account, 0.0)
 
     assert await gw.push(body) == (200, {"status": "ok", "matched": True})
 
     assert await gw.state(order.id) == (S.WAITING_FOR_SMS, None, 0, 0)
     due = await gw.pool.fetchval("SELECT next_poll_at <= now() FROM orders WHERE id = $1", order.id)
     assert due is True
+    # The account's bulk poll, taken for a minute, is due again now too.
+    assert await gw.stores.orders.claim_bulk_poll(account, 0.0)
 
 
 GARBAGE: list[tuple[str, Any]] = [

@@ -266,3 +266,30 @@ async def test_a_new_code_is_taken_once_per_ask_and_never_the_code_shown(
     assert second is None  # the ask was used: a racing report of any SMS changes nothing
     after = await orders.get(order.id)
     assert after is not None and after.code == "222222"
+
+
+async def test_a_hurried_bulk_turn_is_due_at_once(backend: Backend) -> None:
+    orders = backend.stores.orders
+    assert await orders.claim_bulk_poll("https://provider#k4", 60.0)
+    assert not await orders.claim_bulk_poll("https://provider#k4", 60.0)
+
+    await orders.hurry_bulk_poll("https://provider#k4")
+    await orders.hurry_bulk_poll("https://provider#k5")  # no turn yet: nothing to hurry
+
+    assert await orders.claim_bulk_poll("https://provider#k4", 60.0)
+    assert not await orders.claim_bulk_poll("https://provider#k4", 60.0)
+    assert await orders.claim_bulk_poll("https://provider#k5", 60.0)
+
+
+async def test_poll_now_makes_a_polled_order_due_at_once(backend: Backend) -> None:
+    order = await waiting(backend)
+    done = await with_code(backend)  # not polled: nothing to hurry
+    assert order.activation_id is not None and done.activation_id is not None
+    assert [o.id for o in await backend.stores.orders.claim_sms_poll(50, 60.0)] == [order.id]
+    assert await backend.stores.orders.claim_sms_poll(50, 60.0) == []
+
+    assert await backend.stores.orders.poll_now(order.activation_id) == order.id
+    assert await backend.stores.orders.poll_now(done.activation_id) is None
+    assert await backend.stores.orders.poll_now("unknown") is None
+
+    assert [o.id for o in await backend.stores.orders.claim_sms_poll(50, 60.0)] == [order.id]

@@ -8,6 +8,7 @@ from libs.common.adapters import sms
 from libs.common.domain.events import EventType
 from libs.common.domain.orders import Order, Status
 from libs.common.domain.sms_port import ActivationStatus
+from libs.common.usecases.sms_arrival import SmsArrival
 from services.provider.sms_watch import BULK_UNSUPPORTED_SECONDS, MISSING_PER_ROUND, SmsWatch
 from tests.unit.provider_kit import Twin
 
@@ -171,3 +172,20 @@ async def test_with_webhooks_on_the_bulk_poll_is_a_slow_safety_net() -> None:
     twin.clock.advance(1)
     await twin.stage.watch.poll_round(30.0)
     assert len(twin.sms.called("active_activations")) == 2
+
+
+async def test_a_push_without_its_code_brings_the_bulk_poll_forward() -> None:
+    twin = Twin(activation_webhooks=True, sms_safety_poll_seconds=30.0)
+    order = await twin.waiting()
+    await twin.bulk_round()
+    twin.sms_arrives(order.activation_id, "6060")
+    twin.clock.advance(1)
+    await twin.stage.watch.poll_round(twin.monotonic + 1)
+    assert len(twin.sms.called("active_activations")) == 1  # the safety net waits 30 s
+
+    assert await SmsArrival(twin.stores, twin.settings).look_now(activation(order))
+    assert not await SmsArrival(twin.stores, twin.settings).look_now("unknown")
+    await twin.stage.watch.poll_round(twin.monotonic + 2)
+
+    assert len(twin.sms.called("active_activations")) == 2
+    assert (await twin.order(order.id)).code == "6060"

@@ -493,6 +493,26 @@ class MemoryOrders(_Base):
         self._state.poll_turns[account] = now + timedelta(seconds=interval)
         return True
 
+    async def hurry_bulk_poll(self, account: str) -> None:
+        """Make the account's next bulk poll turn due now."""
+        now = self._now()
+        if self._state.poll_turns.get(account, now) > now:
+            self._state.poll_turns[account] = now
+
+    async def poll_now(self, activation_id: str) -> str | None:
+        """Have the SMS poller look at this activation's order now; its id, or None if none."""
+        polled = {Status.WAITING_FOR_SMS, Status.CODE_RECEIVED}
+        for o in self._state.orders.values():
+            if (
+                o.activation_id == activation_id
+                and o.type is not OrderType.RENT_NUMBER
+                and o.status in polled
+                and o.next_poll_at is not None
+            ):
+                self._set(o, next_poll_at=self._now())
+                return o.id
+        return None
+
     async def awaiting_sms(self, activation_ids: list[str]) -> list[Order]:
         """Orders of these activations waiting for an SMS (the first, or another asked for)."""
         wanted = set(activation_ids)

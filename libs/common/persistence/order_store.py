@@ -354,6 +354,10 @@ class PgOrders:
         """Claim the account's bulk poll turn; True for one caller per `interval` seconds."""
         return await self._db.fetchval(Q.sms_poll_turn_claim, account, interval) is not None
 
+    async def hurry_bulk_poll(self, account: str) -> None:
+        """Make the account's next bulk poll turn due now."""
+        await self._db.execute(Q.sms_poll_turn_hurry, account)
+
     async def awaiting_sms(self, activation_ids: list[str]) -> list[Order]:
         """Orders of these activations waiting for an SMS (the first, or another asked for)."""
         if not activation_ids:

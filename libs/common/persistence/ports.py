@@ -102,6 +102,12 @@ class Orders(Protocol):
     async def claim_bulk_poll(self, account: str, interval: float) -> bool:
         """Claim the account's bulk poll turn; True for one caller per `interval` seconds."""
 
+    async def hurry_bulk_poll(self, account: str) -> None:
+        """Make the account's next bulk poll turn due now."""
+
+    async def poll_now(self, activation_id: str) -> str | None:
+        """Have the SMS poller look at this activation's order now; its id, or None if none."""
+
     async def awaiting_sms(self, activation_ids: list[str]) -> list[Order]:
         """Orders of these activations waiting for an SMS (the first, or another asked for)."""
 
