@@ -9,6 +9,7 @@ nothing. No provider call is made here: the gateway runs it as well as the provi
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from enum import StrEnum
 
@@ -31,6 +32,12 @@ class Outcome(StrEnum):
     UNKNOWN = "unknown"  # no one-time order of ours has this activation
 
 
+def provider_account(settings: Settings) -> str:
+    """The provider account the bulk poll's turn belongs to: its URL and a digest of its key."""
+    digest = hashlib.sha256(settings.provider_api_key.encode()).hexdigest()[:16]
+    return f"{settings.provider_url.rstrip('/')}#{digest}"
+
+
 class SmsArrival:
     """Records incoming SMS on one-time orders: the first code, or another one asked for."""
 
@@ -49,6 +56,17 @@ class SmsArrival:
         if waiting or await self._stores.orders.by_activation(activation_id) is not None:
             return Outcome.KNOWN
         return Outcome.UNKNOWN
+
+    async def look_now(self, activation_id: str) -> bool:
+        """An SMS is announced without its code: have the pollers look now; whether it is ours.
+
+        The order is due for its own poll at once, and the account's bulk poll (which covers
+        it when the provider lists it) is brought forward to now.
+        """
+        if await self._stores.orders.poll_now(activation_id) is None:
+            return await self._stores.orders.by_activation(activation_id) is not None
+        await self._stores.orders.hurry_bulk_poll(provider_account(self._settings))
+        return True
 
     async def arrived(self, order: Order, code: str, text: str | None, *, source: str) -> bool:
         """An SMS for this order (as the caller read it); True when it was new and recorded.

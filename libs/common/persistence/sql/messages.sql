@@ -103,6 +103,10 @@ UPDATE orders o SET next_poll_at = now() + make_interval(secs => $2)
 FROM due WHERE o.id = due.id
 RETURNING o.*;
 
+-- name: sms_poll_turn_hurry
+-- A push without its code: the account's next bulk poll is due now, not at its interval.
+UPDATE sms_poll_turns SET next_at = now() WHERE account = $1 AND next_at > now();
+
 -- name: sms_poll_turn_claim
 -- The bulk poll's turn of one provider account: a row only for the one caller that finds it
 -- due, which makes it not due again for $2 seconds. Concurrent claimers wait on the row lock
