@@ -172,7 +172,12 @@ class SmsWatch(ProviderPart):
                 elif entry.state == "cancelled" and order.status is Status.WAITING_FOR_SMS:
                     await no_sms(self._stores, order, "provider cancelled the activation")
 
-        await asyncio.gather(*(act(o) for o in orders))
+        # One failed arrival (a database hiccup) must not hold back the others of the round;
+        # the provider lists it again next round.
+        failed = [r for r in await asyncio.gather(*map(act, orders), return_exceptions=True) if r]
+        for exc in failed:
+            # The type only: an error's text could quote the SMS it was recording.
+            log.error("recording a polled SMS failed: %s", type(exc).__name__)
         # Orders whose activation the answer lacked: ended at the provider (a cancel or an
         # expiry, which no bulk answer lists), or too new for it. getStatus tells which.
         missing = await self._stores.orders.claim_sms_poll_missing(
