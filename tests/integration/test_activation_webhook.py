@@ -18,6 +18,7 @@ import aiohttp
 import asyncpg
 import pytest
 from aiohttp import web
+from prometheus_client import REGISTRY
 
 from libs.common.core.config import Settings
 from libs.common.domain.orders import Order, Status
@@ -122,6 +123,11 @@ async def gw(pool: asyncpg.Pool) -> AsyncIterator[Gateway]:
             await runner.cleanup()
 
 
+def arrivals(source: str) -> float:
+    """The process's count of SMS recorded with this first source (the metric)."""
+    return REGISTRY.get_sample_value("sms4sats_sms_arrivals_total", {"source": source}) or 0.0
+
+
 def push_of(activation_id: Any, code: Any = CODE, **more: Any) -> dict[str, Any]:
     """The provider's activation push (reference body)."""
     return {
@@ -156,10 +162,12 @@ async def test_the_same_push_five_times_stores_one_sms(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     order = await gw.waiting("9002")
+    before = arrivals("webhook")
 
     answers = [await gw.push(push_of(9002), path=path) for _ in range(5)]  # a number id
 
     assert answers == [(200, {"status": "ok", "matched": True})] * 5
+    assert arrivals("webhook") == before + 1
     assert await gw.state(order.id) == (S.CODE_RECEIVED, CODE, 1, 1)
     assert CODE not in caplog.text  # codes never reach a log line
     assert any("code received (webhook)" in r.getMessage() for r in caplog.records)

@@ -75,7 +75,7 @@ async def test_webhook_replays_and_polls_at_once_store_the_sms_once(
 
     outcomes = await asyncio.gather(
         *(
-            arrival.for_activation("act-race-1", "48010", "Telegram code: 48010", source="wh")
+            arrival.for_activation("act-race-1", "48010", "Telegram code: 48010", source="webhook")
             for _ in range(5)
         ),
         *(
@@ -90,7 +90,7 @@ async def test_webhook_replays_and_polls_at_once_store_the_sms_once(
     messages, moves, events = await stored(pool, order.id)
     assert (messages, moves) == (1, 1)
     settle = [EventType.CODE_DELIVERED.value] if mode is PaymentMode.HOLD else []
-    assert events == [EventType.PAID.value, *settle]
+    assert sorted(events) == sorted([EventType.PAID.value, *settle])  # one settle asked for
     got = await stores.orders.get(order.id)
     assert got is not None and got.code == "48010" and got.status is S.CODE_RECEIVED
 
@@ -102,7 +102,7 @@ async def test_another_sms_reported_by_webhook_and_poll_at_once_is_stored_once(
     stores = PgStores(pool, PREFIX)
     order = await waiting(stores, "act-race-2")
     arrival = SmsArrival(stores, settings)
-    assert await arrival.for_activation("act-race-2", "1111", "code 1111", source="wh") is (
+    assert await arrival.for_activation("act-race-2", "1111", "code 1111", source="webhook") is (
         Outcome.RECORDED
     )
     assert await stores.orders.reopen_for_another_sms(order.id)
@@ -110,7 +110,10 @@ async def test_another_sms_reported_by_webhook_and_poll_at_once_is_stored_once(
     assert asking is not None
 
     outcomes = await asyncio.gather(
-        *(arrival.for_activation("act-race-2", "2222", "code 2222", source="wh") for _ in "abc"),
+        *(
+            arrival.for_activation("act-race-2", "2222", "code 2222", source="webhook")
+            for _ in "abc"
+        ),
         *(arrival.arrived(asking, "2222", "code 2222", source="bulk") for _ in "ab"),
     )
 

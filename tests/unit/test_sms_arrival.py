@@ -55,7 +55,9 @@ async def test_the_webhook_and_the_poll_at_once_record_one_sms() -> None:
     twin.sms_arrives(order.activation_id, "8080")
 
     await asyncio.gather(
-        arrival(twin).for_activation(order.activation_id, "8080", "Your code 8080", source="wh"),
+        arrival(twin).for_activation(
+            order.activation_id, "8080", "Your code 8080", source="webhook"
+        ),
         twin.bulk_round(),
         twin.poll_once(),
     )
@@ -83,7 +85,10 @@ async def test_another_sms_is_taken_once_and_never_the_old_one() -> None:
 
     old = await use.for_activation(order.activation_id, "1111", "code 1111", source="webhook")
     new = await asyncio.gather(
-        *(use.for_activation(order.activation_id, "2222", "code 2222", source="wh") for _ in "ab")
+        *(
+            use.for_activation(order.activation_id, "2222", "code 2222", source="webhook")
+            for _ in "ab"
+        )
     )
 
     assert old is Outcome.KNOWN

@@ -61,7 +61,6 @@ class Settings:
 
     # --- issue 12, Lightning and timers at scale: settings go here ---
 
-
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
     # Public base URL for discovery documents (empty: derived from each request).

@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import logging
 from enum import StrEnum
+from typing import Literal
 
+from libs.common.core import metrics
 from libs.common.core.config import Settings
 from libs.common.domain.activation_policy import code_window_seconds
 from libs.common.domain.events import Event, EventType, Timer
@@ -22,6 +24,9 @@ from libs.common.persistence.order_store import NOW
 from libs.common.persistence.ports import Stores
 
 log = logging.getLogger(__name__)
+
+# Who saw an SMS (the metric's label and the log line say which was first).
+Source = Literal["webhook", "bulk", "getStatus"]
 
 
 class Outcome(StrEnum):
@@ -46,7 +51,7 @@ class SmsArrival:
         self._settings = settings
 
     async def for_activation(
-        self, activation_id: str, code: str, text: str | None, *, source: str
+        self, activation_id: str, code: str, text: str | None, *, source: Source
     ) -> Outcome:
         """An SMS known only by its activation id (a webhook push): find the order, record it."""
         waiting = await self._stores.orders.awaiting_sms([activation_id])
@@ -68,7 +73,7 @@ class SmsArrival:
         await self._stores.orders.hurry_bulk_poll(provider_account(self._settings))
         return True
 
-    async def arrived(self, order: Order, code: str, text: str | None, *, source: str) -> bool:
+    async def arrived(self, order: Order, code: str, text: str | None, *, source: Source) -> bool:
         """An SMS for this order (as the caller read it); True when it was new and recorded.
 
         A waiting order gets its first code; a code_received order that asked for another SMS
@@ -86,7 +91,7 @@ class SmsArrival:
         return False
 
     async def deliver(
-        self, order_id: str, code: str, text: str | None, *, source: str = "poll"
+        self, order_id: str, code: str, text: str | None, *, source: Source = "getStatus"
     ) -> bool:
         """Record the first code and, in the same transaction, start the order's way to its end.
 
@@ -127,11 +132,12 @@ class SmsArrival:
                 await tx.timers.set(order_id, Timer.CODE_WINDOW, window)
             else:
                 await self.complete(tx, order_id)
+        metrics.SMS_ARRIVALS.labels(source).inc()
         log.info("code received (%s)", source, extra={"order_id": order_id})
         return True
 
     async def _another_code(
-        self, order_id: str, code: str, text: str | None, *, source: str
+        self, order_id: str, code: str, text: str | None, *, source: Source
     ) -> bool:
         """A code arrived after the customer asked for another: keep both, show the new one."""
         async with self._stores.transaction() as tx:
@@ -142,6 +148,7 @@ class SmsArrival:
                 return False
             await tx.orders.stop_polling(order_id)
             await tx.messages.record(order_id, Message(updated.sms_received_at, text, code=code))
+        metrics.SMS_ARRIVALS.labels(source).inc()
         log.info("another code received (%s)", source, extra={"order_id": order_id})
         return True
 
