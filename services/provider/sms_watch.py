@@ -188,5 +188,5 @@ class SmsWatch(ProviderPart):
     async def poll_forever(self) -> None:
         """Poll until stop: the bulk turn checked every tick, per-order polling at its pace."""
         # A short interval (tests) is not stretched by the tick: at most half of it.
-        tick = min(TURN_TICK_SECONDS, self.interval() / 2)
+        tick = max(0.05, min(TURN_TICK_SECONDS, self.interval() / 2))
         await self._every(tick, self.poll_round, beat="sms-poller", what="SMS poll")
