@@ -256,6 +256,22 @@ class Stack:
         )
         return env
 
+    def sim_webhook_args(self, env: dict[str, str] | None = None) -> list[str]:
+        """The simulator's account webhook: our /v2/l402/webhooks/sms with the stack's token.
+
+        Only with SMS4SATS_ACTIVATION_WEBHOOKS on (the provider worker then polls as a slow
+        safety net), and unless SMSSIM_WEBHOOK_URL already names one.
+        """
+        source = dict(os.environ) if env is None else env
+        # Spelled as the services read a boolean (libs/common/core/config.py).
+        wanted = source.get("SMS4SATS_ACTIVATION_WEBHOOKS", "").strip().lower()
+        if source.get("SMSSIM_WEBHOOK_URL") or wanted not in ("1", "true", "yes", "on"):
+            return []
+        secret = source.get("SMS4SATS_WEBHOOK_SECRET") or self.webhook_secret()
+        token = quote(secret, safe="")
+        url = f"http://127.0.0.1:{self.ports['gateway']}/v2/l402/webhooks/sms?token={token}"
+        return ["--webhook-url", url]
+
     def webhook_secret(self) -> str:
         """The stack's webhook secret, made once and kept in its directory."""
         path = self.root / "webhook-secret"
@@ -307,6 +323,7 @@ class Stack:
             os.environ.get("SMSSIM_EARLY_CANCEL_SECONDS", "120"),
             "--auto-sms-delay",
             os.environ.get("SMSSIM_AUTO_SMS_DELAY", "3"),
+            *self.sim_webhook_args(),
         ]
         self.spawn("smssim", sms_args, dict(os.environ))
         wait_for((ln_dir / "nodes.json").exists, "the Lightning simulator")

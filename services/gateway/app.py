@@ -84,6 +84,8 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/v2/l402/services", views.services)
     app.router.add_get("/v2/l402/catalog", discovery.catalog)
     app.router.add_post("/v2/l402/webhooks/rent", webhooks.rent_sms)
+    # The same handler under a name that fits the account-wide webhook (activations too).
+    app.router.add_post("/v2/l402/webhooks/sms", webhooks.rent_sms)
     # The classic API: hold invoices, paid only when the code is delivered. Marked, so that
     # the gateway-wide errors (413, 429, 503, 500) answer its routes in its own error body.
     for route in (

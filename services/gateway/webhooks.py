@@ -1,4 +1,4 @@
-"""Provider webhooks: authenticated by a shared secret, treated as at-least-once."""
+"""Provider webhooks (rental and activation SMS): authenticated by a secret, at-least-once."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from libs.common.adapters.sms import parse_provider_time
 from libs.common.domain.messages import Message
 from libs.common.domain.orders import Status
 from libs.common.persistence.stores import PgStores
+from libs.common.usecases.sms_arrival import Outcome, SmsArrival
 from services.gateway.errors import ApiError, read_json
 from services.gateway.keys import SETTINGS, STORES
 
@@ -91,8 +92,51 @@ async def _record_rental_sms(stores: PgStores, rent_id: str, msg: Message) -> bo
     return True
 
 
+def _code(value: Any) -> str | None:
+    """The activation push's code: digits as a string or a number; absent or empty: None."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or len(value) > 32 or not _storable(value):
+        raise ApiError(400, "VALIDATION_ERROR", "code: must be a short string")
+    return value.strip() or None
+
+
+def _activation_sms(body: dict[str, Any]) -> tuple[str, str | None, str | None]:
+    """(activation id, code, text) of an activation push, every field's type checked.
+
+    The provider's body: activationId, service, text, code, country, receivedAt.
+    """
+    activation_id = _provider_id(body["activationId"], "activationId")
+    code = _code(body.get("code"))
+    text = _text(body.get("text"), "text")
+    # The order knows its own service and country, and the code's time is when we record it:
+    # these fields are only checked, so a malformed push is refused whole.
+    _text(body.get("service"), "service", 64)
+    _text(body.get("country"), "country", 64)
+    _text(body.get("receivedAt"), "receivedAt", 64)
+    return activation_id, code, text
+
+
+async def _record_activation_sms(request: web.Request, body: dict[str, Any]) -> bool:
+    """Hand an activation push to the SMS arrival use case; whether the activation is ours."""
+    activation_id, code, text = _activation_sms(body)
+    arrival = SmsArrival(request.app[STORES], request.app[SETTINGS])
+    if code is None:
+        # No code to record (a push without one): the pollers ask the provider now instead.
+        return await arrival.look_now(activation_id)
+    outcome = await arrival.for_activation(activation_id, code, text, source="webhook")
+    return outcome is not Outcome.UNKNOWN
+
+
 async def rent_sms(request: web.Request) -> web.Response:
-    """POST /v2/l402/webhooks/rent: an incoming SMS pushed by the provider."""
+    """POST /v2/l402/webhooks/rent (and /sms): an incoming SMS pushed by the provider.
+
+    A rental SMS is stored once per message; an activation SMS goes to the SMS arrival use
+    case, which records it exactly once whether this push or a poll sees it first. Every
+    replay answers 200 and changes nothing; `matched` says whether the id is ours.
+    """
     if not _authentic(request, request.app[SETTINGS].webhook_secret):
         raise ApiError(401, "UNAUTHORIZED", "missing or wrong webhook secret")
     body = await read_json(request)
@@ -105,8 +149,5 @@ async def rent_sms(request: web.Request) -> web.Response:
         # Not ours, or over: acknowledged all the same, so the provider stops retrying.
         matched = await _record_rental_sms(stores, rent_id, msg)
         return web.json_response({"status": "ok", "matched": matched})
-    activation_id = _provider_id(body["activationId"], "activationId")
-    # One-time activations: polling is the source of truth; the webhook only makes the
-    # poller look now instead of at its next turn.
-    order_id = await stores.orders.poll_now(activation_id)
-    return web.json_response({"status": "ok", "matched": order_id is not None})
+    matched = await _record_activation_sms(request, body)
+    return web.json_response({"status": "ok", "matched": matched})

@@ -17,6 +17,7 @@ from tests.integration.contract import Backend, new_order
 
 pytestmark = pytest.mark.integration
 S = Status
+SIXTY = timedelta(seconds=60)
 SLACK = timedelta(seconds=5)  # PostgreSQL's now() moves between statements; the twin's does not
 
 
@@ -184,3 +185,111 @@ async def test_finish_is_armed_claimed_under_a_lease_retried_and_done(backend: B
     assert await backend.stores.orders.claim_finish(50, 0.0) == []
     untouched = await backend.stores.orders.get(no_number.id)
     assert untouched is not None and untouched.finish_due_at is None
+
+
+# --- issue 12: the bulk poll and the SMS arrival ---
+
+
+async def test_the_bulk_poll_turn_goes_to_one_caller_per_interval(backend: Backend) -> None:
+    orders = backend.stores.orders
+
+    assert await orders.claim_bulk_poll("https://provider#k1", 60.0)
+    assert not await orders.claim_bulk_poll("https://provider#k1", 60.0)  # taken
+    assert await orders.claim_bulk_poll("https://provider#k2", 60.0)  # another account
+    # A turn that is due again (no interval left) goes to the next caller.
+    assert await orders.claim_bulk_poll("https://provider#k3", 0.0)
+    assert await orders.claim_bulk_poll("https://provider#k3", 0.0)
+
+
+async def test_awaiting_sms_finds_the_orders_still_waiting_for_an_sms(backend: Backend) -> None:
+    waits = await waiting(backend)
+    done = await with_code(backend)
+    asks = await with_code(backend)
+    assert await backend.stores.orders.reopen_for_another_sms(asks.id)
+    rental = await paid(backend, type=OrderType.RENT_NUMBER, rent_hours=4)
+    await backend.stores.orders.transition(
+        rental.id, S.ALLOCATING_NUMBER, S.RENT_ACTIVE, activation_id="rent-77"
+    )
+    ids = [o.activation_id or "" for o in (waits, done, asks)] + ["rent-77", "unknown"]
+
+    found = await backend.stores.orders.awaiting_sms(ids)
+
+    assert sorted(o.id for o in found) == sorted([waits.id, asks.id])
+    assert all(isinstance(o, Order) for o in found)
+    assert await backend.stores.orders.awaiting_sms([]) == []
+
+
+async def test_by_activation_finds_a_one_time_order_whatever_its_status(backend: Backend) -> None:
+    done = await with_code(backend)
+    rental = await paid(backend, type=OrderType.RENT_NUMBER, rent_hours=4)
+    await backend.stores.orders.transition(
+        rental.id, S.ALLOCATING_NUMBER, S.RENT_ACTIVE, activation_id="rent-78"
+    )
+    assert done.activation_id is not None
+
+    found = await backend.stores.orders.by_activation(done.activation_id)
+
+    assert found is not None and found.id == done.id and found.status is S.CODE_RECEIVED
+    assert await backend.stores.orders.by_activation("rent-78") is None  # a rental's id
+    assert await backend.stores.orders.by_activation("unknown") is None
+
+
+async def test_the_bulk_fallback_claims_only_orders_the_answer_lacked(backend: Backend) -> None:
+    listed, lacking = await waiting(backend), await waiting(backend)
+    assert listed.activation_id is not None
+
+    claimed = await backend.stores.orders.claim_sms_poll_missing(
+        50, 60.0, [listed.activation_id, "other"]
+    )
+
+    assert [o.id for o in claimed] == [lacking.id]
+    assert close_to(claimed[0].next_poll_at, await backend.stores.orders.now() + SIXTY)
+    # The listed one stays due (not rewritten); the claimed one is pushed back.
+    assert await backend.stores.orders.claim_sms_poll_missing(50, 60.0, []) == [
+        await backend.stores.orders.get(listed.id)
+    ]
+
+
+async def test_a_new_code_is_taken_once_per_ask_and_never_the_code_shown(
+    backend: Backend,
+) -> None:
+    order = await with_code(backend, "111111")
+    orders = backend.stores.orders
+    assert await orders.record_new_code(order.id, "222222", "code 222222") is None  # no ask
+    assert await orders.reopen_for_another_sms(order.id)
+
+    assert await orders.record_new_code(order.id, "111111", "code 111111") is None  # old SMS
+    first = await orders.record_new_code(order.id, "222222", "code 222222")
+    second = await orders.record_new_code(order.id, "333333", "code 333333")
+
+    assert first is not None and first.code == "222222"
+    assert second is None  # the ask was used: a racing report of any SMS changes nothing
+    after = await orders.get(order.id)
+    assert after is not None and after.code == "222222"
+
+
+async def test_a_hurried_bulk_turn_is_due_at_once(backend: Backend) -> None:
+    orders = backend.stores.orders
+    assert await orders.claim_bulk_poll("https://provider#k4", 60.0)
+    assert not await orders.claim_bulk_poll("https://provider#k4", 60.0)
+
+    await orders.hurry_bulk_poll("https://provider#k4")
+    await orders.hurry_bulk_poll("https://provider#k5")  # no turn yet: nothing to hurry
+
+    assert await orders.claim_bulk_poll("https://provider#k4", 60.0)
+    assert not await orders.claim_bulk_poll("https://provider#k4", 60.0)
+    assert await orders.claim_bulk_poll("https://provider#k5", 60.0)
+
+
+async def test_poll_now_makes_a_polled_order_due_at_once(backend: Backend) -> None:
+    order = await waiting(backend)
+    done = await with_code(backend)  # not polled: nothing to hurry
+    assert order.activation_id is not None and done.activation_id is not None
+    assert [o.id for o in await backend.stores.orders.claim_sms_poll(50, 60.0)] == [order.id]
+    assert await backend.stores.orders.claim_sms_poll(50, 60.0) == []
+
+    assert await backend.stores.orders.poll_now(order.activation_id) == order.id
+    assert await backend.stores.orders.poll_now(done.activation_id) is None
+    assert await backend.stores.orders.poll_now("unknown") is None
+
+    assert [o.id for o in await backend.stores.orders.claim_sms_poll(50, 60.0)] == [order.id]

@@ -21,6 +21,7 @@ from libs.common.domain.orders import NewOrder, Order, OrderType, PaymentMode
 from libs.common.domain.sms_port import (
     Activation,
     ActivationStatus,
+    ActiveActivation,
     Country,
     Offer,
     Rental,
@@ -67,6 +68,10 @@ class FakeSms:
     rent_inbox: dict[str, list[RentMessage]] = field(default_factory=dict)
     ended_rentals: set[str] = field(default_factory=set)
     calls: list[tuple[str, Any]] = field(default_factory=list)
+    # Activations bought (or reactivated) and not ended: what the bulk answer lists.
+    active: list[str] = field(default_factory=list)
+    # Activations the bulk answer leaves out although active (a short or lagging answer).
+    unlisted: set[str] = field(default_factory=set)
     _next: int = 0
 
     def _call(self, action: str, arg: Any = None) -> None:
@@ -80,7 +85,9 @@ class FakeSms:
 
     def _new_id(self) -> str:
         self._next += 1
-        return f"act-{self._next}"
+        activation_id = f"act-{self._next}"
+        self.active.append(activation_id)
+        return activation_id
 
     async def buy(
         self, *, service: str, country_id: int, max_price_usd: Decimal | None = None
@@ -99,14 +106,32 @@ class FakeSms:
             self.statuses[activation_id] = self.after_poll.pop(activation_id)
         return status
 
+    async def active_activations(self) -> list[ActiveActivation]:
+        """The bulk answer: every active activation with its latest SMS, as poll would say.
+
+        Ended ones (cancelled, finished) are not listed, as at the real provider.
+        """
+        self._call("active_activations")
+        listed = []
+        for activation_id in self.active:
+            status = self.statuses.get(activation_id, ActivationStatus("waiting"))
+            if status.state == "cancelled" or activation_id in self.unlisted:
+                continue
+            listed.append(
+                ActiveActivation(activation_id, status.state, "+15550100", status.code, status.text)
+            )
+        return listed
+
     async def request_another(self, activation_id: str) -> None:
         """Ask for another SMS."""
         self._call("request_another", activation_id)
         self.statuses[activation_id] = ActivationStatus("retry_wait")
 
     async def finish(self, activation_id: str) -> None:
-        """Finish an activation."""
+        """Finish an activation (it leaves the bulk answer)."""
         self._call("finish", activation_id)
+        if activation_id in self.active:
+            self.active.remove(activation_id)
 
     async def cancel(self, activation_id: str) -> None:
         """Cancel an activation (refused once an SMS came, as the provider does)."""
@@ -188,6 +213,8 @@ class Twin:
         self.stop = asyncio.Event()
         self.stage = ProviderStage.build(self.stores, self.settings, self.sms, self.stop)
         self._handle = dispatch("provider", self.stage.actions())
+        # The poller's process clock (BadAction is remembered by it), moved by bulk_round.
+        self.monotonic = 0.0
 
     async def event(self, kind: EventType, order_id: str) -> None:
         """Hand one event to the worker's event table, as its consumer does."""
@@ -242,6 +269,12 @@ class Twin:
         """An SMS reaches the provider's number."""
         assert activation_id is not None
         self.sms.statuses[activation_id] = ActivationStatus("received", code, f"Your code {code}")
+
+    async def bulk_round(self) -> None:
+        """One round of the bulk poller, its turn due (the clock moved past the interval)."""
+        self.clock.advance(self.stage.watch.interval())
+        self.monotonic += self.stage.watch.interval()
+        await self.stage.watch.poll_round(self.monotonic)
 
     async def poll_once(self) -> list[str]:
         """One round of the SMS poller; returns the ids it polled."""

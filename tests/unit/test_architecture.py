@@ -1,8 +1,9 @@
 """The architecture, checked: layers import only downward, and SQL stays in the stores.
 
 `libs/common` is a house of floors, each a sub-package: `core` at the bottom, then `domain`,
-`adapters`, `persistence`, `messaging` and `tools` on top. A module may import its own floor
-and the floors below, never above; services sit above every floor.
+`adapters`, `persistence`, `usecases` (shared by several services), `messaging` and `tools`
+on top. A module may import its own floor and the floors below, never above; services sit
+above every floor.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from libs.common.persistence.db import Q
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMON = ROOT / "libs" / "common"
-FLOORS = ["core", "domain", "adapters", "persistence", "messaging", "tools"]
+FLOORS = ["core", "domain", "adapters", "persistence", "usecases", "messaging", "tools"]
 # Named queries may be run only by these modules, each the owner of its tables.
 STORE_MODULES_MAX = 6
 

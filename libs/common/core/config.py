@@ -60,6 +60,13 @@ class Settings:
     provider_budget_max_wait_seconds: float = 30.0
 
     # --- issue 12, bulk poll and activation webhooks: settings go here ---
+    # The provider POSTs each activation SMS to our webhook (/v2/l402/webhooks/sms?token=…, set
+    # in the provider account): the code is stored as it arrives, and polling (one bulk
+    # getActiveActivations per account and interval) becomes a slow safety net.
+    activation_webhooks: bool = False
+    # With activation webhooks on, the safety net's interval: SMS whose push was lost, and
+    # activations the provider ended (no webhook tells of those). Off: sms_poll_interval_seconds.
+    sms_safety_poll_seconds: float = 30.0
 
     # --- issue 12, Lightning and timers at scale: settings go here ---
     # Refund payments in flight at once per payments worker: a bounded pool, so 1,000 refunds

@@ -39,6 +39,10 @@ STAGE_SECONDS = Histogram(
     ["stage"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800),
 )
+# Each SMS counts once, under the source that saw it first (webhook, bulk, getStatus).
+SMS_ARRIVALS = Counter(
+    "sms4sats_sms_arrivals_total", "SMS recorded on one-time orders, by first source", ["source"]
+)
 REFUNDS = Counter("sms4sats_refunds_total", "Refund payouts by outcome", ["outcome"])
 PROVIDER_ERRORS = Counter(
     "sms4sats_provider_errors_total", "Errors answered by the SMS provider", ["code"]

@@ -28,6 +28,7 @@ from libs.common.domain.messages import Message, extract_code, storable
 from libs.common.domain.orders import (
     NewOrder,
     Order,
+    OrderType,
     PaymentMode,
     Status,
     check_transition,
@@ -109,6 +110,8 @@ class MemoryState:
     fundings: dict[str, tuple[Funding, str, datetime]] = field(default_factory=dict)
 
     # --- provider: more tables ---
+    # sms_poll_turns: provider account -> when its next bulk poll is due.
+    poll_turns: dict[str, datetime] = field(default_factory=dict)
 
     # --- scheduler: more tables ---
     # catalog_countries, catalog_services, catalog_prices, catalog_rent_prices.
@@ -472,10 +475,79 @@ class MemoryOrders(_Base):
         )
         return [self._set(o, next_poll_at=now + timedelta(seconds=interval)) for o, now in claimed]
 
+    async def claim_sms_poll_missing(
+        self, limit: int, interval: float, present: list[str]
+    ) -> list[Order]:
+        """As claim_sms_poll, only orders whose activation is not in `present` (the bulk answer)."""
+        polled = {Status.WAITING_FOR_SMS, Status.CODE_RECEIVED}
+        seen = set(present)
+        claimed = self._claim(
+            lambda o: (
+                o.next_poll_at if o.status in polled and o.activation_id not in seen else None
+            ),
+            limit,
+        )
+        return [self._set(o, next_poll_at=now + timedelta(seconds=interval)) for o, now in claimed]
+
+    async def claim_bulk_poll(self, account: str, interval: float) -> bool:
+        """Claim the account's bulk poll turn; True for one caller per `interval` seconds."""
+        now = self._now()
+        due = self._state.poll_turns.get(account)
+        if due is not None and due > now:
+            return False
+        self._state.poll_turns[account] = now + timedelta(seconds=interval)
+        return True
+
+    async def hurry_bulk_poll(self, account: str) -> None:
+        """Make the account's next bulk poll turn due now."""
+        now = self._now()
+        if self._state.poll_turns.get(account, now) > now:
+            self._state.poll_turns[account] = now
+
+    async def poll_now(self, activation_id: str) -> str | None:
+        """Have the SMS poller look at this activation's order now; its id, or None if none."""
+        polled = {Status.WAITING_FOR_SMS, Status.CODE_RECEIVED}
+        for o in self._state.orders.values():
+            if (
+                o.activation_id == activation_id
+                and o.type is not OrderType.RENT_NUMBER
+                and o.status in polled
+                and o.next_poll_at is not None
+            ):
+                self._set(o, next_poll_at=self._now())
+                return o.id
+        return None
+
+    async def awaiting_sms(self, activation_ids: list[str]) -> list[Order]:
+        """Orders of these activations waiting for an SMS (the first, or another asked for)."""
+        wanted = set(activation_ids)
+        return [
+            o
+            for o in self._state.orders.values()
+            if o.activation_id in wanted
+            and o.type is not OrderType.RENT_NUMBER
+            and (
+                o.status is Status.WAITING_FOR_SMS
+                or (o.status is Status.CODE_RECEIVED and o.another_sms_at is not None)
+            )
+        ]
+
+    async def by_activation(self, activation_id: str) -> Order | None:
+        """The one-time order of this provider activation, whatever its status."""
+        for o in self._state.orders.values():
+            if o.activation_id == activation_id and o.type is not OrderType.RENT_NUMBER:
+                return o
+        return None
+
     async def record_new_code(self, order_id: str, code: str, text: str | None) -> Order | None:
-        """Another SMS on a code_received order becomes its code; None when it is not one."""
+        """Another SMS (asked for, differing from the code shown) becomes the order's code."""
         order = self._state.orders.get(order_id)
-        if order is None or order.status is not Status.CODE_RECEIVED:
+        if (
+            order is None
+            or order.status is not Status.CODE_RECEIVED
+            or order.another_sms_at is None
+            or (order.code == code and order.sms_text == text)
+        ):
             return None
         now = self._now()
         return self._set(

@@ -348,8 +348,38 @@ class PgOrders:
         rows = await self._db.fetch(Q.orders_claim_rent_poll, limit, interval)
         return [order_from_row(r) for r in rows]
 
+    async def claim_sms_poll_missing(
+        self, limit: int, interval: float, present: list[str]
+    ) -> list[Order]:
+        """As claim_sms_poll, only orders whose activation is not in `present` (the bulk answer)."""
+        rows = await self._db.fetch(Q.orders_claim_sms_poll_missing, limit, interval, present)
+        return [order_from_row(r) for r in rows]
+
+    async def claim_bulk_poll(self, account: str, interval: float) -> bool:
+        """Claim the account's bulk poll turn; True for one caller per `interval` seconds."""
+        return await self._db.fetchval(Q.sms_poll_turn_claim, account, interval) is not None
+
+    async def hurry_bulk_poll(self, account: str) -> None:
+        """Make the account's next bulk poll turn due now."""
+        await self._db.execute(Q.sms_poll_turn_hurry, account)
+
+    async def awaiting_sms(self, activation_ids: list[str]) -> list[Order]:
+        """Orders of these activations waiting for an SMS (the first, or another asked for)."""
+        if not activation_ids:
+            return []
+        rows = await self._db.fetch(Q.orders_awaiting_sms, activation_ids)
+        return [order_from_row(r) for r in rows]
+
+    async def by_activation(self, activation_id: str) -> Order | None:
+        """The one-time order of this provider activation, whatever its status."""
+        return _maybe_order(await self._db.fetchrow(Q.order_by_activation, activation_id))
+
     async def record_new_code(self, order_id: str, code: str, text: str | None) -> Order | None:
-        """Another SMS on a code_received order becomes its code; None when it is not one."""
+        """Another SMS (asked for, differing from the code shown) becomes the order's code.
+
+        None when the order is not waiting for another SMS or the code is the one shown: of a
+        webhook and a poll reporting the same SMS at once, exactly one gets the row.
+        """
         return _maybe_order(await self._db.fetchrow(Q.order_new_code, order_id, code, text))
 
     async def reopen_for_another_sms(self, order_id: str) -> bool:

@@ -95,8 +95,31 @@ class Orders(Protocol):
     async def claim_rent_poll(self, limit: int, interval: float) -> list[Order]:
         """Due active rentals to poll, claimed and pushed back by `interval` seconds."""
 
+    async def claim_sms_poll_missing(
+        self, limit: int, interval: float, present: list[str]
+    ) -> list[Order]:
+        """As claim_sms_poll, only orders whose activation is not in `present` (the bulk answer)."""
+
+    async def claim_bulk_poll(self, account: str, interval: float) -> bool:
+        """Claim the account's bulk poll turn; True for one caller per `interval` seconds."""
+
+    async def hurry_bulk_poll(self, account: str) -> None:
+        """Make the account's next bulk poll turn due now."""
+
+    async def poll_now(self, activation_id: str) -> str | None:
+        """Have the SMS poller look at this activation's order now; its id, or None if none."""
+
+    async def awaiting_sms(self, activation_ids: list[str]) -> list[Order]:
+        """Orders of these activations waiting for an SMS (the first, or another asked for)."""
+
+    async def by_activation(self, activation_id: str) -> Order | None:
+        """The one-time order of this provider activation, whatever its status."""
+
     async def record_new_code(self, order_id: str, code: str, text: str | None) -> Order | None:
-        """Another SMS on a code_received order becomes its code; None when it is not one."""
+        """Another SMS (asked for, differing from the code shown) becomes the order's code.
+
+        None when the order is not waiting for another SMS or the code is the one shown.
+        """
 
     async def reopen_for_another_sms(self, order_id: str) -> bool:
         """Poll a code_received order again (another SMS asked for); False when it is not one."""
